@@ -1,0 +1,328 @@
+"""The in-memory broker: a real adapter for unit tests and single-process applications.
+
+It behaves like the network brokers where that matters to a handler: events are encoded to
+bytes on publish and decoded on delivery (CloudEvents binary mode, as on Kafka), every consumer
+group gets its own copy of each event while consumers within a group compete for them,
+unsettled deliveries come back with ``attempt + 1`` (on nack, or when their consumer closes),
+delayed redelivery waits on an injectable clock, and dead letters keep their original bytes.
+
+``memory://`` gives a private broker per bus; ``memory://NAME`` shares one broker between every
+bus in the process that names it, which is how two "services" talk in one test.
+Nothing survives the process: it is not persistent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import difflib
+import itertools
+import logging
+import weakref
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+from eventbus.clock import SystemClock
+from eventbus.deadletters import DeadLetter, describe_failure
+from eventbus.envelope import Envelope, decode, to_binary
+from eventbus.errors import BusNotStarted, ConfigurationError, DecodeError, NoHandlerError
+from eventbus.router import Subscription, topic_matches
+from eventbus.types import Capabilities, Clock
+
+__all__ = ["MemoryBroker", "MemoryDeadLetters"]
+
+log = logging.getLogger("eventbus.memory")
+_named: weakref.WeakValueDictionary[str, MemoryBroker] = weakref.WeakValueDictionary()
+
+
+class _Message:
+    __slots__ = ("attempt", "body", "destination", "headers", "key")
+
+    def __init__(
+        self,
+        destination: str,
+        headers: Mapping[str, Any],
+        body: bytes,
+        key: str | None,
+        attempt: int = 1,
+    ) -> None:
+        self.destination = destination
+        self.headers = headers
+        self.body = body
+        self.key = key
+        self.attempt = attempt
+
+    def again(self, attempt: int) -> _Message:
+        return _Message(self.destination, self.headers, self.body, self.key, attempt)
+
+
+class _GroupQueue:
+    """One consumer group's queue for one topic (or pattern); kept while the broker lives."""
+
+    def __init__(self, group: str, topic: str, is_pattern: bool) -> None:
+        self.group = group
+        self.topic = topic
+        self.is_pattern = is_pattern
+        self.queue: asyncio.Queue[_Message] = asyncio.Queue()
+        self.unacked = 0
+
+    def matches(self, destination: str) -> bool:
+        return (
+            topic_matches(self.topic, destination) if self.is_pattern else self.topic == destination
+        )
+
+
+class MemoryBroker:
+    """In-process broker; see the module documentation for what it models.
+
+    ``clock`` drives delayed redelivery (pass a :class:`~eventbus.testing.FakeClock` to move
+    time by hand). ``strict`` makes publishing an event that no subscription accepts raise
+    :class:`~eventbus.errors.NoHandlerError` instead of logging a warning. ``published`` holds
+    the last ``record`` envelopes published, in order.
+    """
+
+    capabilities = Capabilities(persistent=False, in_process=True)
+
+    def __init__(self, *, clock: Clock | None = None, strict: bool = False, record: int = 100_000):
+        self.clock: Clock = clock or SystemClock()
+        self.strict = strict
+        self.published: collections.deque[Envelope] = collections.deque(maxlen=record)
+        self._queues: dict[tuple[str, str], _GroupQueue] = {}
+        self._routes: dict[str, list[_GroupQueue]] = {}
+        self._delayed: set[asyncio.Task[None]] = set()
+        self._dead = MemoryDeadLetters(self)
+        self._connected = 0
+        self._warned: set[str] = set()
+
+    @classmethod
+    def named(cls, name: str, **options: Any) -> MemoryBroker:
+        """The process-wide broker called ``name`` (created on first use)."""
+        broker = _named.get(name)
+        if broker is None:
+            broker = _named[name] = cls(**options)
+        return broker
+
+    async def connect(self) -> None:
+        self._connected += 1
+
+    async def close(self) -> None:
+        if self._connected:
+            self._connected -= 1
+        if not self._connected:
+            for task in list(self._delayed):
+                task.cancel()
+
+    @property
+    def dead_letters(self) -> MemoryDeadLetters:
+        return self._dead
+
+    def pending(self) -> dict[str, int]:
+        """Messages not yet settled: queued, delivered but unsettled, and waiting on a delay."""
+        return {
+            "queued": sum(q.queue.qsize() for q in self._queues.values()),
+            "unsettled": sum(q.unacked for q in self._queues.values()),
+            "delayed": len(self._delayed),
+        }
+
+    async def publish(self, destination: str, envelope: Envelope) -> None:
+        if not self._connected:
+            raise BusNotStarted("the memory broker is not connected; start the bus first")
+        headers, body = to_binary(envelope)
+        self._route(_Message(destination, headers, body, envelope.partitionkey), envelope.type)
+        self.published.append(envelope)
+
+    async def publish_batch(self, messages: Sequence[tuple[str, Envelope]]) -> None:
+        for destination, envelope in messages:
+            await self.publish(destination, envelope)
+
+    async def send_raw(
+        self,
+        destination: str,
+        body: bytes,
+        headers: Mapping[str, Any] | None = None,
+        key: str | None = None,
+    ) -> None:
+        """Put bytes on a destination as a foreign producer would, without any encoding."""
+        self._route(_Message(destination, dict(headers or {}), body, key), destination)
+
+    def _route(self, message: _Message, event_type: str) -> None:
+        queues = self._routes.get(message.destination)
+        if queues is None:
+            queues = [q for q in self._queues.values() if q.matches(message.destination)]
+            self._routes[message.destination] = queues
+        if not queues:
+            self._no_subscriber(message.destination, event_type)
+        for group_queue in queues:
+            group_queue.queue.put_nowait(message)
+
+    def _no_subscriber(self, destination: str, event_type: str) -> None:
+        known = sorted({q.topic for q in self._queues.values()})
+        close = difflib.get_close_matches(destination, known, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        message = f"no subscription accepts event type {event_type!r} on {destination!r}{hint}"
+        if self.strict:
+            raise NoHandlerError(message + " (the event was not published)")
+        if destination not in self._warned:
+            self._warned.add(destination)
+            log.warning("%s; the event is dropped", message)
+
+    def _queue_for(self, group: str, topic: str, is_pattern: bool) -> _GroupQueue:
+        group_queue = self._queues.get((group, topic))
+        if group_queue is None:
+            group_queue = self._queues[(group, topic)] = _GroupQueue(group, topic, is_pattern)
+            self._routes.clear()
+        return group_queue
+
+    async def subscribe(self, subscription: Subscription) -> MemoryConsumer:
+        if subscription.group is None:
+            raise ValueError("subscription has no group; include it into a bus first")
+        group_queue = self._queue_for(
+            subscription.group, subscription.topic, subscription.is_pattern
+        )
+        return MemoryConsumer(self, group_queue)
+
+    def _schedule(self, group_queue: _GroupQueue, message: _Message, delay: float) -> None:
+        async def later() -> None:
+            await self.clock.sleep(delay)
+            group_queue.queue.put_nowait(message)
+
+        task = asyncio.get_running_loop().create_task(later())
+        self._delayed.add(task)
+        task.add_done_callback(self._delayed.discard)
+
+
+class MemoryConsumer:
+    """One consumer of a group queue; closing it puts its unsettled deliveries back."""
+
+    def __init__(self, broker: MemoryBroker, group_queue: _GroupQueue) -> None:
+        self._broker = broker
+        self._group_queue = group_queue
+        self._unsettled: dict[int, MemoryDelivery] = {}
+        self._tags = itertools.count()
+
+    def __aiter__(self) -> AsyncIterator[MemoryDelivery]:
+        return self._deliveries()
+
+    async def _deliveries(self) -> AsyncIterator[MemoryDelivery]:
+        while True:
+            message = await self._group_queue.queue.get()
+            delivery = MemoryDelivery(self, next(self._tags), message)
+            self._unsettled[delivery.tag] = delivery
+            self._group_queue.unacked += 1
+            yield delivery
+
+    def _settle(self, delivery: MemoryDelivery) -> bool:
+        if self._unsettled.pop(delivery.tag, None) is None:
+            return False
+        self._group_queue.unacked -= 1
+        return True
+
+    async def close(self) -> None:
+        for delivery in list(self._unsettled.values()):
+            await delivery.nack(requeue=True)
+
+
+class MemoryDelivery:
+    __slots__ = ("_consumer", "_message", "attempt", "decode_error", "envelope", "tag")
+
+    def __init__(self, consumer: MemoryConsumer, tag: int, message: _Message) -> None:
+        self._consumer = consumer
+        self._message = message
+        self.tag = tag
+        self.attempt = message.attempt
+        self.envelope: Envelope | None
+        self.decode_error: DecodeError | None = None
+        try:
+            self.envelope = decode(message.headers, message.body, key=message.key)
+        except DecodeError as exc:
+            self.envelope, self.decode_error = None, exc
+
+    @property
+    def headers(self) -> Mapping[str, Any]:
+        return self._message.headers
+
+    @property
+    def body(self) -> bytes:
+        return self._message.body
+
+    @property
+    def destination(self) -> str:
+        return self._message.destination
+
+    async def ack(self) -> None:
+        self._consumer._settle(self)
+
+    async def nack(self, *, requeue: bool = True) -> None:
+        if not self._consumer._settle(self):
+            return
+        if requeue:
+            self._consumer._group_queue.queue.put_nowait(self._message.again(self.attempt + 1))
+        else:
+            self._consumer._broker.dead_letters._add_rejected(self)
+
+    async def retry_later(self, delay: float) -> None:
+        if self._consumer._settle(self):
+            message = self._message.again(self.attempt + 1)
+            self._consumer._broker._schedule(self._consumer._group_queue, message, delay)
+
+    async def dead_letter(self, record: DeadLetter) -> None:
+        if self._consumer._settle(self):
+            self._consumer._broker.dead_letters._add(record, self._consumer._group_queue)
+
+
+class MemoryDeadLetters:
+    """The memory broker's dead-letter store (``bus.dead_letters``)."""
+
+    def __init__(self, broker: MemoryBroker) -> None:
+        self._broker = broker
+        self._records: dict[str, tuple[DeadLetter, _GroupQueue]] = {}
+
+    def _add(self, record: DeadLetter, group_queue: _GroupQueue) -> None:
+        self._records[record.id] = (record, group_queue)
+
+    def _add_rejected(self, delivery: MemoryDelivery) -> None:
+        group_queue = delivery._consumer._group_queue
+        record = describe_failure(
+            delivery, group=group_queue.group, subscription="", reason="rejected by the consumer"
+        )
+        self._add(record, group_queue)
+
+    async def list(self, *, group: str | None = None, limit: int = 100) -> list[DeadLetter]:
+        records = [r for r, _ in self._records.values() if group is None or r.group == group]
+        return records[:limit]
+
+    async def get(self, dead_letter_id: str) -> DeadLetter | None:
+        entry = self._records.get(dead_letter_id)
+        return entry[0] if entry else None
+
+    async def replay(self, dead_letter_id: str) -> None:
+        try:
+            record, group_queue = self._records.pop(dead_letter_id)
+        except KeyError:
+            raise KeyError(f"no dead letter with id {dead_letter_id!r}") from None
+        key = record.headers.get("ce_partitionkey")
+        message = _Message(record.destination, record.headers, record.body, key)
+        group_queue.queue.put_nowait(message)
+
+    async def purge(self, *, group: str | None = None) -> int:
+        doomed = [i for i, (r, _) in self._records.items() if group is None or r.group == group]
+        for dead_letter_id in doomed:
+            del self._records[dead_letter_id]
+        return len(doomed)
+
+
+def from_url(url: str, **options: Any) -> MemoryBroker:
+    """``memory://`` (a private broker) or ``memory://NAME`` (shared in this process).
+
+    ``?strict=true`` in the URL sets ``strict``; keyword options go to :class:`MemoryBroker`.
+    """
+    from urllib.parse import urlsplit
+
+    from eventbus.brokers import query_options
+
+    for name, value in query_options(url).items():
+        if name != "strict":
+            raise ConfigurationError(f"unknown memory:// URL option {name!r}; known: strict")
+        options.setdefault("strict", value.lower() in ("1", "true", "yes"))
+    name = urlsplit(url).netloc
+    return MemoryBroker.named(name, **options) if name else MemoryBroker(**options)

@@ -1,0 +1,288 @@
+"""The envelope every event travels in, and its wire codecs.
+
+:class:`Envelope` carries the CloudEvents 1.0 context attributes (``id``, ``source``, ``type``,
+``specversion``, ``time``, ``subject``, ``datacontenttype``, ``dataschema``), our extensions
+(``partitionkey``, ``correlationid``, ``causationid``, ``dataversion``, ``traceparent``,
+``tracestate``), any other extension attributes, and the encoded payload as bytes.
+
+Two wire forms:
+
+* binary content mode — attributes in headers (``ce_id``, ``ce-id`` …), payload as the body:
+  :func:`to_binary` / :func:`from_binary`;
+* structured content mode — one JSON document (``application/cloudevents+json``):
+  :func:`to_structured` / :func:`from_structured`.
+
+:func:`decode` reads either, and the header prefixes other CloudEvents producers use
+(``ce_``, ``ce-``, ``cloudEvents_``, ``cloudEvents:``), so events from the official SDKs or a
+plain client are understood.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import re
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from types import MappingProxyType
+from typing import Any
+
+from eventbus.errors import DecodeError
+
+__all__ = [
+    "STRUCTURED_CONTENT_TYPE",
+    "Envelope",
+    "decode",
+    "from_binary",
+    "from_structured",
+    "is_json_content_type",
+    "to_binary",
+    "to_structured",
+    "validate_extension_name",
+]
+
+STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
+_EMPTY: Mapping[str, str] = MappingProxyType({})
+_EXTENSION_NAME = re.compile(r"^[a-z0-9]{1,64}$")
+# Attributes with a field of their own; everything else read from the wire is an extension.
+_STRING_ATTRS = (
+    "id",
+    "source",
+    "type",
+    "subject",
+    "dataschema",
+    "partitionkey",
+    "correlationid",
+    "causationid",
+    "traceparent",
+    "tracestate",
+)
+_KNOWN = frozenset(
+    (*_STRING_ATTRS, "specversion", "time", "datacontenttype", "dataversion", "data", "data_base64")
+)
+_PREFIXES = ("ce_", "ce-", "cloudevents_", "cloudevents:")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Envelope:
+    """An event on the wire: CloudEvents attributes, extensions and the encoded payload.
+
+    ``id`` is assigned once by the producer and never changes: redeliveries, retries and replays
+    carry the same id, which is what idempotent consumers key on. ``data`` holds the encoded
+    payload (JSON text for JSON content types).
+    """
+
+    id: str
+    type: str
+    source: str
+    data: bytes = b""
+    time: datetime | None = None
+    subject: str | None = None
+    datacontenttype: str = "application/json"
+    dataschema: str | None = None
+    specversion: str = "1.0"
+    partitionkey: str | None = None
+    correlationid: str | None = None
+    causationid: str | None = None
+    dataversion: int | None = None
+    traceparent: str | None = None
+    tracestate: str | None = None
+    extensions: Mapping[str, str] = dataclasses.field(default_factory=lambda: _EMPTY)
+
+    def __post_init__(self) -> None:
+        if self.extensions and not isinstance(self.extensions, MappingProxyType):
+            object.__setattr__(self, "extensions", MappingProxyType(dict(self.extensions)))
+
+    def __hash__(self) -> int:
+        return hash((self.source, self.id))
+
+    def replace(self, **changes: Any) -> Envelope:
+        """A copy with some attributes changed (the envelope itself is immutable)."""
+        return dataclasses.replace(self, **changes)
+
+    def json(self) -> Any:
+        """The payload parsed as JSON (for handlers that take the raw envelope)."""
+        return json.loads(self.data) if self.data else None
+
+    def attributes(self) -> dict[str, Any]:
+        """Every attribute that is set, by its CloudEvents name (``data`` excluded)."""
+        out: dict[str, Any] = {"specversion": self.specversion}
+        for name in _STRING_ATTRS:
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        if self.time is not None:
+            out["time"] = _format_time(self.time)
+        out["datacontenttype"] = self.datacontenttype
+        if self.dataversion is not None:
+            out["dataversion"] = self.dataversion
+        out.update(self.extensions)
+        return out
+
+
+def validate_extension_name(name: str) -> str:
+    """CloudEvents extension attribute names are lowercase letters and digits only."""
+    if not _EXTENSION_NAME.match(name) or name in _KNOWN or name == "specversion":
+        suggestion = re.sub(r"[^a-z0-9]", "", name.lower())
+        hint = f"; try {suggestion!r}" if suggestion and suggestion not in _KNOWN else ""
+        raise ValueError(
+            f"invalid header name {name!r}: headers travel as CloudEvents extension attributes, "
+            f"whose names are 1-64 lowercase letters or digits and not a reserved attribute{hint}"
+        )
+    return name
+
+
+def is_json_content_type(content_type: str | None) -> bool:
+    if not content_type:
+        return True
+    base = content_type.split(";", 1)[0].strip().lower()
+    return base in ("application/json", "text/json") or base.endswith("+json")
+
+
+def _format_time(value: datetime) -> str:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return value.isoformat().replace("+00:00", "Z")
+
+
+def _parse_time(value: Any) -> datetime:
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return datetime.fromtimestamp(value / 1000, tz=timezone.utc)  # AMQP timestamps: ms
+    if isinstance(value, str):
+        text = value[:-1] + "+00:00" if value.endswith(("Z", "z")) else value
+        try:
+            parsed = datetime.fromisoformat(text)
+        except ValueError:
+            pass
+        else:
+            return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    raise DecodeError(f"CloudEvents 'time' must be an RFC 3339 timestamp, got {value!r}")
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DecodeError(f"header value is not UTF-8: {value[:40]!r}") from exc
+    if isinstance(value, datetime):
+        return _format_time(value)
+    return str(value)
+
+
+def _build(attrs: Mapping[str, Any], data: bytes, key: str | None = None) -> Envelope:
+    """Make an envelope from attributes read off the wire, checking the required ones."""
+    missing = [name for name in ("id", "source", "type", "specversion") if not attrs.get(name)]
+    if missing:
+        raise DecodeError(f"not a CloudEvent: required attribute(s) {', '.join(missing)} missing")
+    if str(attrs["specversion"]) != "1.0":
+        raise DecodeError(f"unsupported CloudEvents specversion {attrs['specversion']!r}; need 1.0")
+    fields: dict[str, Any] = {n: _text(attrs[n]) for n in _STRING_ATTRS if attrs.get(n) is not None}
+    if "time" in attrs and attrs["time"] is not None:
+        fields["time"] = _parse_time(attrs["time"])
+    if attrs.get("datacontenttype"):
+        fields["datacontenttype"] = _text(attrs["datacontenttype"])
+    if attrs.get("dataversion") is not None:
+        try:
+            fields["dataversion"] = int(_text(attrs["dataversion"]))
+        except ValueError as exc:
+            raise DecodeError(
+                f"'dataversion' must be an integer: {attrs['dataversion']!r}"
+            ) from exc
+    if key is not None and "partitionkey" not in fields:
+        fields["partitionkey"] = key
+    extensions = {
+        name: _text(value)
+        for name, value in attrs.items()
+        if name not in _KNOWN and value is not None
+    }
+    return Envelope(data=data, extensions=extensions, **fields)
+
+
+def to_binary(envelope: Envelope, prefix: str = "ce_") -> tuple[dict[str, str], bytes]:
+    """Binary content mode: ``({prefix+attr: value, "content-type": ...}, payload)``."""
+    headers = {prefix + name: str(value) for name, value in envelope.attributes().items()}
+    headers["content-type"] = headers.pop(prefix + "datacontenttype")
+    return headers, envelope.data
+
+
+def from_binary(
+    headers: Mapping[str, Any], body: bytes | None, *, key: str | bytes | None = None
+) -> Envelope:
+    """Read binary content mode with any of the known header prefixes.
+
+    ``key`` is the broker's message key (Kafka); it becomes ``partitionkey`` when no
+    ``partitionkey`` attribute is present, as the CloudEvents Kafka binding prescribes.
+    """
+    attrs: dict[str, Any] = {}
+    for name, value in headers.items():
+        lower = name.lower()
+        if lower == "content-type" or lower == "content_type":
+            attrs["datacontenttype"] = value
+            continue
+        for prefix in _PREFIXES:
+            if lower.startswith(prefix):
+                attrs[lower[len(prefix) :]] = value
+                break
+    return _build(attrs, body or b"", _text(key) if key is not None else None)
+
+
+def to_structured(envelope: Envelope) -> bytes:
+    """Structured content mode: one ``application/cloudevents+json`` document."""
+    attrs = envelope.attributes()
+    if not envelope.data:
+        return json.dumps(attrs, separators=(",", ":")).encode()
+    if is_json_content_type(envelope.datacontenttype):
+        head = json.dumps(attrs, separators=(",", ":")).encode()
+        return head[:-1] + b',"data":' + envelope.data + b"}"
+    attrs["data_base64"] = base64.b64encode(envelope.data).decode("ascii")
+    return json.dumps(attrs, separators=(",", ":")).encode()
+
+
+def from_structured(body: bytes | str, *, key: str | bytes | None = None) -> Envelope:
+    """Read one structured-mode JSON document."""
+    try:
+        document = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DecodeError(f"structured CloudEvent is not valid JSON: {exc}") from exc
+    if not isinstance(document, dict):
+        raise DecodeError("structured CloudEvent must be a JSON object")
+    return _build(document, _structured_data(document), _text(key) if key is not None else None)
+
+
+def _structured_data(document: Mapping[str, Any]) -> bytes:
+    if "data_base64" in document:
+        try:
+            return base64.b64decode(document["data_base64"], validate=True)
+        except (ValueError, TypeError) as exc:
+            raise DecodeError(f"'data_base64' is not valid base64: {exc}") from exc
+    if "data" not in document or document["data"] is None:
+        return b""
+    value = document["data"]
+    if isinstance(value, str) and not is_json_content_type(document.get("datacontenttype")):
+        return value.encode("utf-8")
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def decode(
+    headers: Mapping[str, Any], body: bytes | None, *, key: str | bytes | None = None
+) -> Envelope:
+    """Read a message in whichever CloudEvents mode it arrived (the lenient consumer rules).
+
+    Structured if the content type starts with ``application/cloudevents``; binary if any
+    header has a CloudEvents prefix; structured if the body is a JSON object with
+    ``specversion``; anything else raises :class:`~eventbus.errors.DecodeError`.
+    """
+    content_type = _text(headers.get("content-type") or headers.get("content_type") or "")
+    if content_type.lower().startswith("application/cloudevents"):
+        return from_structured(body or b"", key=key)
+    if any(name.lower().startswith(_PREFIXES) for name in headers):
+        return from_binary(headers, body, key=key)
+    if body and body.lstrip()[:1] == b"{":
+        return from_structured(body, key=key)
+    raise DecodeError(
+        "message is not a CloudEvent: no ce_/ce-/cloudEvents_ headers and no structured JSON body"
+    )

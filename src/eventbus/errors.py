@@ -1,0 +1,87 @@
+"""The error taxonomy.
+
+Every error a user can meet derives from :class:`EventBusError`. Handlers raise
+:class:`PermanentError` (never retried), :class:`TransientError` (retried) or
+:class:`RetryLater` (redelivered after a delay without blocking the queue); the consume
+loop in :mod:`eventbus.bus` is the only place that turns them into ack, nack, delayed
+redelivery or dead-lettering. Every message says what to do next.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BrokerUnavailable",
+    "BusNotStarted",
+    "ConcurrencyError",
+    "ConfigurationError",
+    "DecodeError",
+    "EventBusError",
+    "NoHandlerError",
+    "PayloadValidationError",
+    "PermanentError",
+    "PublishError",
+    "RetryLater",
+    "TransientError",
+]
+
+
+class EventBusError(Exception):
+    """Root of every error raised by eventbus."""
+
+
+class ConfigurationError(EventBusError):
+    """The bus, a subscription or a handler is set up wrongly; raised at start-up or import time."""
+
+
+class BusNotStarted(ConfigurationError):
+    """``publish`` was called before the bus was started (or after it was stopped)."""
+
+
+class NoHandlerError(ConfigurationError):
+    """An event was published that no subscription of a strict bus accepts."""
+
+
+class PermanentError(EventBusError):
+    """Raised by a handler when retrying cannot help: the message goes to the dead-letter queue."""
+
+
+class TransientError(EventBusError):
+    """Raised by a handler when a later attempt may succeed: the retry policy applies."""
+
+
+class RetryLater(EventBusError):
+    """Ask the broker to redeliver this message after ``delay`` seconds.
+
+    The message is handed back to the broker and the original acknowledged, so the queue or
+    partition keeps flowing while the message waits.
+    """
+
+    def __init__(self, delay: float, reason: str = "") -> None:
+        if delay < 0:
+            raise ValueError(f"RetryLater delay must be >= 0 seconds, got {delay!r}")
+        self.delay = float(delay)
+        self.reason = reason
+        super().__init__(f"redeliver in {self.delay:g}s" + (f": {reason}" if reason else ""))
+
+
+class DecodeError(PermanentError):
+    """Bytes from the broker are not an event this library can read.
+
+    They are dead-lettered exactly as they arrived; inspect them with ``bus.dead_letters``.
+    """
+
+
+class PayloadValidationError(PermanentError):
+    """The event's data does not match the handler's model (a pydantic validation failure)."""
+
+
+class BrokerUnavailable(TransientError):
+    """The broker cannot be reached; the operation may succeed once it is back."""
+
+
+class PublishError(EventBusError):
+    """The broker did not accept a published event; it was not sent and the caller must decide."""
+
+
+class ConcurrencyError(EventBusError):
+    """An optimistic-concurrency check failed (the stream moved on since it was read)."""

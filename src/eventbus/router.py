@@ -1,0 +1,232 @@
+"""Routers, subscriptions, handler signatures and topic patterns.
+
+``@router.subscribe(...)`` accepts an event class, a type name, or a pattern in AMQP topic
+syntax over dot-separated type names: ``*`` matches exactly one word, ``#`` zero or more
+(``auth.user.*`` matches ``auth.user.created``; ``auth.#`` matches ``auth``, ``auth.login`` and
+``auth.user.created``). The handler's signature is resolved once, here, so a handler that
+cannot be called fails at import time with :class:`~eventbus.errors.ConfigurationError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import typing
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from eventbus.context import Context
+from eventbus.envelope import Envelope
+from eventbus.errors import ConfigurationError
+from eventbus.event import Event, validate_type_name
+from eventbus.types import Middleware
+
+__all__ = ["HandlerSpec", "Router", "Subscription", "is_pattern", "topic_matches"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def is_pattern(target: str) -> bool:
+    """True when ``target`` contains a ``*`` or ``#`` word."""
+    return any(word in ("*", "#") for word in target.split("."))
+
+
+@functools.lru_cache(maxsize=4096)
+def topic_matches(pattern: str, topic: str) -> bool:
+    """AMQP topic matching of ``topic`` against ``pattern`` (``*`` one word, ``#`` any number)."""
+    if pattern == topic:
+        return True
+    return _match(tuple(pattern.split(".")), tuple(topic.split(".")))
+
+
+def _match(pattern: tuple[str, ...], words: tuple[str, ...]) -> bool:
+    # Positions in the pattern reachable after consuming each word (an NFA walk; no backtracking).
+    states = _close(pattern, {0})
+    for word in words:
+        following: set[int] = set()
+        for i in states:
+            if i < len(pattern) and pattern[i] == "#":
+                following.add(i)  # '#' swallows this word and may swallow more
+            elif i < len(pattern) and pattern[i] in ("*", word):
+                following.add(i + 1)
+        states = _close(pattern, following)
+        if not states:
+            return False
+    return len(pattern) in states
+
+
+def _close(pattern: tuple[str, ...], states: set[int]) -> set[int]:
+    """Add the positions reachable by letting a '#' match zero words."""
+    stack = list(states)
+    while stack:
+        i = stack.pop()
+        if i < len(pattern) and pattern[i] == "#" and i + 1 not in states:
+            states.add(i + 1)
+            stack.append(i + 1)
+    return states
+
+
+@dataclasses.dataclass(frozen=True)
+class HandlerSpec:
+    """How to call a handler, worked out once from its signature."""
+
+    func: Callable[..., Any]
+    model: type[Event] | None
+    """The model the payload is validated into; ``None`` means the handler takes the Envelope."""
+    wants_context: bool
+    is_async: bool
+
+    @property
+    def name(self) -> str:
+        return f"{self.func.__module__}.{self.func.__qualname__}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Subscription:
+    """A handler bound to what it listens to, in which consumer group, with which concurrency.
+
+    ``topic`` is what the broker subscribes to (a destination, or a pattern when
+    ``is_pattern``); ``types`` are the event types the handler accepts (``None``: all that
+    arrive), so several types can share one destination.
+    """
+
+    target: str
+    topic: str
+    is_pattern: bool
+    types: frozenset[str] | None
+    group: str | None
+    concurrency: int
+    handler: HandlerSpec
+    middleware: tuple[Middleware, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return self.handler.name
+
+    @property
+    def handler_name(self) -> str:
+        return self.handler.func.__name__
+
+    def accepts(self, event_type: str) -> bool:
+        if self.types is not None:
+            return event_type in self.types
+        return not self.is_pattern or topic_matches(self.topic, event_type)
+
+
+class Router:
+    """A group of subscriptions, included into a bus with ``bus.include_router(router)``."""
+
+    def __init__(self) -> None:
+        self.subscriptions: list[Subscription] = []
+
+    def subscribe(
+        self,
+        target: type[Event] | str,
+        *,
+        group: str | None = None,
+        concurrency: int = 1,
+        middleware: Sequence[Middleware] = (),
+    ) -> Callable[[F], F]:
+        """Register the decorated function as a handler; the function is returned unchanged.
+
+        ``group`` is the consumer group: handlers in one group share the work, each group gets
+        every event. It defaults to ``"{service}.{function name}"`` when the router is included
+        into a bus. ``concurrency`` is how many events are handled at once; events with the
+        same ``partitionkey`` are still handled one after another, in order.
+        """
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ConfigurationError(f"concurrency must be an integer >= 1, got {concurrency!r}")
+        if group is not None and not group.strip():
+            raise ConfigurationError("group must be a non-empty string (or None for the default)")
+
+        def decorator(func: F) -> F:
+            self.subscriptions.append(
+                _make_subscription(target, func, group, concurrency, tuple(middleware))
+            )
+            return func
+
+        return decorator
+
+
+def _make_subscription(
+    target: type[Event] | str,
+    func: Callable[..., Any],
+    group: str | None,
+    concurrency: int,
+    middleware: tuple[Middleware, ...],
+) -> Subscription:
+    if isinstance(target, type) and issubclass(target, Event):
+        model: type[Event] | None = target
+        name, topic = target.event_type, target.destination()
+        types: frozenset[str] | None = frozenset([name])
+    elif isinstance(target, str):
+        model, name = None, validate_type_name(target.strip(), "subscription target")
+        topic, types = name, (None if is_pattern(name) else frozenset([name]))
+    else:
+        raise ConfigurationError(
+            f"subscribe() takes an Event subclass, a type name or a pattern, not {target!r}"
+        )
+    spec = resolve_handler(func, model, pattern=is_pattern(name))
+    if spec.model is not None and spec.model.event_type != name:
+        raise ConfigurationError(
+            f"{spec.name} subscribes to {name!r} but takes {spec.model.__name__}, whose event type "
+            f"is {spec.model.event_type!r}; subscribe to {spec.model.__name__} instead"
+        )
+    if spec.model is not None and model is None:
+        topic = spec.model.destination()
+    return Subscription(name, topic, is_pattern(name), types, group, concurrency, spec, middleware)
+
+
+def resolve_handler(
+    func: Callable[..., Any], model: type[Event] | None, *, pattern: bool = False
+) -> HandlerSpec:
+    """Work out how to call ``func``: which model (or Envelope) and whether it takes a Context."""
+    qualname = f"{getattr(func, '__module__', '?')}.{getattr(func, '__qualname__', func)!s}"
+    if not callable(func):
+        raise ConfigurationError(f"handler {func!r} is not callable")
+    if inspect.isasyncgenfunction(func) or inspect.isgeneratorfunction(func):
+        raise ConfigurationError(f"handler {qualname} is a generator; handlers return None")
+    try:
+        hints = typing.get_type_hints(func)
+    except Exception as exc:  # NameError for unresolvable forward references, and friends
+        raise ConfigurationError(
+            f"cannot resolve the annotations of handler {qualname}: {exc}; import the types it "
+            "names at module level"
+        ) from exc
+    params = [
+        p
+        for p in inspect.signature(func).parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    required_extra = [p.name for p in params[2:] if p.default is p.empty]
+    if not params or (len(params) > 2 and required_extra):
+        raise ConfigurationError(
+            f"handler {qualname} must take (event) or (event, ctx: Context); "
+            f"it takes {[p.name for p in params]}"
+        )
+    first = hints.get(params[0].name, model)
+    if first is Envelope:
+        event_model: type[Event] | None = None
+    elif isinstance(first, type) and issubclass(first, Event) and first is not Event:
+        if pattern:
+            raise ConfigurationError(
+                f"handler {qualname} subscribes to a pattern, which delivers several event types;"
+                f" take `envelope: Envelope` as its first parameter instead of {first.__name__}"
+            )
+        event_model = first
+    else:
+        raise ConfigurationError(
+            f"annotate the first parameter of handler {qualname} with the event model it handles "
+            f"(an Event subclass) or with Envelope; got {first!r}"
+        )
+    wants_context = len(params) >= 2
+    if wants_context and hints.get(params[1].name, Context) is not Context:
+        raise ConfigurationError(
+            f"the second parameter of handler {qualname} must be annotated Context "
+            f"(or left out), got {hints.get(params[1].name)!r}"
+        )
+    is_async = inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(
+        getattr(func, "__call__", None)  # noqa: B004 - async callable objects
+    )
+    return HandlerSpec(func, event_model, wants_context, is_async)
