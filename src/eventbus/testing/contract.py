@@ -1,0 +1,454 @@
+"""``BrokerContract``: the behaviours every broker adapter must show, as a pytest suite.
+
+Subclass it in a test module and say how to make an adapter; every test runs through the
+whole stack (``EventBus`` → adapter → broker → adapter → handler), so passing it means a
+handler behaves the same on this broker as on the others::
+
+    class TestRedisContract(BrokerContract):
+        async def make_broker(self) -> Broker:
+            return RedisBroker(os.environ["EVENTBUS_TEST_REDIS_URL"])
+
+Tests that need a capability the adapter does not declare (``Broker.capabilities``) are
+skipped for that reason — never by adapter name. Each test uses event types and groups of its
+own (``self.ns``), so adapters may share one server between tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any, ClassVar
+
+import pytest
+
+from eventbus.bus import EventBus
+from eventbus.clock import FakeClock
+from eventbus.context import Context
+from eventbus.envelope import Envelope, decode
+from eventbus.errors import PermanentError, RetryLater
+from eventbus.event import Event
+from eventbus.router import Router
+from eventbus.types import Broker, Middleware
+
+__all__ = ["BrokerContract"]
+
+
+class Ping(Event):
+    """The contract's event; each test publishes it under a type name of its own."""
+
+    n: int
+    text: str = ""
+
+
+def ping_type(type_name: str) -> type[Ping]:
+    """A ``Ping`` subclass whose event type is ``type_name``."""
+    return type(f"Ping_{abs(hash(type_name))}", (Ping,), {"event_type": type_name})
+
+
+class BrokerContract:
+    """The conformance suite. Override :meth:`make_broker`; optionally the class settings."""
+
+    pytestmark: ClassVar[Any] = pytest.mark.anyio
+    timeout: ClassVar[float] = 10.0
+    """Deadline for every wait in the suite."""
+    retry_delay: ClassVar[float] = 0.5
+    """Delay used by the delayed-redelivery test (real seconds unless ``make_clock`` is fake)."""
+
+    ns: str
+    clock: FakeClock | None
+
+    async def make_broker(self) -> Broker:
+        """A new adapter instance talking to the broker under test."""
+        raise NotImplementedError("subclass BrokerContract and implement make_broker()")
+
+    def make_clock(self) -> FakeClock | None:
+        """A fake clock the adapter's delays run on, if it takes one (``None``: real time)."""
+        return None
+
+    async def send_raw(self, broker: Broker, destination: str, body: bytes) -> None:
+        """Put raw bytes on ``destination`` the way a foreign producer would."""
+        send = getattr(broker, "send_raw", None)
+        if send is None:
+            pytest.fail(f"{type(broker).__name__} has no send_raw(); override send_raw()")
+        await send(destination, body)
+
+    # ---------------------------------------------------------------- plumbing
+    @pytest.fixture(autouse=True)
+    def _contract_setup(self) -> None:
+        self.ns = f"c{uuid.uuid4().hex[:10]}"
+        self.clock = self.make_clock()
+
+    def event(self, name: str = "ping") -> type[Ping]:
+        return ping_type(f"{self.ns}.{name}")
+
+    @contextlib.asynccontextmanager
+    async def bus(
+        self, *routers: Router, service: str = "svc", middleware: tuple[Middleware, ...] = ()
+    ) -> AsyncIterator[EventBus]:
+        bus = EventBus(
+            await self.make_broker(),
+            service=f"{self.ns}-{service}",
+            routers=routers,
+            middleware=middleware,
+            shutdown_timeout=5.0,
+        )
+        async with bus:
+            yield bus
+
+    async def wait(self, condition: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + self.timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                pytest.fail(f"timed out after {self.timeout}s waiting until {what}")
+            await asyncio.sleep(0.005)
+
+    def capability(self, broker: Broker, name: str) -> None:
+        if not getattr(broker.capabilities, name):
+            pytest.skip(f"adapter does not declare the {name!r} capability")
+
+    # ---------------------------------------------------------------- the contract
+    async def test_round_trip_keeps_every_attribute(self) -> None:
+        event_cls, router = self.event(), Router()
+        got: list[Any] = []
+        router.subscribe(event_cls)(_collect(got, context=True))
+        async with self.bus(router) as bus:
+            sent = await bus.publish(
+                event_cls(n=1, text="héllo ✓"), key="k-1", headers={"tenant": "acme"}
+            )
+            await self.wait(lambda: len(got) == 1, "the event is handled")
+        event, ctx = got[0]
+        assert event == event_cls(n=1, text="héllo ✓")
+        received = ctx.envelope
+        for name in ("id", "type", "source", "partitionkey", "correlationid", "dataversion"):
+            assert getattr(received, name) == getattr(sent, name), name
+        assert received.time == sent.time
+        assert received.extensions["tenant"] == "acme"
+        assert ctx.attempt == 1
+
+    async def test_every_group_gets_a_copy(self) -> None:
+        event_cls, router = self.event(), Router()
+        a: list[Any] = []
+        b: list[Any] = []
+        router.subscribe(event_cls, group=f"{self.ns}-a")(_collect(a))
+        router.subscribe(event_cls, group=f"{self.ns}-b")(_collect(b))
+        async with self.bus(router) as bus:
+            self.capability(bus.broker, "consumer_groups")
+            for n in range(5):
+                await bus.publish(event_cls(n=n))
+            await self.wait(lambda: len(a) == 5 and len(b) == 5, "both groups have all 5")
+        assert sorted(e.n for e in a) == sorted(e.n for e in b) == list(range(5))
+
+    async def test_consumers_in_one_group_share_the_work(self) -> None:
+        event_cls = self.event()
+        got: list[Any] = []
+        first, second = Router(), Router()
+        first.subscribe(event_cls, group=f"{self.ns}-workers")(_collect(got))
+        second.subscribe(event_cls, group=f"{self.ns}-workers")(_collect(got))
+        async with self.bus(first) as bus, self.bus(second, service="other"):
+            self.capability(bus.broker, "consumer_groups")
+            for n in range(20):
+                await bus.publish(event_cls(n=n), key=f"k{n}")
+            await self.wait(lambda: len(got) >= 20, "20 events are handled")
+        assert sorted(e.n for e in got) == list(range(20))
+
+    async def test_acknowledged_events_are_not_delivered_again(self) -> None:
+        event_cls, router = self.event(), Router()
+        got: list[Any] = []
+        router.subscribe(event_cls, group=f"{self.ns}-g")(_collect(got))
+        async with self.bus(router) as bus:
+            await bus.publish(event_cls(n=1), key="same")
+            await self.wait(lambda: len(got) == 1, "the first event is handled")
+        async with self.bus(router) as bus:
+            await bus.publish(event_cls(n=2), key="same")
+            await self.wait(lambda: len(got) == 2, "the second event is handled")
+        assert [e.n for e in got] == [1, 2]
+
+    async def test_failed_event_comes_back_with_next_attempt(self) -> None:
+        event_cls, router = self.event(), Router()
+        attempts: list[int] = []
+
+        @router.subscribe(event_cls)
+        async def flaky(event: Ping, ctx: Context) -> None:
+            attempts.append(ctx.attempt)
+            if ctx.attempt == 1:
+                raise RuntimeError("first attempt fails")
+
+        async with self.bus(router) as bus:
+            await bus.publish(event_cls(n=1))
+            await self.wait(lambda: len(attempts) == 2, "the event is delivered again")
+        assert attempts == [1, 2]
+
+    async def test_retry_later_waits_without_blocking_others(self) -> None:
+        event_cls, router = self.event(), Router()
+        seen: list[tuple[int, int, float]] = []
+
+        @router.subscribe(event_cls, concurrency=1)
+        async def later(event: Ping, ctx: Context) -> None:
+            seen.append((event.n, ctx.attempt, time.monotonic()))
+            if event.n == 1 and ctx.attempt == 1:
+                raise RetryLater(self.retry_delay)
+
+        async with self.bus(router) as bus:
+            self.capability(bus.broker, "delayed_redelivery")
+            await bus.publish(event_cls(n=1))
+            await bus.publish(event_cls(n=2))
+            await self.wait(lambda: any(n == 2 for n, _, _ in seen), "the second event is handled")
+            assert [(n, a) for n, a, _ in seen] == [(1, 1), (2, 1)]
+            if self.clock is not None:
+                await self.clock.advance(self.retry_delay)
+            await self.wait(lambda: len(seen) == 3, "the delayed event comes back")
+        assert (seen[2][0], seen[2][1]) == (1, 2)
+        if self.clock is None:
+            assert seen[2][2] - seen[0][2] >= self.retry_delay * 0.8
+
+    async def test_permanent_failure_is_dead_lettered_with_original_bytes(self) -> None:
+        event_cls, router = self.event(), Router()
+
+        @router.subscribe(event_cls, group=f"{self.ns}-dlq")
+        async def refuse(event: Ping) -> None:
+            raise PermanentError(f"cannot handle {event.n}")
+
+        async with self.bus(router) as bus:
+            self.capability(bus.broker, "dead_letters")
+            sent = await bus.publish(event_cls(n=7, text="keep me"))
+            records = await self._dead_letters(bus, f"{self.ns}-dlq", 1)
+        record = records[0]
+        assert record.event_id == sent.id
+        assert record.event_type == sent.type
+        assert record.destination == event_cls.destination()
+        assert record.group == f"{self.ns}-dlq"
+        assert "cannot handle 7" in record.error_message
+        assert record.error_type.endswith("PermanentError")
+        assert record.attempts == 1
+        assert "refuse" in record.subscription
+        assert "PermanentError" in record.traceback
+        assert decode(record.headers, record.body).data == sent.data
+
+    async def test_replay_redelivers_the_same_event_id(self) -> None:
+        event_cls, router = self.event(), Router()
+        handled: list[str] = []
+        fail = {"on": True}
+
+        @router.subscribe(event_cls, group=f"{self.ns}-replay")
+        async def sometimes(event: Ping, ctx: Context) -> None:
+            if fail["on"]:
+                raise PermanentError("not yet")
+            handled.append(ctx.envelope.id)
+
+        async with self.bus(router) as bus:
+            self.capability(bus.broker, "dead_letters")
+            sent = await bus.publish(event_cls(n=1))
+            records = await self._dead_letters(bus, f"{self.ns}-replay", 1)
+            fail["on"] = False
+            await bus.dead_letters.replay(records[0].id)
+            await self.wait(lambda: handled == [sent.id], "the replayed event is handled")
+            assert await bus.dead_letters.get(records[0].id) is None
+            with pytest.raises(KeyError):
+                await bus.dead_letters.replay(records[0].id)
+
+    async def test_purge_removes_dead_letters(self) -> None:
+        event_cls, router = self.event(), Router()
+        router.subscribe(event_cls, group=f"{self.ns}-purge")(_refuse)
+        async with self.bus(router) as bus:
+            self.capability(bus.broker, "dead_letters")
+            for n in range(3):
+                await bus.publish(event_cls(n=n))
+            await self._dead_letters(bus, f"{self.ns}-purge", 3)
+            assert await bus.dead_letters.purge(group=f"{self.ns}-purge") == 3
+            assert await bus.dead_letters.list(group=f"{self.ns}-purge") == []
+
+    async def test_undecodable_bytes_are_dead_lettered_and_others_flow(self) -> None:
+        event_cls, router = self.event(), Router()
+        got: list[Any] = []
+        router.subscribe(event_cls, group=f"{self.ns}-junk")(_collect(got))
+        junk = b"\x00\xffnot an event"
+        async with self.bus(router) as bus:
+            await self.send_raw(bus.broker, event_cls.destination(), junk)
+            await bus.publish(event_cls(n=1))
+            await self.wait(lambda: len(got) == 1, "the good event is handled")
+            if bus.broker.capabilities.dead_letters:
+                records = await self._dead_letters(bus, f"{self.ns}-junk", 1)
+                assert records[0].body == junk
+                assert records[0].event_id is None
+                assert records[0].reason == "undecodable"
+
+    async def test_a_poison_event_does_not_stop_the_others(self) -> None:
+        event_cls, router = self.event(), Router()
+        good: list[int] = []
+
+        @router.subscribe(event_cls)
+        async def picky(event: Ping) -> None:
+            if event.n == 0:
+                raise RuntimeError("poison")
+            good.append(event.n)
+
+        async with self.bus(router) as bus:
+            await bus.publish(event_cls(n=0))
+            for n in range(1, 6):
+                await bus.publish(event_cls(n=n))
+            await self.wait(lambda: len(good) == 5, "the five good events are handled")
+        assert sorted(good) == [1, 2, 3, 4, 5]
+
+    async def test_patterns_route_by_type_words(self) -> None:
+        router = Router()
+        star: list[Envelope] = []
+        hashed: list[Envelope] = []
+        router.subscribe(f"{self.ns}.user.*")(_collect_envelopes(star))
+        router.subscribe(f"{self.ns}.#")(_collect_envelopes(hashed))
+        async with self.bus(router) as bus:
+            self.capability(bus.broker, "pattern_subscriptions")
+            for name in ("user.created", "user.deleted", "order.created", "user.profile.updated"):
+                await bus.publish(self.event(name)(n=1))
+            await self.wait(lambda: len(star) == 2 and len(hashed) == 4, "patterns match")
+        assert sorted(e.type for e in star) == [
+            f"{self.ns}.user.{a}" for a in ("created", "deleted")
+        ]
+
+    async def test_order_is_kept_per_key_under_concurrency(self) -> None:
+        event_cls, router = self.event(), Router()
+        seen: dict[str | None, list[int]] = {}
+
+        @router.subscribe(event_cls, concurrency=8)
+        async def record(event: Ping, ctx: Context) -> None:
+            await asyncio.sleep(0)  # let other keys interleave
+            seen.setdefault(ctx.envelope.partitionkey, []).append(event.n)
+
+        async with self.bus(router) as bus:
+            self.capability(bus.broker, "ordered_per_key")
+            for n in range(60):
+                await bus.publish(event_cls(n=n), key=f"k{n % 3}")
+            await self.wait(lambda: sum(len(v) for v in seen.values()) == 60, "all 60 handled")
+        for i in range(3):
+            assert seen[f"k{i}"] == list(range(i, 60, 3))
+
+    async def test_publish_many_delivers_every_event(self) -> None:
+        event_cls, router = self.event(), Router()
+        got: list[Any] = []
+        router.subscribe(event_cls)(_collect(got))
+        async with self.bus(router) as bus:
+            sent = await bus.publish_many([event_cls(n=n) for n in range(50)])
+            await self.wait(lambda: len(got) == 50, "50 events are handled")
+        assert len({e.id for e in sent}) == 50
+        assert sorted(e.n for e in got) == list(range(50))
+
+    async def test_unfinished_event_is_redelivered_after_shutdown(self) -> None:
+        event_cls, router = self.event(), Router()
+        starts: list[int] = []
+        hang = {"on": True}
+
+        @router.subscribe(event_cls, group=f"{self.ns}-stuck")
+        async def stuck(event: Ping, ctx: Context) -> None:
+            starts.append(ctx.attempt)
+            if hang["on"]:
+                await asyncio.Event().wait()
+
+        bus_cm = self.bus(router)
+        bus = await bus_cm.__aenter__()
+        try:
+            await bus.publish(event_cls(n=1))
+            await self.wait(lambda: len(starts) == 1, "the handler starts")
+        finally:
+            bus.shutdown_timeout = 0.05
+            await bus_cm.__aexit__(None, None, None)
+        hang["on"] = False
+        async with self.bus(router):
+            await self.wait(lambda: len(starts) == 2, "the event is delivered again")
+        assert starts[1] >= 2
+
+    async def test_shutdown_lets_running_handlers_finish(self) -> None:
+        event_cls, router = self.event(), Router()
+        done: list[int] = []
+        started, release = asyncio.Event(), asyncio.Event()
+
+        @router.subscribe(event_cls, group=f"{self.ns}-finish")
+        async def slow(event: Ping) -> None:
+            started.set()
+            await release.wait()
+            done.append(event.n)
+
+        async with self.bus(router) as bus:
+            await bus.publish(event_cls(n=1))
+            await asyncio.wait_for(started.wait(), self.timeout)
+            stopping = asyncio.ensure_future(bus.stop())
+            await asyncio.sleep(0)
+            release.set()
+            await asyncio.wait_for(stopping, self.timeout)
+        assert done == [1]
+        async with self.bus(router) as bus:  # acked: a new consumer does not see it again
+            await bus.publish(event_cls(n=2))
+            await self.wait(lambda: done == [1, 2], "only the new event is handled")
+
+    async def test_large_payload_round_trips(self) -> None:
+        event_cls, router = self.event(), Router()
+        got: list[Any] = []
+        router.subscribe(event_cls)(_collect(got))
+        text = "ünïcødé ✓ " * 25_000
+        async with self.bus(router) as bus:
+            await bus.publish(event_cls(n=1, text=text))
+            await self.wait(lambda: len(got) == 1, "the large event is handled")
+        assert got[0].text == text
+
+    async def test_follow_up_events_carry_causation(self) -> None:
+        first, second, router = self.event("first"), self.event("second"), Router()
+        seen: list[Any] = []
+
+        @router.subscribe(first)
+        async def react(event: Ping, ctx: Context) -> None:
+            await ctx.publish(second(n=event.n + 1))
+
+        router.subscribe(second)(_collect(seen, context=True))
+        async with self.bus(router) as bus:
+            origin = await bus.publish(first(n=1))
+            await self.wait(lambda: len(seen) == 1, "the follow-up is handled")
+        follow_up = seen[0][1].envelope
+        assert follow_up.causationid == origin.id
+        assert follow_up.correlationid == origin.correlationid
+
+    async def test_connect_and_close_are_idempotent(self) -> None:
+        broker = await self.make_broker()
+        await broker.connect()
+        await broker.connect()
+        await broker.close()
+        await broker.close()
+
+    async def _dead_letters(self, bus: EventBus, group: str, count: int) -> list[Any]:
+        records: list[Any] = []
+
+        async def enough() -> bool:
+            records[:] = await bus.dead_letters.list(group=group)
+            return len(records) >= count
+
+        deadline = time.monotonic() + self.timeout
+        while not await enough():
+            if time.monotonic() > deadline:
+                pytest.fail(f"expected {count} dead letters in {group}, found {len(records)}")
+            await asyncio.sleep(0.01)
+        return records
+
+
+def _collect(into: list[Any], *, context: bool = False) -> Callable[..., Any]:
+    if context:
+
+        async def with_context(event: Ping, ctx: Context) -> None:
+            into.append((event, ctx))
+
+        return with_context
+
+    async def handler(event: Ping) -> None:
+        into.append(event)
+
+    return handler
+
+
+def _collect_envelopes(into: list[Envelope]) -> Callable[..., Any]:
+    async def handler(envelope: Envelope) -> None:
+        into.append(envelope)
+
+    return handler
+
+
+async def _refuse(event: Ping) -> None:
+    raise PermanentError("refused")
