@@ -46,6 +46,7 @@ from eventbus.errors import (
     RetryLater,
 )
 from eventbus.event import Event
+from eventbus.middleware import Retry, default_middleware
 from eventbus.router import Router, Subscription
 from eventbus.types import (
     Broker,
@@ -69,7 +70,9 @@ class EventBus:
     ``broker`` is a URL (``memory://``, ``kafka://…``, ``amqp://…``, ``redis://…``) or a ready
     adapter; ``broker_options`` go to the adapter untouched. ``service`` names this service:
     it is the CloudEvents ``source`` and the prefix of default consumer group names.
-    ``middleware`` wraps every handler (first = outermost); ``publish_middleware`` wraps
+    ``middleware`` wraps every handler (first = outermost); left out, it is
+    :func:`eventbus.middleware.default_middleware` (dead-letter, retry), and ``()`` means
+    none. ``publish_middleware`` wraps
     every publish. ``shutdown_timeout`` bounds how long ``stop`` waits for running handlers.
     """
 
@@ -79,7 +82,7 @@ class EventBus:
         *,
         service: str = "app",
         routers: Iterable[Router] = (),
-        middleware: Sequence[Middleware] = (),
+        middleware: Sequence[Middleware] | None = None,
         publish_middleware: Sequence[PublishMiddleware] = (),
         shutdown_timeout: float = 30.0,
         **broker_options: Any,
@@ -90,7 +93,7 @@ class EventBus:
             from_url(broker, **broker_options) if isinstance(broker, str) else broker
         )
         self.service = service
-        self.middleware = tuple(middleware)
+        self.middleware = tuple(default_middleware() if middleware is None else middleware)
         self.publish_middleware = tuple(publish_middleware)
         self.shutdown_timeout = shutdown_timeout
         self.router = Router()
@@ -110,12 +113,13 @@ class EventBus:
         group: str | None = None,
         concurrency: int = 1,
         middleware: Sequence[Middleware] = (),
+        retry: Retry | None = None,
     ) -> Callable[[F], F]:
         """Subscribe a handler on the bus itself; see :meth:`Router.subscribe`."""
         if self._started:
             raise ConfigurationError("subscribe handlers before the bus starts")
         return self.router.subscribe(
-            target, group=group, concurrency=concurrency, middleware=middleware
+            target, group=group, concurrency=concurrency, middleware=middleware, retry=retry
         )
 
     def include_router(self, router: Router) -> None:

@@ -15,10 +15,12 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Protocol
 
+from eventbus.errors import NonRetryableError, RetriesExhausted
+
 if TYPE_CHECKING:
     from eventbus.types import Delivery
 
-__all__ = ["DeadLetter", "DeadLetterStore", "describe_failure"]
+__all__ = ["FIRST_FAILURE_AT", "DeadLetter", "DeadLetterStore", "describe_failure"]
 
 _TRACEBACK_LINES = 12
 
@@ -45,6 +47,11 @@ class DeadLetter:
     last_failure_at: datetime | None = None
 
 
+FIRST_FAILURE_AT = "first-failure-at"
+"""``Delivery.metadata`` key: when the message first failed (ISO-8601, UTC), carried across
+redeliveries so that a dead letter can say how long it had been failing."""
+
+
 def describe_failure(
     delivery: Delivery,
     *,
@@ -54,9 +61,16 @@ def describe_failure(
     exc: BaseException | None = None,
     first_failure_at: datetime | None = None,
 ) -> DeadLetter:
-    """Build the dead-letter record for ``delivery``, which failed with ``exc`` (if any)."""
+    """Build the dead-letter record for ``delivery``, which failed with ``exc`` (if any).
+
+    For :class:`~eventbus.errors.RetriesExhausted` and
+    :class:`~eventbus.errors.NonRetryableError` the record names the error they wrap (its type
+    and message) and says why it was not retried. ``first_failure_at`` defaults to the time
+    carried in ``delivery.metadata`` (see :data:`FIRST_FAILURE_AT`), else now.
+    """
     now = datetime.now(timezone.utc)
     envelope = delivery.envelope
+    reason, shown = _reason(reason, exc)
     excerpt = ""
     if exc is not None:
         lines = traceback.format_exception(type(exc), exc, exc.__traceback__)
@@ -67,8 +81,8 @@ def describe_failure(
         group=group,
         subscription=subscription,
         reason=reason,
-        error_type=f"{type(exc).__module__}.{type(exc).__qualname__}" if exc else "",
-        error_message=str(exc) if exc else reason,
+        error_type=f"{type(shown).__module__}.{type(shown).__qualname__}" if shown else "",
+        error_message=str(shown) if shown else reason,
         attempts=delivery.attempt,
         headers=dict(delivery.headers),
         body=delivery.body,
@@ -76,9 +90,30 @@ def describe_failure(
         event_type=envelope.type if envelope else None,
         traceparent=envelope.traceparent if envelope else None,
         traceback=excerpt,
-        first_failure_at=first_failure_at or now,
+        first_failure_at=first_failure_at or _carried_first_failure(delivery) or now,
         last_failure_at=now,
     )
+
+
+def _reason(reason: str, exc: BaseException | None) -> tuple[str, BaseException | None]:
+    """The reason to record and the error to report (the wrapped one, for policy wrappers)."""
+    if isinstance(exc, RetriesExhausted):
+        return f"retries exhausted after {exc.attempts} deliveries", exc.last_error
+    if isinstance(exc, NonRetryableError):
+        return f"not retryable ({type(exc.error).__name__})", exc.error
+    return reason, exc
+
+
+def _carried_first_failure(delivery: Delivery) -> datetime | None:
+    # getattr: adapters written before Delivery.metadata existed still dead-letter correctly.
+    metadata = getattr(delivery, "metadata", None) or {}
+    value = metadata.get(FIRST_FAILURE_AT)
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:  # written by something else; the record falls back to "now"
+        return None
 
 
 class DeadLetterStore(Protocol):

@@ -16,10 +16,13 @@ __all__ = [
     "ConfigurationError",
     "DecodeError",
     "EventBusError",
+    "HandlerTimeout",
     "NoHandlerError",
+    "NonRetryableError",
     "PayloadValidationError",
     "PermanentError",
     "PublishError",
+    "RetriesExhausted",
     "RetryLater",
     "TransientError",
 ]
@@ -73,6 +76,42 @@ class DecodeError(PermanentError):
 
 class PayloadValidationError(PermanentError):
     """The event's data does not match the handler's model (a pydantic validation failure)."""
+
+
+class RetriesExhausted(PermanentError):
+    """The retry policy gave up: every in-process try and every delayed redelivery failed.
+
+    ``last_error`` (also ``__cause__``) is the error of the last try; the dead-letter record
+    reports its type and message. ``attempts`` is the number of deliveries made.
+    """
+
+    def __init__(self, last_error: BaseException, attempts: int) -> None:
+        self.last_error = last_error
+        self.attempts = attempts
+        super().__init__(
+            f"gave up after {attempts} deliveries; last error: {type(last_error).__name__}: "
+            f"{last_error}. Fix the cause, then replay it with bus.dead_letters.replay(id)"
+        )
+
+
+class NonRetryableError(PermanentError):
+    """An error the retry policy never retries, wrapped so that it is dead-lettered.
+
+    Raised for a pydantic ``ValidationError`` from a handler and for errors a ``Retry`` or
+    ``DeadLetter`` middleware was told are permanent. ``error`` (also ``__cause__``) is the
+    original; the dead-letter record reports its type and message.
+    """
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+        super().__init__(
+            f"{type(error).__name__} is not retried: {error}. Fix the handler or the event, "
+            "then replay it with bus.dead_letters.replay(id)"
+        )
+
+
+class HandlerTimeout(TransientError):
+    """A handler ran longer than its ``Timeout`` allows and was cancelled; it will be retried."""
 
 
 class BrokerUnavailable(TransientError):

@@ -14,13 +14,16 @@ import functools
 import inspect
 import typing
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from eventbus.context import Context
 from eventbus.envelope import Envelope
 from eventbus.errors import ConfigurationError
 from eventbus.event import Event, validate_type_name
 from eventbus.types import Middleware
+
+if TYPE_CHECKING:
+    from eventbus.middleware.retry import Retry
 
 __all__ = ["HandlerSpec", "Router", "Subscription", "is_pattern", "topic_matches"]
 
@@ -99,6 +102,8 @@ class Subscription:
     concurrency: int
     handler: HandlerSpec
     middleware: tuple[Middleware, ...] = ()
+    retry: Retry | None = None
+    """Retry policy for this subscription, run by the bus's ``Retry`` in place of its own."""
 
     @property
     def name(self) -> str:
@@ -127,6 +132,7 @@ class Router:
         group: str | None = None,
         concurrency: int = 1,
         middleware: Sequence[Middleware] = (),
+        retry: Retry | None = None,
     ) -> Callable[[F], F]:
         """Register the decorated function as a handler; the function is returned unchanged.
 
@@ -134,7 +140,12 @@ class Router:
         every event. It defaults to ``"{service}.{function name}"`` when the router is included
         into a bus. ``concurrency`` is how many events are handled at once; events with the
         same ``partitionkey`` are still handled one after another, in order.
+        ``middleware`` runs inside the bus's middleware, for this handler only. ``retry``
+        replaces the bus's retry policy for this handler, e.g.
+        ``retry=Retry(tries=1, delays=(30, 300))``; it is run by the bus's ``Retry`` middleware
+        (a bus with ``middleware=()`` has none: then list a ``Retry`` in ``middleware=``).
         """
+        _check_retry(retry)
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ConfigurationError(f"concurrency must be an integer >= 1, got {concurrency!r}")
         if group is not None and not group.strip():
@@ -142,11 +153,23 @@ class Router:
 
         def decorator(func: F) -> F:
             self.subscriptions.append(
-                _make_subscription(target, func, group, concurrency, tuple(middleware))
+                dataclasses.replace(
+                    _make_subscription(target, func, group, concurrency, tuple(middleware)),
+                    retry=retry,
+                )
             )
             return func
 
         return decorator
+
+
+def _check_retry(retry: object) -> None:
+    from eventbus.middleware.retry import Retry  # here: the middleware package imports us
+
+    if retry is not None and not isinstance(retry, Retry):
+        raise ConfigurationError(
+            f"subscribe(retry=...) takes an eventbus.middleware.Retry, not {retry!r}"
+        )
 
 
 def _make_subscription(
@@ -161,7 +184,12 @@ def _make_subscription(
         name, topic = target.event_type, target.destination()
         types: frozenset[str] | None = frozenset([name])
     elif isinstance(target, str):
-        model, name = None, validate_type_name(target.strip(), "subscription target")
+        model, name = None, target.strip()
+        words = [w for w in name.split(".") if w not in ("*", "#")]
+        if name.split(".") != words:  # a pattern: check its literal words
+            validate_type_name(".".join(words) or "x", f"subscription pattern {name!r}; word")
+        else:
+            validate_type_name(name, "subscription target")
         topic, types = name, (None if is_pattern(name) else frozenset([name]))
     else:
         raise ConfigurationError(
@@ -206,6 +234,8 @@ def resolve_handler(
             f"it takes {[p.name for p in params]}"
         )
     first = hints.get(params[0].name, model)
+    if isinstance(first, type) and model is not None and issubclass(model, first):
+        first = model  # a handler for a base model, subscribed to one concrete subclass
     if first is Envelope:
         event_model: type[Event] | None = None
     elif isinstance(first, type) and issubclass(first, Event) and first is not Event:

@@ -9,7 +9,7 @@ dead-letter). The contract every adapter meets is checked by
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
@@ -68,6 +68,17 @@ class Delivery(Protocol):
     delivery, by the consume loop. ``headers`` and ``body`` are the message exactly as it
     arrived; ``envelope`` is ``None`` when those bytes could not be decoded, and then
     ``decode_error`` says why.
+
+    **Carried state.** ``attempt`` and ``metadata`` travel with the message across
+    redeliveries. ``metadata`` is a small mutable mapping of short lowercase keys
+    (``[a-z0-9-]``) to strings that middleware writes while handling (the dead-letter
+    middleware records ``first-failure-at`` there, an ISO-8601 UTC time). Whatever it holds
+    when ``retry_later`` is called must arrive on the redelivery; a network adapter that
+    republishes for a delayed retry writes it as headers ``eventbus-<key>`` next to
+    ``eventbus-attempt`` and reads both back (stripping the prefix) on delivery. ``nack`` with
+    requeue carries it too where the broker can (the memory broker does; a broker that
+    requeues the original bytes may lose it, which only costs provenance). A replayed dead
+    letter starts again at ``attempt == 1`` with empty ``metadata``.
     """
 
     @property
@@ -89,14 +100,22 @@ class Delivery(Protocol):
     @property
     def destination(self) -> str: ...
 
+    @property
+    def metadata(self) -> MutableMapping[str, str]:
+        """State carried to the redelivery (see the class documentation); ``{}`` when fresh."""
+
     async def ack(self) -> None:
         """Done: the broker forgets the message for this group."""
 
     async def nack(self, *, requeue: bool = True) -> None:
-        """Not done: with ``requeue`` the broker delivers it again, with ``attempt + 1``."""
+        """Not done: with ``requeue`` the broker delivers it again, with ``attempt + 1``
+        (and ``metadata``, where the broker can carry it)."""
 
     async def retry_later(self, delay: float) -> None:
-        """Deliver again after ``delay`` seconds (``attempt + 1``) without blocking the others."""
+        """Deliver again after ``delay`` seconds without blocking the others.
+
+        The redelivery has ``attempt + 1`` and the ``metadata`` as it is now.
+        """
 
     async def dead_letter(self, record: DeadLetter) -> None:
         """Move the message, original bytes kept, to this group's dead-letter queue."""

@@ -3,8 +3,9 @@
 It behaves like the network brokers where that matters to a handler: events are encoded to
 bytes on publish and decoded on delivery (CloudEvents binary mode, as on Kafka), every consumer
 group gets its own copy of each event while consumers within a group compete for them,
-unsettled deliveries come back with ``attempt + 1`` (on nack, or when their consumer closes),
-delayed redelivery waits on an injectable clock, and dead letters keep their original bytes.
+unsettled deliveries come back with ``attempt + 1`` and their carried ``metadata`` (on nack,
+``retry_later``, or when their consumer closes), delayed redelivery waits on an injectable
+clock, and dead letters keep their original bytes (a replay starts again at attempt 1).
 
 ``memory://`` gives a private broker per bus; ``memory://NAME`` shares one broker between every
 bus in the process that names it, which is how two "services" talk in one test.
@@ -36,7 +37,7 @@ _named: weakref.WeakValueDictionary[str, MemoryBroker] = weakref.WeakValueDictio
 
 
 class _Message:
-    __slots__ = ("attempt", "body", "destination", "headers", "key")
+    __slots__ = ("attempt", "body", "destination", "headers", "key", "metadata")
 
     def __init__(
         self,
@@ -45,15 +46,18 @@ class _Message:
         body: bytes,
         key: str | None,
         attempt: int = 1,
+        metadata: Mapping[str, str] | None = None,
     ) -> None:
         self.destination = destination
         self.headers = headers
         self.body = body
         self.key = key
         self.attempt = attempt
+        self.metadata: Mapping[str, str] = dict(metadata or {})
 
-    def again(self, attempt: int) -> _Message:
-        return _Message(self.destination, self.headers, self.body, self.key, attempt)
+    def again(self, attempt: int, metadata: Mapping[str, str]) -> _Message:
+        """The redelivery: same bytes, the next attempt, the delivery's carried metadata."""
+        return _Message(self.destination, self.headers, self.body, self.key, attempt, metadata)
 
 
 class _GroupQueue:
@@ -204,8 +208,15 @@ class MemoryConsumer:
         return self._deliveries()
 
     async def _deliveries(self) -> AsyncIterator[MemoryDelivery]:
+        taken = 0
         while True:
+            # Queue.get() does not suspend while messages are waiting; yield now and then (and
+            # on every redelivery) so a busy queue or a message nacked in a loop cannot starve
+            # the other tasks of the event loop.
+            taken += 1
             message = await self._group_queue.queue.get()
+            if message.attempt > 1 or taken % 32 == 0:
+                await asyncio.sleep(0)
             delivery = MemoryDelivery(self, next(self._tags), message)
             self._unsettled[delivery.tag] = delivery
             self._group_queue.unacked += 1
@@ -223,13 +234,22 @@ class MemoryConsumer:
 
 
 class MemoryDelivery:
-    __slots__ = ("_consumer", "_message", "attempt", "decode_error", "envelope", "tag")
+    __slots__ = (
+        "_consumer",
+        "_message",
+        "attempt",
+        "decode_error",
+        "envelope",
+        "metadata",
+        "tag",
+    )
 
     def __init__(self, consumer: MemoryConsumer, tag: int, message: _Message) -> None:
         self._consumer = consumer
         self._message = message
         self.tag = tag
         self.attempt = message.attempt
+        self.metadata: dict[str, str] = dict(message.metadata)
         self.envelope: Envelope | None
         self.decode_error: DecodeError | None = None
         try:
@@ -256,13 +276,14 @@ class MemoryDelivery:
         if not self._consumer._settle(self):
             return
         if requeue:
-            self._consumer._group_queue.queue.put_nowait(self._message.again(self.attempt + 1))
+            message = self._message.again(self.attempt + 1, self.metadata)
+            self._consumer._group_queue.queue.put_nowait(message)
         else:
             self._consumer._broker.dead_letters._add_rejected(self)
 
     async def retry_later(self, delay: float) -> None:
         if self._consumer._settle(self):
-            message = self._message.again(self.attempt + 1)
+            message = self._message.again(self.attempt + 1, self.metadata)
             self._consumer._broker._schedule(self._consumer._group_queue, message, delay)
 
     async def dead_letter(self, record: DeadLetter) -> None:
