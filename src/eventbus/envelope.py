@@ -220,6 +220,8 @@ def from_binary(
     attrs: dict[str, Any] = {}
     for name, value in headers.items():
         lower = name.lower()
+        if isinstance(value, bytes):  # Kafka header values arrive as bytes
+            value = _text(value)
         if lower == "content-type" or lower == "content_type":
             attrs["datacontenttype"] = value
             continue

@@ -15,10 +15,10 @@ from typing import Any, NoReturn
 import pytest
 import redis.asyncio as aioredis
 import sqlalchemy as sa
-from mwsupport import MakeContext, RecordingClock
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from eventbus import Context, Envelope, EventBus, Router, Subscription
+from tests.middleware.mwsupport import MakeContext, RecordingClock
 
 REDIS_URL = os.environ.get("EVENTBUS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 POSTGRES_URL = os.environ.get(

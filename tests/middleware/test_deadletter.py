@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator
 from datetime import datetime, timezone
 
 import pytest
-from mwsupport import RecordingClock, settle, wait_for
 from pydantic import BaseModel
 
 from eventbus import (
@@ -20,6 +19,7 @@ from eventbus import (
 from eventbus.middleware import DeadLetter, Idempotency, MemoryIdempotencyStore, Retry
 from eventbus.middleware import default_middleware as defaults
 from eventbus.types import Middleware
+from tests.middleware.mwsupport import RecordingClock, settle, wait_for
 
 pytestmark = pytest.mark.anyio
 

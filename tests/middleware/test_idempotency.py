@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from mwsupport import MakeContext, RecordingClock
 
 from eventbus import Context, RetryLater
 from eventbus.errors import ConfigurationError
 from eventbus.middleware import ClaimStatus, Idempotency, MemoryIdempotencyStore
 from eventbus.middleware.idempotency import DUPLICATE_STATE_KEY, Claim
+from tests.middleware.mwsupport import MakeContext, RecordingClock
 
 pytestmark = pytest.mark.anyio
 

@@ -6,7 +6,6 @@ import asyncio
 import dataclasses
 
 import pytest
-from mwsupport import MakeContext, RecordingClock, drive
 from pydantic import BaseModel, ValidationError
 
 from eventbus import (
@@ -20,6 +19,7 @@ from eventbus import (
 )
 from eventbus.errors import ConfigurationError
 from eventbus.middleware import Retry, current_try
+from tests.middleware.mwsupport import MakeContext, RecordingClock, drive
 
 pytestmark = pytest.mark.anyio
 

@@ -18,13 +18,13 @@ from typing import Any, TypeVar
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
-from mwsupport import settle
 
 from eventbus import Context, Envelope, Event, EventBus, PermanentError, Router, TransientError
 from eventbus.brokers.memory import MemoryBroker
 from eventbus.clock import FakeClock
 from eventbus.middleware import DeadLetter, Idempotency, MemoryIdempotencyStore, Retry
 from eventbus.types import Middleware
+from tests.middleware.mwsupport import settle
 
 T = TypeVar("T")
 TRIES, DELAYS = 2, (1.0, 10.0)

@@ -6,11 +6,11 @@ import asyncio
 import contextvars
 
 import pytest
-from mwsupport import MakeContext, RecordingClock, drive
 
 from eventbus import Context, HandlerTimeout, TransientError
 from eventbus.errors import ConfigurationError
 from eventbus.middleware import Retry, Timeout
+from tests.middleware.mwsupport import MakeContext, RecordingClock, drive
 
 pytestmark = pytest.mark.anyio
 

@@ -29,6 +29,8 @@ class _Entry:
 
 _REGISTRY: dict[str, _Entry] = {
     "memory": _Entry("eventbus.brokers.memory:from_url", None),
+    "amqp": _Entry("eventbus.brokers.rabbitmq:from_url", "rabbitmq"),
+    "amqps": _Entry("eventbus.brokers.rabbitmq:from_url", "rabbitmq"),
 }
 
 
@@ -62,8 +64,8 @@ def from_url(url: str, **options: Any) -> Broker:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        if entry.extra is None or (exc.name or "").startswith("eventbus"):
-            raise
+        if entry.extra is None or module_name.startswith(exc.name or "\0"):
+            raise  # the adapter module itself is missing: a wrong registration, not a driver
         raise ConfigurationError(
             f"the {scheme}:// broker needs a driver that is not installed ({exc.name}); "
             f'run: pip install "eventbus[{entry.extra}]"'

@@ -1,0 +1,113 @@
+"""Memory broker specifics: attempts, delays on the fake clock, requeue on close, dead letters."""
+
+from __future__ import annotations
+
+import pytest
+
+from eventbus import Context, Event, EventBus, RetryLater, Router
+from eventbus.brokers.memory import MemoryBroker
+from eventbus.clock import FakeClock
+from eventbus.testing import wait_until
+
+pytestmark = pytest.mark.anyio
+
+
+class Tick(Event):
+    n: int
+
+
+async def test_retry_later_waits_for_the_clock() -> None:
+    clock, router, attempts = FakeClock(), Router(), []
+
+    @router.subscribe(Tick)
+    async def handle(event: Tick, ctx: Context) -> None:
+        attempts.append(ctx.attempt)
+        if ctx.attempt < 3:
+            raise RetryLater(10)
+
+    async with EventBus("memory://", routers=[router], middleware=(), clock=clock) as bus:
+        await bus.publish(Tick(n=1))
+        await wait_until(lambda: attempts == [1] and clock.sleepers == 1, timeout=5)
+        await clock.advance(9.9)
+        assert attempts == [1]
+        await clock.advance(0.1)
+        await wait_until(lambda: attempts == [1, 2] and clock.sleepers == 1, timeout=5)
+        await clock.advance(10)
+        await bus.drain()
+    assert attempts == [1, 2, 3]
+
+
+async def test_drain_counts_delayed_redeliveries() -> None:
+    clock, router = FakeClock(), Router()
+
+    @router.subscribe(Tick)
+    async def handle(event: Tick, ctx: Context) -> None:
+        if ctx.attempt == 1:
+            raise RetryLater(5)
+
+    async with EventBus("memory://", routers=[router], middleware=(), clock=clock) as bus:
+        await bus.publish(Tick(n=1))
+        with pytest.raises(TimeoutError, match="'delayed': 1"):
+            await bus.drain(timeout=0.05)
+        await clock.advance(5)
+        await bus.drain()
+
+
+async def test_closing_a_consumer_returns_its_unsettled_deliveries() -> None:
+    broker = MemoryBroker()
+    router = Router()
+    router.subscribe(Tick, group="g")(_ignore)
+    bus = EventBus(broker, routers=[router], middleware=())
+    [subscription] = bus.subscriptions
+    await broker.connect()
+    consumer = await broker.subscribe(subscription)
+    await broker.send_raw("Tick", b"not json", {"ce_id": "1"})
+    iterator = aiter(consumer)
+    first = await anext(iterator)
+    assert first.attempt == 1
+    assert first.envelope is None
+    assert first.decode_error is not None
+    assert broker.pending()["unsettled"] == 1
+    await consumer.close()
+    assert broker.pending() == {"queued": 1, "unsettled": 0, "delayed": 0}
+    again = await anext(aiter(await broker.subscribe(subscription)))
+    assert again.attempt == 2
+    assert again.body == b"not json"
+
+
+async def test_nack_without_requeue_dead_letters_the_original_bytes() -> None:
+    broker = MemoryBroker()
+    router = Router()
+    router.subscribe(Tick, group="g")(_ignore)
+    [subscription] = EventBus(broker, routers=[router]).subscriptions
+    await broker.connect()
+    consumer = await broker.subscribe(subscription)
+    await broker.send_raw("Tick", b"raw", {"ce_id": "x"})
+    delivery = await anext(aiter(consumer))
+    await delivery.nack(requeue=False)
+    [record] = await broker.dead_letters.list(group="g")
+    assert (record.body, record.reason) == (b"raw", "rejected by the consumer")
+
+
+async def _ignore(event: Tick) -> None: ...
+
+
+async def test_fake_clock_wakes_sleepers_in_deadline_order() -> None:
+    import asyncio
+
+    clock, woke = FakeClock(), []
+
+    async def sleeper(seconds: float) -> None:
+        await clock.sleep(seconds)
+        woke.append(seconds)
+
+    tasks = [asyncio.ensure_future(sleeper(s)) for s in (3, 1, 2)]
+    await wait_until(lambda: clock.sleepers == 3, timeout=5)
+    await clock.advance(2.5)
+    assert woke == [1, 2]
+    assert clock.now() == 2.5
+    await clock.advance(1)
+    await asyncio.gather(*tasks)
+    assert woke == [1, 2, 3]
+    with pytest.raises(ValueError, match="forward"):
+        await clock.advance(-1)
