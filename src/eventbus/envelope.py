@@ -62,6 +62,15 @@ _KNOWN = frozenset(
     (*_STRING_ATTRS, "specversion", "time", "datacontenttype", "dataversion", "data", "data_base64")
 )
 _PREFIXES = ("ce_", "ce-", "cloudevents_", "cloudevents:")
+_STRING_FIELDS = frozenset((*_STRING_ATTRS, "datacontenttype"))
+_IGNORED = frozenset(("data", "data_base64"))
+# The header names this library writes, resolved once; anything else goes the slow way.
+_HEADER_NAMES = {
+    prefix + name: name
+    for prefix in ("ce_", "ce-")
+    for name in (*_STRING_ATTRS, "specversion", "time", "dataversion")
+}
+_HEADER_NAMES["content-type"] = "datacontenttype"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -178,28 +187,32 @@ def _build(attrs: Mapping[str, Any], data: bytes, key: str | None = None) -> Env
     missing = [name for name in ("id", "source", "type", "specversion") if not attrs.get(name)]
     if missing:
         raise DecodeError(f"not a CloudEvent: required attribute(s) {', '.join(missing)} missing")
-    if str(attrs["specversion"]) != "1.0":
-        raise DecodeError(f"unsupported CloudEvents specversion {attrs['specversion']!r}; need 1.0")
-    fields: dict[str, Any] = {n: _text(attrs[n]) for n in _STRING_ATTRS if attrs.get(n) is not None}
-    if "time" in attrs and attrs["time"] is not None:
-        fields["time"] = _parse_time(attrs["time"])
-    if attrs.get("datacontenttype"):
-        fields["datacontenttype"] = _text(attrs["datacontenttype"])
-    if attrs.get("dataversion") is not None:
-        try:
-            fields["dataversion"] = int(_text(attrs["dataversion"]))
-        except ValueError as exc:
-            raise DecodeError(
-                f"'dataversion' must be an integer: {attrs['dataversion']!r}"
-            ) from exc
+    fields: dict[str, Any] = {}
+    extensions: dict[str, str] = {}
+    for name, value in attrs.items():
+        if value is None or name in _IGNORED:
+            continue
+        if name in _STRING_FIELDS:
+            fields[name] = value if type(value) is str else _text(value)
+        elif name == "time":
+            fields["time"] = _parse_time(value)
+        elif name == "dataversion":
+            fields["dataversion"] = _parse_int(value)
+        elif name == "specversion":
+            if str(value) != "1.0":
+                raise DecodeError(f"unsupported CloudEvents specversion {value!r}; need 1.0")
+        else:
+            extensions[name] = _text(value)
     if key is not None and "partitionkey" not in fields:
         fields["partitionkey"] = key
-    extensions = {
-        name: _text(value)
-        for name, value in attrs.items()
-        if name not in _KNOWN and value is not None
-    }
     return Envelope(data=data, extensions=extensions, **fields)
+
+
+def _parse_int(value: Any) -> int:
+    try:
+        return int(_text(value))
+    except ValueError as exc:
+        raise DecodeError(f"'dataversion' must be an integer: {value!r}") from exc
 
 
 def to_binary(envelope: Envelope, prefix: str = "ce_") -> tuple[dict[str, str], bytes]:
@@ -219,17 +232,21 @@ def from_binary(
     """
     attrs: dict[str, Any] = {}
     for name, value in headers.items():
-        lower = name.lower()
-        if isinstance(value, bytes):  # Kafka header values arrive as bytes
-            value = _text(value)
-        if lower == "content-type" or lower == "content_type":
-            attrs["datacontenttype"] = value
-            continue
-        for prefix in _PREFIXES:
-            if lower.startswith(prefix):
-                attrs[lower[len(prefix) :]] = value
-                break
+        attr = _HEADER_NAMES.get(name) or _header_attribute(name)
+        if attr is not None:
+            attrs[attr] = _text(value) if isinstance(value, bytes) else value
     return _build(attrs, body or b"", _text(key) if key is not None else None)
+
+
+def _header_attribute(name: str) -> str | None:
+    """The attribute a binary-mode header carries (``ce_id`` → ``id``), or None."""
+    lower = name.lower()
+    if lower in ("content-type", "content_type"):
+        return "datacontenttype"
+    for prefix in _PREFIXES:
+        if lower.startswith(prefix):
+            return lower[len(prefix) :]
+    return None
 
 
 def to_structured(envelope: Envelope) -> bytes:

@@ -147,6 +147,18 @@ class Retry:
 
     async def run(self, ctx: Context, call_next: Next) -> None:
         """Run ``call_next`` under this policy (the subscription override calls this directly)."""
+        ctx.state[TRY_STATE_KEY] = 1
+        try:  # the common case, a first try that succeeds, costs no tenacity machinery
+            await call_next(ctx)
+            return
+        except (PermanentError, RetryLater):
+            raise
+        except Exception as exc:
+            first_error = exc
+        await self._retry(ctx, call_next, first_error)
+
+    async def _retry(self, ctx: Context, call_next: Next, first_error: Exception) -> None:
+        """Tries 2..``tries`` under tenacity; try 1 is replayed from ``first_error``."""
         clock = self.clock or clock_for(ctx)
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.tries),
@@ -160,7 +172,10 @@ class Retry:
         try:
             async for attempt in retrying:
                 with attempt:
-                    ctx.state[TRY_STATE_KEY] = attempt.retry_state.attempt_number
+                    number = attempt.retry_state.attempt_number
+                    ctx.state[TRY_STATE_KEY] = number
+                    if number == 1:
+                        raise first_error
                     await call_next(ctx)
         except (PermanentError, RetryLater):
             raise
