@@ -294,3 +294,50 @@ def _collector(into: list[str]) -> Any:
         into.append(event.user_id)
 
     return collect
+
+
+async def test_middleware_runs_outermost_first_in_the_handlers_task() -> None:
+    import contextvars
+
+    seen: list[str] = []
+    marker: contextvars.ContextVar[str] = contextvars.ContextVar("marker", default="")
+
+    class Mark:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        async def __call__(self, ctx: Context, call_next: Any) -> None:
+            seen.append(f"{self.name}>")
+            token = marker.set(marker.get() + self.name)
+            try:
+                await call_next(ctx)
+            finally:
+                marker.reset(token)
+            seen.append(f"<{self.name}")
+
+    router = Router()
+
+    @router.subscribe(UserRegistered, middleware=[Mark("s")])
+    async def handle(event: UserRegistered) -> None:
+        seen.append(f"handler saw {marker.get()}")
+
+    async with EventBus("memory://", routers=[router], middleware=[Mark("a"), Mark("b")]) as bus:
+        await bus.publish(UserRegistered(user_id="u1"))
+        await bus.drain()
+    assert seen == ["a>", "b>", "s>", "handler saw abs", "<s", "<b", "<a"]
+
+
+async def test_publish_middleware_may_replace_the_envelope() -> None:
+    sent: list[Envelope] = []
+
+    async def stamp(envelope: Envelope, call_next: Any) -> Envelope:
+        result: Envelope = await call_next(envelope.replace(subject="stamped"))
+        sent.append(result)
+        return result
+
+    async with EventBus("memory://", publish_middleware=[stamp]) as bus:
+        returned = await bus.publish(UserRegistered(user_id="u1"))
+        many = await bus.publish_many([UserRegistered(user_id="u2")])
+    assert returned.subject == "stamped"
+    assert many[0].subject == "stamped"
+    assert [e.subject for e in published(bus)] == ["stamped", "stamped"]
