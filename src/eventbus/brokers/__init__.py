@@ -29,6 +29,9 @@ class _Entry:
 
 _REGISTRY: dict[str, _Entry] = {
     "memory": _Entry("eventbus.brokers.memory:from_url", None),
+    "kafka": _Entry("eventbus.brokers.kafka:from_url", "kafka"),
+    "redis": _Entry("eventbus.brokers.redis:from_url", "redis"),
+    "rediss": _Entry("eventbus.brokers.redis:from_url", "redis"),
     "amqp": _Entry("eventbus.brokers.rabbitmq:from_url", "rabbitmq"),
     "amqps": _Entry("eventbus.brokers.rabbitmq:from_url", "rabbitmq"),
 }

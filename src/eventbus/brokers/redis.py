@@ -1,0 +1,858 @@
+"""The Redis Streams adapter (``redis://`` and ``rediss://``; ``pip install "eventbus[redis]"``).
+
+Topology (``prefix`` defaults to ``eventbus:``; ``~`` cannot occur in a destination, so
+the keys of different destinations and groups never collide):
+
+* ``{prefix}{destination}`` — the stream events are published to (``XADD``, optional
+  ``MAXLEN ~`` trimming). Every subscription is a consumer group on it, created at subscribe
+  time with ``MKSTREAM``; a brand-new group starts at ``$`` (only events published from now
+  on, like Kafka's ``latest``) unless ``start_from="earliest"``.
+* ``{prefix}{destination}~retry~{group}`` — the group's private stream for redeliveries
+  (nack, delayed retries, replayed dead letters), so a retry in one group is never seen by the
+  others. The consumer reads both streams in one ``XREADGROUP``.
+* ``{prefix}~delayed`` — a sorted set of messages waiting for ``retry_later``, scored by due
+  time on the Redis clock; a mover task (one per adapter with subscriptions) moves due ones
+  back with a Lua script, so two movers never move one twice.
+* ``{prefix}~dlq~{group}`` — the group's dead-letter stream (``data`` = original bytes,
+  ``headers`` and ``record`` = JSON provenance), indexed by ``{prefix}~dlq-index``.
+
+Wire format: an entry ``{"data": <structured CloudEvents JSON>, "content-type":
+"application/cloudevents+json"}`` (the Dapr convention); redeliveries add ``eventbus-attempt``
+and ``eventbus-<key>`` fields for the carried ``metadata``. Every settle (ack, nack, delay,
+dead-letter) is one Lua script that does nothing unless its ``XACK`` removed the entry from
+the group's pending list, so a settle is atomic and never duplicates a message.
+
+Crash recovery: every ``claim_interval`` a consumer ``XAUTOCLAIM``s entries pending longer
+than ``claim_idle`` (their consumer died); after a connection error it re-reads its own
+pending entries (id ``0``). ``attempt`` is the carried attempt plus Redis' delivery count.
+
+Options: keyword arguments that are not the adapter's own go to
+``redis.asyncio.Redis.from_url`` untouched (https://redis.readthedocs.io/en/stable/connections.html).
+Not supported: Redis Cluster (the scripts touch keys of several slots) and patterns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import difflib
+import inspect
+import json
+import logging
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from eventbus.deadletters import DeadLetter, describe_failure
+from eventbus.envelope import STRUCTURED_CONTENT_TYPE, Envelope, decode, to_structured
+from eventbus.errors import (
+    BrokerUnavailable,
+    BusNotStarted,
+    ConfigurationError,
+    DecodeError,
+    EventBusError,
+    PublishError,
+)
+from eventbus.router import Subscription
+from eventbus.types import Capabilities
+
+__all__ = ["RedisBroker", "RedisConsumer", "RedisDeadLetters", "RedisDelivery", "from_url"]
+
+log = logging.getLogger("eventbus.redis")
+
+ATTEMPT = "eventbus-attempt"
+_CARRIED = "eventbus-"
+_ADAPTER_OPTIONS = frozenset(
+    (
+        "client",
+        "prefix",
+        "maxlen",
+        "start_from",
+        "batch_size",
+        "block",
+        "claim_idle",
+        "claim_interval",
+        "delay_poll",
+    )
+)
+
+# Every settle starts by taking the entry off the group's pending list; if it was not there
+# (settled already, or claimed and settled by another consumer) the script does nothing else.
+# KEYS[1] source stream; ARGV[1] group, ARGV[2] entry id, ARGV[3] '1' = XDEL it (retry stream).
+_SETTLE = """
+local function settle()
+  if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then return false end
+  if ARGV[3] == '1' then redis.call('XDEL', KEYS[1], ARGV[2]) end
+  return true
+end
+"""
+_ACK = _SETTLE + "return settle() and 1 or 0"
+# KEYS[2] retry stream; ARGV[4..] fields of the copy.
+_REQUEUE = (
+    _SETTLE
+    + """
+if not settle() then return 0 end
+redis.call('XADD', KEYS[2], '*', unpack(ARGV, 4))
+return 1
+"""
+)
+# KEYS[2] delayed zset; ARGV[4] delay ms, ARGV[5] target stream, ARGV[6..] fields.
+_DELAY = (
+    _SETTLE
+    + """
+if not settle() then return 0 end
+local t = redis.call('TIME')
+local due = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[4])
+local item = {ARGV[5], KEYS[1] .. ' ' .. ARGV[2] .. ' ' .. ARGV[1]}
+for i = 6, #ARGV do item[#item + 1] = ARGV[i] end
+redis.call('ZADD', KEYS[2], due, cmsgpack.pack(item))
+return 1
+"""
+)
+# KEYS[2] dlq stream, KEYS[3] dlq index; ARGV[4] dead-letter id, ARGV[5..] fields.
+_DEAD = (
+    _SETTLE
+    + """
+if not settle() then return 0 end
+local eid = redis.call('XADD', KEYS[2], '*', unpack(ARGV, 5))
+redis.call('HSET', KEYS[3], ARGV[4], eid .. ' ' .. KEYS[2])
+return 1
+"""
+)
+# KEYS[1] delayed zset; ARGV[1] limit -> {moved, ms until the next one is due or -1}.
+_MOVE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+for _, member in ipairs(due) do
+  local item = cmsgpack.unpack(member)
+  redis.call('XADD', item[1], '*', unpack(item, 3))
+  redis.call('ZREM', KEYS[1], member)
+end
+local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+if #nxt == 0 then return {#due, -1} end
+return {#due, math.max(0, tonumber(nxt[2]) - now)}
+"""
+# KEYS[1] dlq index, KEYS[2] dlq stream, KEYS[3] target stream; ARGV[1] id, ARGV[2] entry id.
+_REPLAY = """
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('XDEL', KEYS[2], ARGV[2])
+redis.call('XADD', KEYS[3], '*', unpack(ARGV, 3))
+return 1
+"""
+# KEYS[1] dlq index, KEYS[2] dlq stream -> how many were removed.
+_PURGE = """
+local entries = redis.call('XRANGE', KEYS[2], '-', '+')
+for _, entry in ipairs(entries) do
+  local fields = entry[2]
+  for i = 1, #fields, 2 do
+    if fields[i] == 'id' then redis.call('HDEL', KEYS[1], fields[i + 1]) end
+  end
+end
+redis.call('DEL', KEYS[2])
+return #entries
+"""
+
+_SCRIPTS = {
+    "ack": _ACK,
+    "requeue": _REQUEUE,
+    "delay": _DELAY,
+    "dead": _DEAD,
+    "move": _MOVE,
+    "replay": _REPLAY,
+    "purge": _PURGE,
+}
+
+
+@contextlib.contextmanager
+def _driver_errors(action: str, error: type[EventBusError] = EventBusError) -> Iterator[None]:
+    """The adapter's edge: redis-py exceptions become eventbus errors that say what to do."""
+    try:
+        yield
+    except (RedisConnectionError, RedisTimeoutError) as exc:
+        raise BrokerUnavailable(
+            f"could not {action}: Redis did not answer ({exc}); check that the server is up "
+            "and the URL is right (the operation may be retried)"
+        ) from exc
+    except RedisError as exc:
+        raise error(f"could not {action}: Redis refused it ({exc})") from exc
+
+
+@dataclasses.dataclass(frozen=True)
+class _Keys:
+    prefix: str
+
+    def stream(self, destination: str) -> str:
+        return f"{self.prefix}{destination}"
+
+    def retry(self, destination: str, group: str) -> str:
+        return f"{self.prefix}{destination}~retry~{group}"
+
+    def dlq(self, group: str) -> str:
+        return f"{self.prefix}~dlq~{group}"
+
+    @property
+    def dlq_index(self) -> str:
+        return f"{self.prefix}~dlq-index"
+
+    @property
+    def delayed(self) -> str:
+        return f"{self.prefix}~delayed"
+
+
+class RedisBroker:
+    """Redis Streams adapter; the module documentation describes topology and semantics.
+
+    ``url`` goes to ``redis.asyncio.Redis.from_url`` with ``options``; or pass a ready
+    ``client`` (not closed by the adapter). ``prefix`` starts every key. ``maxlen`` trims
+    destination streams to about that many entries (``XADD MAXLEN ~``; ``None`` keeps all —
+    trimming drops events a slow group has not read yet). ``start_from`` is where a new group
+    starts: ``"latest"`` (``$``) or ``"earliest"`` (``0``, whatever the stream still holds).
+    ``batch_size`` entries are fetched per ``XREADGROUP``, which blocks up to ``block``
+    seconds. Entries pending longer than ``claim_idle`` seconds are reclaimed from dead
+    consumers, checked every ``claim_interval`` seconds: ``claim_idle`` must exceed your
+    longest handler, or a slow handler's message is handled twice. ``delay_poll`` bounds how
+    late a delayed retry scheduled by another process is moved back.
+    """
+
+    capabilities = Capabilities(
+        persistent=True,  # with appendonly (AOF) on the server; see docs/brokers/redis.md
+        consumer_groups=True,
+        ordered_per_key=True,  # within one consumer: competing consumers interleave keys
+        delayed_redelivery=True,
+        dead_letters=True,
+        pattern_subscriptions=False,  # Redis has no topic routing: refused at subscribe time
+    )
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        client: aioredis.Redis | None = None,
+        prefix: str = "eventbus:",
+        maxlen: int | None = None,
+        start_from: str = "latest",
+        batch_size: int = 32,
+        block: float = 2.0,
+        claim_idle: float = 60.0,
+        claim_interval: float = 15.0,
+        delay_poll: float = 1.0,
+        **options: Any,
+    ) -> None:
+        _check_options(options, block)
+        # Reconnect with backoff: redis-py retries a command on connection and timeout errors.
+        options.setdefault("retry", Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=6))
+        options.setdefault("retry_on_error", [RedisConnectionError, RedisTimeoutError])
+        if start_from not in ("latest", "earliest"):
+            raise ConfigurationError(
+                f"start_from must be 'latest' or 'earliest', not {start_from!r}"
+            )
+        if maxlen is not None and maxlen < 1:
+            raise ConfigurationError(f"maxlen must be a positive count or None, not {maxlen!r}")
+        positive = {
+            "batch_size": batch_size,
+            "block": block,
+            "claim_idle": claim_idle,
+            "claim_interval": claim_interval,
+            "delay_poll": delay_poll,
+        }
+        for name, value in positive.items():
+            if not value > 0:
+                raise ConfigurationError(f"{name} must be > 0, got {value!r}")
+        if not prefix:
+            raise ConfigurationError("prefix must be a non-empty string, such as 'eventbus:'")
+        self.url = url
+        self.keys = _Keys(prefix)
+        self.maxlen = maxlen
+        self.start_id = "$" if start_from == "latest" else "0"
+        self.batch_size = batch_size
+        self.block_ms = int(block * 1000)
+        self.claim_idle_ms = int(claim_idle * 1000)
+        self.claim_interval = claim_interval
+        self.delay_poll = delay_poll
+        self._options = options
+        self._given_client = client
+        self._client: aioredis.Redis | None = None
+        self._mover: asyncio.Task[None] | None = None
+        self._wake_mover = asyncio.Event()
+        self._dead = RedisDeadLetters(self)
+
+    # ---------------------------------------------------------------- lifecycle
+    async def connect(self) -> None:
+        if self._client is not None:
+            return
+        client = self._given_client or aioredis.Redis.from_url(self.url, **self._options)
+        try:
+            with _driver_errors(f"connect to {self.url}"):
+                await client.ping()
+        except BaseException:
+            if self._given_client is None:
+                await client.aclose()
+            raise
+        self._client = client
+        self.scripts = {name: client.register_script(text) for name, text in _SCRIPTS.items()}
+
+    async def close(self) -> None:
+        """Stop the delayed-retry mover and release the connections (if the adapter owns them)."""
+        if self._mover is not None:
+            self._mover.cancel()
+            await asyncio.gather(self._mover, return_exceptions=True)
+            self._mover = None
+        client, self._client = self._client, None
+        if client is not None and self._given_client is None:
+            await client.aclose()
+
+    @property
+    def redis(self) -> aioredis.Redis:
+        """The connected client; raises :class:`~eventbus.errors.BusNotStarted` before connect."""
+        if self._client is None:
+            raise BusNotStarted("the redis broker is not connected; start the bus first")
+        return self._client
+
+    @property
+    def dead_letters(self) -> RedisDeadLetters:
+        return self._dead
+
+    # ---------------------------------------------------------------- publishing
+    async def publish(self, destination: str, envelope: Envelope) -> None:
+        fields = {"data": to_structured(envelope), "content-type": STRUCTURED_CONTENT_TYPE}
+        with _driver_errors(f"publish {envelope.id} to {destination!r}", PublishError):
+            await self.redis.xadd(self.keys.stream(destination), fields, maxlen=self.maxlen)  # type: ignore[arg-type]
+
+    async def publish_batch(self, messages: Sequence[tuple[str, Envelope]]) -> None:
+        """One pipelined round trip; on an error some events may have been published already."""
+        pipe = self.redis.pipeline(transaction=False)
+        for destination, envelope in messages:
+            fields = {"data": to_structured(envelope), "content-type": STRUCTURED_CONTENT_TYPE}
+            pipe.xadd(self.keys.stream(destination), fields, maxlen=self.maxlen)  # type: ignore[arg-type]
+        with _driver_errors(f"publish a batch of {len(messages)} events", PublishError):
+            await pipe.execute()
+
+    async def send_raw(
+        self,
+        destination: str,
+        body: bytes,
+        headers: Mapping[str, Any] | None = None,
+        key: str | None = None,
+    ) -> None:
+        """Add an entry as a foreign producer would: ``data`` = ``body``, headers as fields."""
+        fields: dict[Any, Any] = {"data": body, **(headers or {})}
+        if key is not None:
+            fields["partitionkey"] = key
+        with _driver_errors(f"send to {destination!r}", PublishError):
+            await self.redis.xadd(self.keys.stream(destination), fields, maxlen=self.maxlen)
+
+    # ---------------------------------------------------------------- consuming
+    async def subscribe(self, subscription: Subscription) -> RedisConsumer:
+        if subscription.group is None:
+            raise ValueError("subscription has no group; include it into a bus first")
+        if subscription.is_pattern:
+            raise ConfigurationError(
+                f"{subscription.name} subscribes to the pattern {subscription.topic!r}, but Redis "
+                "Streams has no topic routing; subscribe to each event type (destination) instead"
+            )
+        main = self.keys.stream(subscription.topic)
+        retry = self.keys.retry(subscription.topic, subscription.group)
+        await self.create_group(main, subscription.group, self.start_id)
+        await self.create_group(retry, subscription.group, "0")  # private: read it all
+        if self._mover is None:
+            self._mover = asyncio.get_running_loop().create_task(
+                self._move_delayed(), name="eventbus:redis-delayed"
+            )
+        return RedisConsumer(self, subscription, main, retry)
+
+    async def create_group(self, stream: str, group: str, start_id: str) -> None:
+        """``XGROUP CREATE ... MKSTREAM``; a group that exists already is left as it is."""
+        try:
+            with _driver_errors(f"create consumer group {group!r} on {stream!r}"):
+                await self.redis.xgroup_create(stream, group, start_id, mkstream=True)
+        except EventBusError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def wake_mover(self) -> None:
+        self._wake_mover.set()
+
+    async def _move_delayed(self) -> None:
+        """Move due delayed retries back to their streams; sleeps until the next is due."""
+        while True:
+            self._wake_mover.clear()
+            wait = self.delay_poll
+            try:
+                moved, next_ms = await self.scripts["move"](
+                    keys=[self.keys.delayed], args=[self.batch_size]
+                )
+            except RedisError as exc:
+                log.warning("could not move delayed retries (%s); trying again", exc)
+            else:
+                if moved >= self.batch_size:
+                    wait = 0
+                elif next_ms >= 0:
+                    wait = min(wait, next_ms / 1000)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake_mover.wait(), wait)
+
+
+def _check_options(options: Mapping[str, Any], block: float) -> None:
+    """Refuse misspelt driver options now, instead of at the first command."""
+    known = set(inspect.signature(aioredis.Redis.__init__).parameters) - {"self"}
+    for name in options:
+        if name not in known:
+            close = difflib.get_close_matches(name, sorted(known | _ADAPTER_OPTIONS), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigurationError(
+                f"unknown redis:// option {name!r}{hint} (adapter options: "
+                f"{', '.join(sorted(_ADAPTER_OPTIONS))}; others go to redis.asyncio.Redis)"
+            )
+    timeout = options.get("socket_timeout", 5.0)
+    if timeout is not None and timeout <= block:
+        raise ConfigurationError(
+            f"socket_timeout={timeout} must be longer than block={block}, or every idle "
+            "XREADGROUP times out; raise socket_timeout or lower block"
+        )
+
+
+class RedisConsumer:
+    """One consumer, with a name of its own, in the subscription's group; reads both streams.
+
+    Entries count as unsettled from the moment they are read. ``close`` requeues those, and
+    any entry still pending under this consumer's name (a reply lost to a cancelled read), then
+    removes the consumer from the group.
+    """
+
+    def __init__(
+        self, broker: RedisBroker, subscription: Subscription, main: str, retry: str
+    ) -> None:
+        self.broker = broker
+        self.subscription = subscription
+        self.group: str = subscription.group or ""
+        self.name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.main, self.retry = main, retry
+        self._unsettled: dict[tuple[str, str], RedisDelivery] = {}
+        self._cursors = {main: "0-0", retry: "0-0"}
+        self._next_claim = 0.0
+        self._reread = False
+        self._closed = False
+
+    def __aiter__(self) -> AsyncIterator[RedisDelivery]:
+        return self._deliveries()
+
+    async def _deliveries(self) -> AsyncIterator[RedisDelivery]:
+        backoff = 0.05
+        while not self._closed:
+            _raise_if_cancelled()
+            try:
+                batch = await self._fetch()
+            except BrokerUnavailable as exc:
+                # Survive the outage; afterwards re-read what Redis may have handed us unseen.
+                log.warning("%s: %s; reading again in %.2fs", self.name, exc, backoff)
+                self._reread = True
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            except EventBusError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                log.warning("%s: group %r vanished (%s); recreating it", self.name, self.group, exc)
+                for stream in (self.main, self.retry):  # a new stream: nothing was read from it
+                    await self.broker.create_group(stream, self.group, "0")
+                continue
+            backoff = 0.05
+            for delivery in batch:
+                yield delivery
+
+    async def _fetch(self) -> list[RedisDelivery]:
+        if self._reread:
+            self._reread = False
+            lost = [d for stream in (self.main, self.retry) for d in await self._claim_lost(stream)]
+            if lost:
+                return lost
+        now = asyncio.get_running_loop().time()
+        if now >= self._next_claim:
+            claimed = await self._claim_abandoned()
+            done = all(cursor in ("0-0", b"0-0") for cursor in self._cursors.values())
+            self._next_claim = now + self.broker.claim_interval if done else now
+            if claimed:
+                return claimed
+        with _driver_errors(f"read from {self.main!r} as {self.group!r}"):
+            response: Any = await self.broker.redis.xreadgroup(
+                self.group,
+                self.name,
+                {self.main: ">", self.retry: ">"},
+                count=self.broker.batch_size,
+                block=self.broker.block_ms,
+            )
+        items = response.items() if isinstance(response, dict) else (response or [])
+        return [
+            self._deliver(_text(stream), entry_id, fields, 1)
+            for stream, entries in items
+            for entry_id, fields in entries
+            if fields is not None
+        ]
+
+    async def _claim_abandoned(self) -> list[RedisDelivery]:
+        """``XAUTOCLAIM`` entries idle longer than ``claim_idle`` (their consumer is gone)."""
+        out: list[RedisDelivery] = []
+        for stream in (self.main, self.retry):
+            with _driver_errors(f"claim abandoned entries of {stream!r}"):
+                claimed: Any = await self.broker.redis.xautoclaim(
+                    stream,
+                    self.group,
+                    self.name,
+                    self.broker.claim_idle_ms,
+                    self._cursors[stream],
+                    count=self.broker.batch_size,
+                )
+            next_id, entries = claimed[0], claimed[1]
+            self._cursors[stream] = _text(next_id)
+            fresh = [
+                (i, f)
+                for i, f in entries
+                if f is not None and (stream, _text(i)) not in self._unsettled
+            ]
+            out += await self._with_counts(stream, fresh)
+        return out
+
+    async def _claim_lost(self, stream: str) -> list[RedisDelivery]:
+        """Entries pending under this consumer's name that it holds no delivery for."""
+        redis = self.broker.redis
+        with _driver_errors(f"read the pending entries of {stream!r}"):
+            pending: Any = await redis.xpending_range(
+                stream,
+                self.group,
+                "-",
+                "+",
+                len(self._unsettled) + 10 * self.broker.batch_size,
+                consumername=self.name,
+            )
+            ids = [
+                p["message_id"]
+                for p in pending
+                if (stream, _text(p["message_id"])) not in self._unsettled
+            ]
+            if not ids:
+                return []
+            entries: Any = await redis.xclaim(stream, self.group, self.name, 0, ids)
+        return await self._with_counts(stream, [(i, f) for i, f in entries if f is not None])
+
+    async def _with_counts(
+        self, stream: str, entries: list[tuple[Any, Any]]
+    ) -> list[RedisDelivery]:
+        """Deliveries for claimed entries, their attempts counted from Redis' delivery counts."""
+        if not entries:
+            return []
+        with _driver_errors(f"read delivery counts in {stream!r}"):
+            pending = await self.broker.redis.xpending_range(
+                stream,
+                self.group,
+                entries[0][0],
+                entries[-1][0],
+                len(entries) + len(self._unsettled),
+                consumername=self.name,
+            )
+        counts = {_text(p["message_id"]): int(p["times_delivered"]) for p in pending}
+        return [self._deliver(stream, i, f, counts.get(_text(i), 2)) for i, f in entries]
+
+    def _deliver(self, stream: str, entry_id: Any, fields: Any, times: int) -> RedisDelivery:
+        delivery = RedisDelivery(self, stream, _text(entry_id), fields, times)
+        self._unsettled[(stream, delivery.entry_id)] = delivery
+        return delivery
+
+    async def settle(
+        self, delivery: RedisDelivery, script: str, keys: list[str], args: list[Any]
+    ) -> None:
+        """Run one settle script for ``delivery``, once; a retry-stream entry is also deleted."""
+        if self._unsettled.pop((delivery.stream, delivery.entry_id), None) is None:
+            return
+        drop = "1" if delivery.stream == self.retry else "0"
+        with _driver_errors(f"{script} entry {delivery.entry_id} of {delivery.stream!r}"):
+            await self.broker.scripts[script](
+                keys=[delivery.stream, *keys], args=[self.group, delivery.entry_id, drop, *args]
+            )
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            for delivery in list(self._unsettled.values()):
+                await delivery.nack(requeue=True)
+            for stream in (self.main, self.retry):
+                for delivery in await self._claim_lost(stream):
+                    await delivery.nack(requeue=True)
+                with _driver_errors(f"leave group {self.group!r}"):
+                    await self.broker.redis.xgroup_delconsumer(stream, self.group, self.name)
+        except EventBusError as exc:
+            log.warning(
+                "%s could not hand back its unsettled entries (%s); another consumer of %r "
+                "reclaims them after claim_idle",
+                self.name,
+                exc,
+                self.group,
+            )
+
+
+class RedisDelivery:
+    """One stream entry: ``body`` is its ``data`` field, ``headers`` every other field."""
+
+    __slots__ = (
+        "_consumer",
+        "attempt",
+        "body",
+        "decode_error",
+        "entry_id",
+        "envelope",
+        "fields",
+        "headers",
+        "metadata",
+        "stream",
+    )
+
+    def __init__(
+        self,
+        consumer: RedisConsumer,
+        stream: str,
+        entry_id: str,
+        fields: Mapping[bytes, bytes],
+        times_delivered: int,
+    ) -> None:
+        self._consumer = consumer
+        self.stream = stream
+        self.entry_id = entry_id
+        self.fields = fields
+        self.body: bytes = fields.get(b"data", b"")
+        self.headers: dict[str, str | bytes] = {
+            _text(k): _value(v) for k, v in fields.items() if k != b"data"
+        }
+        try:
+            carried = int(self.headers.get(ATTEMPT, 1))
+        except (TypeError, ValueError):
+            carried = 1
+        self.attempt: int = max(1, carried) + max(0, times_delivered - 1)
+        self.metadata: dict[str, str] = {
+            k[len(_CARRIED) :]: v
+            for k, v in self.headers.items()
+            if k.startswith(_CARRIED) and k != ATTEMPT and isinstance(v, str)
+        }
+        self.envelope: Envelope | None
+        self.decode_error: DecodeError | None = None
+        key = self.headers.get("partitionkey")
+        try:
+            self.envelope = decode(self.headers, self.body, key=key)
+        except DecodeError as exc:
+            self.envelope, self.decode_error = None, exc
+
+    @property
+    def destination(self) -> str:
+        return self._consumer.subscription.topic
+
+    def _carried(self, attempt: int) -> list[Any]:
+        """The fields of a redelivery: the original ones, the next attempt, the metadata."""
+        out: list[Any] = []
+        for name, value in self.fields.items():
+            if not name.startswith(b"eventbus-"):
+                out += [name, value]
+        out += [ATTEMPT, str(attempt)]
+        for key, text in self.metadata.items():
+            out += [_CARRIED + key, text]
+        return out
+
+    async def ack(self) -> None:
+        await self._consumer.settle(self, "ack", [], [])
+
+    async def nack(self, *, requeue: bool = True) -> None:
+        if not requeue:
+            consumer = self._consumer
+            record = describe_failure(
+                self,
+                group=consumer.group,
+                subscription=consumer.subscription.name,
+                reason="rejected by the consumer",
+            )
+            await self.dead_letter(record)
+            return
+        retry = self._consumer.retry
+        await self._consumer.settle(self, "requeue", [retry], self._carried(self.attempt + 1))
+
+    async def retry_later(self, delay: float) -> None:
+        consumer = self._consumer
+        args = [int(delay * 1000), consumer.retry, *self._carried(self.attempt + 1)]
+        await consumer.settle(self, "delay", [consumer.broker.keys.delayed], args)
+        consumer.broker.wake_mover()
+
+    async def dead_letter(self, record: DeadLetter) -> None:
+        consumer = self._consumer
+        keys = consumer.broker.keys
+        await consumer.settle(
+            self,
+            "dead",
+            [keys.dlq(consumer.group), keys.dlq_index],
+            [record.id, *_dlq_fields(record)],
+        )
+
+
+def _raise_if_cancelled() -> None:
+    """Honour a cancellation that a blocking read swallowed.
+
+    redis-py 8.1 on Python 3.11 sometimes lets a ``Task.cancel()`` that races with a blocking
+    ``XREADGROUP`` vanish: the task is marked as cancelling but the read loop goes on, and
+    shutdown would wait forever. Checking between reads bounds that to one ``block``.
+    """
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)  # Python 3.11+
+    if cancelling is not None and cancelling():
+        raise asyncio.CancelledError
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _value(value: bytes) -> str | bytes:
+    """A field value as text, or the bytes themselves when they are not UTF-8."""
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return value
+
+
+def _jsonable(value: str | bytes) -> str:
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
+
+
+_PROVENANCE = (
+    "id",
+    "destination",
+    "group",
+    "subscription",
+    "reason",
+    "error_type",
+    "error_message",
+    "attempts",
+    "event_id",
+    "event_type",
+    "traceparent",
+    "traceback",
+)
+
+
+def _dlq_fields(record: DeadLetter) -> list[Any]:
+    provenance: dict[str, Any] = {name: getattr(record, name) for name in _PROVENANCE}
+    for name in ("first_failure_at", "last_failure_at"):
+        moment = getattr(record, name)
+        provenance[name] = moment.isoformat() if moment else None
+    headers = {k: _jsonable(v) for k, v in record.headers.items()}
+    return [
+        "id",
+        record.id,
+        "data",
+        record.body,
+        "headers",
+        json.dumps(headers),
+        "record",
+        json.dumps(provenance),
+    ]
+
+
+def _record(fields: Mapping[bytes, bytes]) -> DeadLetter:
+    provenance = json.loads(fields[b"record"])
+    for name in ("first_failure_at", "last_failure_at"):
+        moment = provenance.get(name)
+        provenance[name] = datetime.fromisoformat(moment) if moment else None
+    headers = json.loads(fields[b"headers"])
+    return DeadLetter(headers=headers, body=fields.get(b"data", b""), **provenance)
+
+
+def _stream_id(entry_id: str) -> tuple[int, int]:
+    millis, _, seq = entry_id.partition("-")
+    return int(millis), int(seq or 0)
+
+
+class RedisDeadLetters:
+    """Dead letters in ``{prefix}~dlq~{group}`` streams, found by id through the index hash."""
+
+    def __init__(self, broker: RedisBroker) -> None:
+        self._broker = broker
+
+    async def _locate(self, dead_letter_id: str) -> tuple[str, str] | None:
+        with _driver_errors(f"look up dead letter {dead_letter_id!r}"):
+            where = await self._broker.redis.hget(self._broker.keys.dlq_index, dead_letter_id)
+        if where is None:
+            return None
+        entry_id, _, stream = _text(where).partition(" ")
+        return stream, entry_id
+
+    async def _streams(self, group: str | None) -> list[str]:
+        if group is not None:
+            return [self._broker.keys.dlq(group)]
+        with _driver_errors("list dead-letter streams"):
+            where = await self._broker.redis.hvals(self._broker.keys.dlq_index)
+        return sorted({_text(w).partition(" ")[2] for w in where})
+
+    async def list(self, *, group: str | None = None, limit: int = 100) -> list[DeadLetter]:
+        found: list[tuple[tuple[int, int], DeadLetter]] = []
+        for stream in await self._streams(group):
+            with _driver_errors(f"read dead letters from {stream!r}"):
+                entries: Any = await self._broker.redis.xrange(stream, count=limit)
+            found += [(_stream_id(_text(i)), _record(f)) for i, f in entries]
+        found.sort(key=lambda item: item[0])
+        return [record for _, record in found[:limit]]
+
+    async def get(self, dead_letter_id: str) -> DeadLetter | None:
+        located = await self._locate(dead_letter_id)
+        if located is None:
+            return None
+        stream, entry_id = located
+        with _driver_errors(f"read dead letter {dead_letter_id!r}"):
+            entries: Any = await self._broker.redis.xrange(stream, entry_id, entry_id)
+        return _record(entries[0][1]) if entries else None
+
+    async def replay(self, dead_letter_id: str) -> None:
+        """Put the original fields back on the group's retry stream: attempt 1, same event id."""
+        located = await self._locate(dead_letter_id)
+        record = await self.get(dead_letter_id) if located else None
+        if located is None or record is None:
+            raise KeyError(f"no dead letter with id {dead_letter_id!r}")
+        broker = self._broker
+        target = broker.keys.retry(record.destination, record.group)
+        await broker.create_group(target, record.group, "0")
+        fields: list[Any] = ["data", record.body]
+        for name, value in record.headers.items():
+            if not name.startswith(_CARRIED):
+                fields += [name, value.encode("utf-8", "surrogateescape")]
+        with _driver_errors(f"replay dead letter {dead_letter_id!r}"):
+            done = await broker.scripts["replay"](
+                keys=[broker.keys.dlq_index, located[0], target],
+                args=[dead_letter_id, located[1], *fields],
+            )
+        if not done:
+            raise KeyError(f"no dead letter with id {dead_letter_id!r} (replayed meanwhile)")
+
+    async def purge(self, *, group: str | None = None) -> int:
+        removed = 0
+        for stream in await self._streams(group):
+            with _driver_errors(f"purge dead letters in {stream!r}"):
+                removed += await self._broker.scripts["purge"](
+                    keys=[self._broker.keys.dlq_index, stream]
+                )
+        return removed
+
+
+def from_url(url: str, **options: Any) -> RedisBroker:
+    """``redis://[[user]:password@]host[:port][/db]`` or ``rediss://`` (TLS).
+
+    The URL, its ``?query`` options and every keyword that is not an adapter option go to
+    ``redis.asyncio.Redis.from_url``.
+    """
+    return RedisBroker(url, **options)
