@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from pathlib import Path
@@ -341,3 +342,34 @@ async def test_publish_middleware_may_replace_the_envelope() -> None:
     assert returned.subject == "stamped"
     assert many[0].subject == "stamped"
     assert [e.subject for e in published(bus)] == ["stamped", "stamped"]
+
+
+async def test_stop_does_not_hang_on_a_consumer_that_ignores_cancellation(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Seen with a network driver: shutdown must finish even if a fetch swallows the cancel."""
+    from eventbus.brokers.memory import MemoryBroker, MemoryConsumer
+
+    class Stubborn(MemoryConsumer):
+        async def _deliveries(self) -> Any:  # type: ignore[override]
+            # The bug being defended against: the first cancellation is lost.
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.Event().wait()
+            await asyncio.Event().wait()  # a second cancellation (the test's clean-up) ends it
+            yield  # pragma: no cover
+
+    class StubbornBroker(MemoryBroker):
+        async def subscribe(self, subscription: Any) -> Any:
+            consumer = await super().subscribe(subscription)
+            return Stubborn(self, consumer._group_queue)
+
+    router = Router()
+    router.subscribe(UserRegistered)(_noop)
+    bus = EventBus(StubbornBroker(), routers=[router], shutdown_timeout=0.1)
+    await bus.start()
+    await asyncio.wait_for(bus.stop(), timeout=5)
+    assert "ignored cancellation" in caplog.text
+    leftovers = [t for t in asyncio.all_tasks() if t.get_name().startswith("eventbus:")]
+    assert len(leftovers) == 1
+    leftovers[0].cancel()
+    await asyncio.gather(*leftovers, return_exceptions=True)

@@ -495,7 +495,14 @@ class _Runner:
         if self._inline:  # let the running handler finish; the loop then returns by itself
             await asyncio.wait([self._task], timeout=timeout)
         self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
+        # A driver that swallows the cancellation must not hang shutdown: wait what is left of
+        # the shutdown timeout (at least a second), then leave the task behind; its unsettled
+        # deliveries go back to the broker when the consumer and the broker close.
+        done, _ = await asyncio.wait([self._task], timeout=max(timeout, 1.0))
+        if not done:
+            log.error("consumer for %s ignored cancellation; abandoning it", self.sub.name)
+        elif not self._task.cancelled() and (error := self._task.exception()) is not None:
+            log.error("consumer for %s failed while stopping", self.sub.name, exc_info=error)
 
     async def finish(self, timeout: float) -> None:
         if self._dispatcher is not None:
