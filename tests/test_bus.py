@@ -351,7 +351,7 @@ async def test_stop_does_not_hang_on_a_consumer_that_ignores_cancellation(
     from eventbus.brokers.memory import MemoryBroker, MemoryConsumer
 
     class Stubborn(MemoryConsumer):
-        async def _deliveries(self) -> Any:  # type: ignore[override]
+        async def _deliveries(self) -> Any:
             # The bug being defended against: the first cancellation is lost.
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.Event().wait()
