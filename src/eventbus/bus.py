@@ -34,7 +34,7 @@ from pydantic_core import PydanticSerializationError
 from eventbus.brokers import from_url
 from eventbus.context import Context, current_envelope
 from eventbus.deadletters import DeadLetterStore, describe_failure
-from eventbus.dispatch import KeyedDispatcher
+from eventbus.dispatch import SubscriptionRunner
 from eventbus.envelope import Envelope, validate_extension_name
 from eventbus.errors import (
     BusNotStarted,
@@ -50,7 +50,6 @@ from eventbus.middleware import Retry, default_middleware
 from eventbus.router import Router, Subscription
 from eventbus.types import (
     Broker,
-    Consumer,
     Delivery,
     Middleware,
     Next,
@@ -98,7 +97,7 @@ class EventBus:
         self.shutdown_timeout = shutdown_timeout
         self.router = Router()
         self._routers: list[Router] = [self.router, *routers]
-        self._runners: list[_Runner] = []
+        self._runners: list[SubscriptionRunner] = []
         self._destinations: dict[str, str] = {}
         self._header_names: set[str] = set()
         self._started = False
@@ -164,7 +163,9 @@ class EventBus:
             for sub in subscriptions:
                 chain = self._build_consume_chain(sub)
                 consumer = await self.broker.subscribe(sub)
-                self._runners.append(_Runner(self, sub, chain, consumer))
+                handle = functools.partial(self.handle, sub, chain)
+                runner = SubscriptionRunner(sub.name, consumer, handle, _abandon, sub.concurrency)
+                self._runners.append(runner)
         except BaseException:
             await self._stop_runners(0)
             await self.broker.close()
@@ -407,6 +408,11 @@ async def _passthrough(envelope: Envelope) -> Envelope:
     return envelope
 
 
+async def _abandon(delivery: Delivery) -> None:
+    """Hand a delivery that will not be handled now back to the broker."""
+    await _settle(delivery.nack(requeue=True), delivery)
+
+
 async def _settle(operation: Any, delivery: Delivery) -> None:
     """Await an ack/nack/…; a failure here is logged, and the broker will redeliver."""
     try:
@@ -440,71 +446,3 @@ async def _invoke_handler(sub: Subscription, ctx: Context) -> None:
 
 def _with_group(sub: Subscription, group: str) -> Subscription:
     return dataclasses.replace(sub, group=group)
-
-
-class _Runner:
-    """Feeds one subscription's deliveries to the bus, one at a time or through the dispatcher."""
-
-    def __init__(self, bus: EventBus, sub: Subscription, chain: Next, consumer: Consumer) -> None:
-        self.sub = sub
-        self.consumer = consumer
-        self._handle = functools.partial(bus.handle, sub, chain)
-        self._dispatcher = (
-            KeyedDispatcher(self._handle, self._abandon, sub.concurrency)
-            if sub.concurrency > 1
-            else None
-        )
-        self._inline = False
-        self._stopping = False
-        self._task = asyncio.get_running_loop().create_task(
-            self._fetch(), name=f"eventbus:{sub.name}"
-        )
-
-    @property
-    def busy(self) -> bool:
-        return self._inline or (self._dispatcher is not None and self._dispatcher.busy)
-
-    async def _abandon(self, delivery: Delivery) -> None:
-        await _settle(delivery.nack(requeue=True), delivery)
-
-    async def _fetch(self) -> None:
-        backoff = 0.1
-        while not self._stopping:
-            try:
-                async for delivery in self.consumer:
-                    backoff = 0.1
-                    if self._dispatcher is not None:
-                        await self._dispatcher.submit(delivery)
-                        continue
-                    self._inline = True
-                    try:
-                        await self._handle(delivery)
-                    finally:
-                        self._inline = False
-                    if self._stopping:
-                        return
-            except Exception:
-                log.exception(
-                    "consumer for %s failed; resubscribing in %.1fs", self.sub.name, backoff
-                )
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
-
-    async def stop_fetching(self, timeout: float) -> None:
-        self._stopping = True
-        if self._inline:  # let the running handler finish; the loop then returns by itself
-            await asyncio.wait([self._task], timeout=timeout)
-        self._task.cancel()
-        # A driver that swallows the cancellation must not hang shutdown: wait what is left of
-        # the shutdown timeout (at least a second), then leave the task behind; its unsettled
-        # deliveries go back to the broker when the consumer and the broker close.
-        done, _ = await asyncio.wait([self._task], timeout=max(timeout, 1.0))
-        if not done:
-            log.error("consumer for %s ignored cancellation; abandoning it", self.sub.name)
-        elif not self._task.cancelled() and (error := self._task.exception()) is not None:
-            log.error("consumer for %s failed while stopping", self.sub.name, exc_info=error)
-
-    async def finish(self, timeout: float) -> None:
-        if self._dispatcher is not None:
-            await self._dispatcher.join(timeout)
-        await self.consumer.close()

@@ -1,4 +1,7 @@
-"""Key-ordered concurrency: parallel across partition keys, one at a time within a key.
+"""Feeding deliveries to handlers: a runner per subscription, and key-ordered concurrency.
+
+:class:`SubscriptionRunner` owns a subscription's fetch loop and its graceful stop. Key-ordered
+concurrency: parallel across partition keys, one at a time within a key.
 
 The consume loop hands each delivery to :class:`KeyedDispatcher`. Deliveries that share a
 ``partitionkey`` are handled strictly in arrival order by one worker; deliveries without a key
@@ -11,11 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 from collections.abc import Awaitable, Callable
 
-from eventbus.types import Delivery
+from eventbus.types import Consumer, Delivery
 
-__all__ = ["KeyedDispatcher"]
+__all__ = ["KeyedDispatcher", "SubscriptionRunner"]
+
+log = logging.getLogger("eventbus")
 
 Handle = Callable[[Delivery], Awaitable[None]]
 Abandon = Callable[[Delivery], Awaitable[None]]
@@ -84,3 +90,69 @@ class KeyedDispatcher:
                 task.cancel()
             if late:
                 await asyncio.gather(*late, return_exceptions=True)
+
+
+class SubscriptionRunner:
+    """Feeds one subscription's deliveries to ``handle``: inline with ``concurrency == 1``
+    (strict arrival order, no task per message), else through a :class:`KeyedDispatcher`.
+
+    A consumer whose iteration fails is resubscribed with exponential backoff, so a broker
+    outage never ends the subscription.
+    """
+
+    def __init__(
+        self, name: str, consumer: Consumer, handle: Handle, abandon: Abandon, concurrency: int
+    ) -> None:
+        self.name = name
+        self.consumer = consumer
+        self._handle = handle
+        self._dispatcher = (
+            KeyedDispatcher(handle, abandon, concurrency) if concurrency > 1 else None
+        )
+        self._inline = False
+        self._stopping = False
+        self._task = asyncio.get_running_loop().create_task(self._fetch(), name=f"eventbus:{name}")
+
+    @property
+    def busy(self) -> bool:
+        return self._inline or (self._dispatcher is not None and self._dispatcher.busy)
+
+    async def _fetch(self) -> None:
+        backoff = 0.1
+        while not self._stopping:
+            try:
+                async for delivery in self.consumer:
+                    backoff = 0.1
+                    if self._dispatcher is not None:
+                        await self._dispatcher.submit(delivery)
+                        continue
+                    self._inline = True
+                    try:
+                        await self._handle(delivery)
+                    finally:
+                        self._inline = False
+                    if self._stopping:
+                        return
+            except Exception:
+                log.exception("consumer for %s failed; resubscribing in %.1fs", self.name, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+
+    async def stop_fetching(self, timeout: float) -> None:
+        self._stopping = True
+        if self._inline:  # let the running handler finish; the loop then returns by itself
+            await asyncio.wait([self._task], timeout=timeout)
+        self._task.cancel()
+        # A driver that swallows the cancellation must not hang shutdown: wait what is left of
+        # the shutdown timeout (at least a second), then leave the task behind; its unsettled
+        # deliveries go back to the broker when the consumer and the broker close.
+        done, _ = await asyncio.wait([self._task], timeout=max(timeout, 1.0))
+        if not done:
+            log.error("consumer for %s ignored cancellation; abandoning it", self.name)
+        elif not self._task.cancelled() and (error := self._task.exception()) is not None:
+            log.error("consumer for %s failed while stopping", self.name, exc_info=error)
+
+    async def finish(self, timeout: float) -> None:
+        if self._dispatcher is not None:
+            await self._dispatcher.join(timeout)
+        await self.consumer.close()
