@@ -432,6 +432,19 @@ def via(url: str, proxy: Proxy) -> str:
     return parts._replace(netloc=parts.netloc.replace(f":{parts.port}", f":{proxy.port}")).geturl()
 
 
+async def acked_on_the_broker(running: EventBus, broker: RabbitMQBroker) -> None:
+    """Return once the acks the bus has sent have reached RabbitMQ.
+
+    ``drain`` returns when the handlers are done and their acks written; a request answered
+    over the same connection afterwards (frames of one connection arrive in order) proves they
+    got there. An ack still on its way when the connection is cut is lost with it, and RabbitMQ
+    redelivers the message (at-least-once), which a test counting deliveries must not race.
+    """
+    await running.drain()
+    channel = await broker.connection.channel(publisher_confirms=False)
+    await channel.close()
+
+
 async def test_consumers_and_publishes_survive_a_connection_loss(
     rabbitmq_url: str, brokers: list[RabbitMQBroker], ns: str, proxy: Proxy
 ) -> None:
@@ -444,6 +457,7 @@ async def test_consumers_and_publishes_survive_a_connection_loss(
     async with bus(broker, router, service="svc") as running:
         await running.publish(thing(n=1))
         await wait_until(lambda: len(got) == 1)
+        await acked_on_the_broker(running, broker)  # else the cut may lose it: 1 comes again
         await proxy.cut()
         await wait_until(lambda: not is_up.is_set(), timeout=10)
         during = asyncio.ensure_future(running.publish(thing(n=2)))  # the broker is away
@@ -452,6 +466,42 @@ async def test_consumers_and_publishes_survive_a_connection_loss(
         await running.publish(thing(n=3))
         await wait_until(lambda: len(got) == 3, timeout=15)  # the consumer came back by itself
     assert sorted(e.json()["n"] for e, _ in got) == [1, 2, 3]
+
+
+async def test_a_delivery_taken_before_a_reconnect_is_not_settled_after_it(
+    rabbitmq_url: str, brokers: list[RabbitMQBroker], ns: str, proxy: Proxy
+) -> None:
+    """Its delivery tag means nothing on the restored channel (acking it there would settle the
+    redelivered copy, whose own ack then closes the channel: PRECONDITION_FAILED), and RabbitMQ
+    redelivers it anyway; a nack must not republish a copy either (a duplicate)."""
+    broker = await make(via(rabbitmq_url, proxy), brokers, reconnect_interval=0.2)
+    is_up = broker.connection.connected
+    consumer = await broker.subscribe(subscription(f"{ns}.old", f"{ns}-g"))
+    deliveries = aiter(consumer)
+    for n in (1, 2):
+        await broker.publish(f"{ns}.old", Envelope(id=f"o-{n}", type=f"{ns}.old", source="/t"))
+    first, second = await next_delivery(deliveries), await next_delivery(deliveries)
+    await proxy.cut()
+    await wait_until(lambda: not is_up.is_set(), timeout=10)
+    await proxy.start()
+    await wait_until(lambda: is_up.is_set(), timeout=10)
+    with pytest.raises(BrokerUnavailable, match="deliver it again"):
+        await first.ack()
+    with pytest.raises(BrokerUnavailable, match="deliver it again"):
+        await second.nack(requeue=True)
+    again = [await next_delivery(deliveries), await next_delivery(deliveries)]
+    assert sorted((d.envelope.id, d.attempt) for d in again if d.envelope) == [
+        ("o-1", 2),
+        ("o-2", 2),
+    ]
+    for delivery in again:
+        await delivery.ack()  # the restored channel stays open: no stale tag was sent on it
+    await broker.publish(f"{ns}.old", Envelope(id="o-3", type=f"{ns}.old", source="/t"))
+    third = await next_delivery(deliveries)  # no republished copy of o-2 came before it
+    assert third.envelope is not None
+    assert third.envelope.id == "o-3"
+    await third.ack()
+    await consumer.close()
 
 
 async def test_a_publish_during_a_long_outage_raises_instead_of_vanishing(

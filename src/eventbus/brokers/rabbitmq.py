@@ -518,9 +518,23 @@ class RabbitMQDelivery:
         return self._consumer.queue.name
 
     def _take(self) -> bool:
+        """Claim the one settlement; raise if the message's channel was lost to a reconnect.
+
+        Its delivery tag means nothing on the restored channel (acking it there would settle
+        another message, or close the channel with PRECONDITION_FAILED), and RabbitMQ has taken
+        the message back and will deliver it again: a copy republished now (nack, retry_later,
+        dead_letter) would be a duplicate of that redelivery, so nothing is sent.
+        """
         if self._settled:
             return False
         self._settled = True
+        try:
+            self._message.channel  # noqa: B018  # raises once its channel is gone
+        except aiormq.exceptions.ChannelInvalidStateError:
+            raise BrokerUnavailable(
+                "this message was delivered on a channel that a connection loss closed; "
+                "RabbitMQ has requeued it and will deliver it again"
+            ) from None
         return True
 
     async def ack(self) -> None:
