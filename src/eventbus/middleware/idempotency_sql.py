@@ -93,19 +93,8 @@ class SqlIdempotencyStore:
 
     async def claim(self, group: str, event_id: str, *, owner: str, lease: float) -> Claim:
         now = self._now()
-        values = {
-            "group": group,
-            "event_id": event_id,
-            "status": _RUNNING,
-            "lease_until": now + lease,
-            "owner": owner,
-            "updated_at": now,
-        }
-        insert = self._insert(self.table).values(**values)
-        upsert = insert.on_conflict_do_update(
-            index_elements=["group", "event_id"],
-            set_={k: insert.excluded[k] for k in ("status", "lease_until", "owner", "updated_at")},
-            where=self.table.c.lease_until <= now,
+        upsert = self._upsert(
+            group, event_id, _RUNNING, owner, now, until=now + lease, only_if_expired=True
         ).returning(self.table.c.owner)
         async with self.engine.begin() as conn:
             if (await conn.execute(upsert)).first() is not None:
@@ -119,19 +108,7 @@ class SqlIdempotencyStore:
 
     async def complete(self, group: str, event_id: str, *, owner: str, retention: float) -> None:
         now = self._now()
-        values = {
-            "group": group,
-            "event_id": event_id,
-            "status": _DONE,
-            "lease_until": now + retention,
-            "owner": owner,
-            "updated_at": now,
-        }
-        insert = self._insert(self.table).values(**values)
-        upsert = insert.on_conflict_do_update(
-            index_elements=["group", "event_id"],
-            set_={k: insert.excluded[k] for k in ("status", "lease_until", "owner", "updated_at")},
-        )
+        upsert = self._upsert(group, event_id, _DONE, owner, now, until=now + retention)
         async with self.engine.begin() as conn:
             await conn.execute(upsert)
 
@@ -154,6 +131,32 @@ class SqlIdempotencyStore:
         """Dispose of the engine if this store created it from a URL."""
         if self._owns_engine:
             await self.engine.dispose()
+
+    def _upsert(
+        self,
+        group: str,
+        event_id: str,
+        status: str,
+        owner: str,
+        now: float,
+        *,
+        until: float,
+        only_if_expired: bool = False,
+    ) -> Any:
+        """Insert the row, or overwrite the existing one (only an expired one, if asked)."""
+        insert = self._insert(self.table).values(
+            group=group,
+            event_id=event_id,
+            status=status,
+            lease_until=until,
+            owner=owner,
+            updated_at=now,
+        )
+        return insert.on_conflict_do_update(
+            index_elements=["group", "event_id"],
+            set_={k: insert.excluded[k] for k in ("status", "lease_until", "owner", "updated_at")},
+            where=(self.table.c.lease_until <= now) if only_if_expired else None,
+        )
 
     def _select(self, group: str, event_id: str) -> sa.Select[Any]:
         c = self.table.c
