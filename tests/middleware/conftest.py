@@ -1,34 +1,22 @@
 """Fixtures for the reliability-middleware tests: contexts, fake time and real stores.
 
-Server fixtures connect with a short timeout. When a server is unreachable they fail under
-``CI=true`` (nothing that needs a server is skipped in CI) and skip otherwise, naming
-``scripts/services start``. Every test gets its own key prefix or table.
+Server fixtures take their URLs from ``redis_url`` / ``postgres_url`` in ``tests/conftest.py``,
+which fail under ``CI=true`` and skip elsewhere when the server is missing. Every test gets its
+own key prefix or table.
 """
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any, NoReturn
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from eventbus import Context, Envelope, EventBus, Router, Subscription
 from tests.middleware.mwsupport import MakeContext, RecordingClock
-
-REDIS_URL = os.environ.get("EVENTBUS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-POSTGRES_URL = os.environ.get(
-    "EVENTBUS_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres:postgres@127.0.0.1:5432/eventbus"
-)
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 @pytest.fixture
@@ -62,24 +50,9 @@ def make_ctx(clock: RecordingClock, subscription: Subscription) -> MakeContext:
     return make
 
 
-def _unreachable(what: str, exc: BaseException) -> NoReturn:
-    message = (
-        f"{what} is unreachable ({type(exc).__name__}: {exc}); start it with "
-        "`scripts/services start` (or set the EVENTBUS_TEST_*_URL variables)"
-    )
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(message)
-    pytest.skip(message)
-
-
 @pytest.fixture
-async def redis_client() -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(REDIS_URL, socket_connect_timeout=2, socket_timeout=5)
-    try:
-        await client.ping()
-    except (OSError, aioredis.RedisError) as exc:
-        await client.aclose()
-        _unreachable(f"Redis at {REDIS_URL}", exc)
+async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=5)
     yield client
     await client.aclose()
 
@@ -98,14 +71,8 @@ async def redis_cleanup(redis_client: aioredis.Redis, redis_prefix: str) -> Asyn
 
 
 @pytest.fixture
-async def postgres_engine() -> AsyncIterator[AsyncEngine]:
-    engine = create_async_engine(POSTGRES_URL, connect_args={"timeout": 3})
-    try:
-        async with engine.connect() as conn:
-            await conn.execute(sa.text("SELECT 1"))
-    except (OSError, sa.exc.SQLAlchemyError) as exc:
-        await engine.dispose()
-        _unreachable(f"PostgreSQL at {POSTGRES_URL}", exc)
+async def postgres_engine(postgres_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_async_engine(postgres_url, connect_args={"timeout": 3})
     yield engine
     await engine.dispose()
 
