@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import threading
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ from eventbus import (
     Router,
 )
 from eventbus.brokers import register_broker
+from eventbus.bus import new_event_id
 from eventbus.testing import published, wait_until
 
 pytestmark = pytest.mark.anyio
@@ -55,6 +58,31 @@ async def test_publish_returns_the_envelope_it_sent() -> None:
     assert envelope.extensions == {"tenant": "a"}
     assert UserRegistered.model_validate_json(envelope.data) == UserRegistered(user_id="u1")
     assert published(bus) == [envelope]
+
+
+def test_event_ids_are_unique_uuid4_text_and_differ_in_a_forked_child() -> None:
+    ids = [new_event_id() for _ in range(1000)]
+    assert len(set(ids)) == len(ids)
+    assert all(str(uuid.UUID(i)) == i and uuid.UUID(i).version == 4 for i in ids)
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child reports the ids it would hand out next, then leaves at once
+        os.write(write, " ".join(new_event_id() for _ in range(3)).encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(child, 0)
+    with os.fdopen(read) as pipe:
+        from_child = pipe.read().split()
+    assert len(from_child) == 3
+    assert not set(from_child) & {new_event_id() for _ in range(3)}
+
+
+async def test_publish_headers_cannot_be_changed_through_the_envelope() -> None:
+    headers = {"tenant": "a"}
+    async with EventBus("memory://") as bus:
+        envelope = await bus.publish(UserRegistered(user_id="u1"), headers=headers)
+    headers["tenant"] = "b"
+    assert envelope.extensions == {"tenant": "a"}
 
 
 async def test_publishing_before_start_says_what_to_do() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -17,6 +18,7 @@ from eventbus.envelope import (
     decode,
     from_binary,
     from_structured,
+    new_envelope,
     to_binary,
     to_structured,
     validate_extension_name,
@@ -197,6 +199,21 @@ def test_envelope_is_immutable() -> None:
     with pytest.raises(TypeError):
         envelope.extensions["tenant"] = "b"  # type: ignore[index]
     assert envelope.replace(id="2").id == "2"
+
+
+@given(envelopes())
+def test_the_fast_constructor_makes_the_same_immutable_envelope(envelope: Envelope) -> None:
+    fields = {f.name: getattr(envelope, f.name) for f in dataclasses.fields(Envelope)}
+    del fields["specversion"]
+    fast = new_envelope(**fields)
+    assert type(fast) is Envelope
+    assert fast == envelope
+    assert hash(fast) == hash(envelope)
+    assert repr(fast) == repr(envelope)
+    assert to_binary(fast) == to_binary(envelope)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.id = "other"  # type: ignore[misc]
+    assert fast.replace(subject="s").subject == "s"
 
 
 @pytest.mark.parametrize("name", ["x-tenant", "Tenant", "", "type", "a" * 65])

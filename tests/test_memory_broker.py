@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from eventbus import Context, Event, EventBus, RetryLater, Router
+from eventbus import Context, Event, EventBus, PermanentError, RetryLater, Router
 from eventbus.brokers.memory import MemoryBroker
 from eventbus.clock import FakeClock
+from eventbus.envelope import from_binary
 from eventbus.testing import wait_until
 
 pytestmark = pytest.mark.anyio
@@ -35,6 +36,39 @@ async def test_retry_later_waits_for_the_clock() -> None:
         await clock.advance(10)
         await bus.drain()
     assert attempts == [1, 2, 3]
+
+
+async def test_a_tight_publish_loop_lets_consumers_keep_up() -> None:
+    router, handled, backlog = Router(), [], []
+
+    @router.subscribe(Tick)
+    async def handle(event: Tick) -> None:
+        handled.append(event.n)
+
+    async with EventBus("memory://", routers=[router]) as bus:
+        for n in range(3000):
+            await bus.publish(Tick(n=n))
+            backlog.append(bus.broker.pending()["queued"])  # type: ignore[attr-defined]
+        await bus.drain()
+    assert max(backlog) <= 300  # consumers ran during the loop: memory stays bounded
+    assert handled == list(range(3000))
+
+
+async def test_a_published_event_is_dead_lettered_with_its_wire_headers_and_bytes() -> None:
+    router = Router()
+
+    @router.subscribe(Tick)
+    async def handle(event: Tick) -> None:
+        raise PermanentError("cannot handle this one")
+
+    async with EventBus("memory://", routers=[router]) as bus:
+        sent = await bus.publish(Tick(n=7), key="k")
+        await bus.drain()
+        [record] = await bus.dead_letters.list()
+    assert record.body == sent.data
+    assert record.headers["ce_id"] == sent.id
+    assert record.headers["ce_partitionkey"] == "k"
+    assert from_binary(record.headers, record.body) == sent
 
 
 async def test_drain_counts_delayed_redeliveries() -> None:

@@ -1,7 +1,8 @@
 """The in-memory broker: a real adapter for unit tests and single-process applications.
 
-It behaves like the network brokers where that matters to a handler: events are encoded to
-bytes on publish and decoded on delivery (CloudEvents binary mode, as on Kafka), every consumer
+It behaves like the network brokers where that matters to a handler: the payload travels as the
+JSON bytes the bus encoded on publish and is validated back into the event on delivery, every
+consumer
 group gets its own copy of each event while consumers within a group compete for them,
 unsettled deliveries come back with ``attempt + 1`` and their carried ``metadata`` (on nack,
 ``retry_later``, or when their consumer closes), delayed redelivery waits on an injectable
@@ -10,6 +11,11 @@ clock, and dead letters keep their original bytes (a replay starts again at atte
 ``memory://`` gives a private broker per bus; ``memory://NAME`` shares one broker between every
 bus in the process that names it, which is how two "services" talk in one test.
 Nothing survives the process: it is not persistent.
+
+The envelope itself is immutable, so it is handed over as it is rather than round-tripped
+through headers; its CloudEvents binary-mode headers are produced only when someone looks at
+them (a dead letter, :attr:`MemoryDelivery.headers`). Bytes put on a destination with
+:meth:`MemoryBroker.send_raw` are decoded on delivery like any foreign message.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import itertools
 import logging
 import weakref
 from collections.abc import AsyncIterator, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 from eventbus.clock import SystemClock
@@ -34,30 +41,46 @@ __all__ = ["MemoryBroker", "MemoryDeadLetters"]
 
 log = logging.getLogger("eventbus.memory")
 _named: weakref.WeakValueDictionary[str, MemoryBroker] = weakref.WeakValueDictionary()
+_NO_METADATA: Mapping[str, str] = MappingProxyType({})
+_YIELD_BACKLOG = 256
+"""A publish that leaves more than this many messages waiting in a queue yields to the event
+loop, so a tight publishing loop lets consumers run instead of queueing without bound."""
 
 
 class _Message:
-    __slots__ = ("attempt", "body", "destination", "headers", "key", "metadata")
+    """A message on a queue: a published envelope, or foreign headers and bytes."""
+
+    __slots__ = ("_wire", "attempt", "destination", "envelope", "key", "metadata")
 
     def __init__(
         self,
         destination: str,
-        headers: Mapping[str, Any],
-        body: bytes,
+        envelope: Envelope | None,
+        wire: tuple[Mapping[str, Any], bytes] | None,
         key: str | None,
         attempt: int = 1,
-        metadata: Mapping[str, str] | None = None,
+        metadata: Mapping[str, str] = _NO_METADATA,
     ) -> None:
         self.destination = destination
-        self.headers = headers
-        self.body = body
+        self.envelope = envelope
+        self._wire = wire
         self.key = key
         self.attempt = attempt
-        self.metadata: Mapping[str, str] = dict(metadata or {})
+        self.metadata = metadata
+
+    @property
+    def wire(self) -> tuple[Mapping[str, Any], bytes]:
+        """Headers and body as a network broker would carry them (binary content mode)."""
+        if self._wire is None:
+            assert self.envelope is not None
+            self._wire = to_binary(self.envelope)
+        return self._wire
 
     def again(self, attempt: int, metadata: Mapping[str, str]) -> _Message:
-        """The redelivery: same bytes, the next attempt, the delivery's carried metadata."""
-        return _Message(self.destination, self.headers, self.body, self.key, attempt, metadata)
+        """The redelivery: same message, the next attempt, the delivery's carried metadata."""
+        return _Message(
+            self.destination, self.envelope, self._wire, self.key, attempt, dict(metadata)
+        )
 
 
 class _GroupQueue:
@@ -131,9 +154,12 @@ class MemoryBroker:
     async def publish(self, destination: str, envelope: Envelope) -> None:
         if not self._connected:
             raise BusNotStarted("the memory broker is not connected; start the bus first")
-        headers, body = to_binary(envelope)
-        self._route(_Message(destination, headers, body, envelope.partitionkey), envelope.type)
+        backlog = self._route(
+            _Message(destination, envelope, None, envelope.partitionkey), envelope.type
+        )
         self.published.append(envelope)
+        if backlog > _YIELD_BACKLOG:
+            await asyncio.sleep(0)  # let consumers catch up, as a network round trip would
 
     async def publish_batch(self, messages: Sequence[tuple[str, Envelope]]) -> None:
         for destination, envelope in messages:
@@ -147,17 +173,21 @@ class MemoryBroker:
         key: str | None = None,
     ) -> None:
         """Put bytes on a destination as a foreign producer would, without any encoding."""
-        self._route(_Message(destination, dict(headers or {}), body, key), destination)
+        self._route(_Message(destination, None, (dict(headers or {}), body), key), destination)
 
-    def _route(self, message: _Message, event_type: str) -> None:
+    def _route(self, message: _Message, event_type: str) -> int:
+        """Queue ``message`` for every group it reaches; returns the longest of their queues."""
         queues = self._routes.get(message.destination)
         if queues is None:
             queues = [q for q in self._queues.values() if q.matches(message.destination)]
             self._routes[message.destination] = queues
         if not queues:
             self._no_subscriber(message.destination, event_type)
+        backlog = 0
         for group_queue in queues:
             group_queue.queue.put_nowait(message)
+            backlog = max(backlog, group_queue.queue.qsize())
+        return backlog
 
     def _no_subscriber(self, destination: str, event_type: str) -> None:
         known = sorted({q.topic for q in self._queues.values()})
@@ -249,21 +279,23 @@ class MemoryDelivery:
         self._message = message
         self.tag = tag
         self.attempt = message.attempt
-        self.metadata: dict[str, str] = dict(message.metadata)
-        self.envelope: Envelope | None
+        self.metadata: dict[str, str] = dict(message.metadata) if message.metadata else {}
+        self.envelope: Envelope | None = message.envelope
         self.decode_error: DecodeError | None = None
-        try:
-            self.envelope = decode(message.headers, message.body, key=message.key)
-        except DecodeError as exc:
-            self.envelope, self.decode_error = None, exc
+        if self.envelope is None:
+            headers, body = message.wire
+            try:
+                self.envelope = decode(headers, body, key=message.key)
+            except DecodeError as exc:
+                self.decode_error = exc
 
     @property
     def headers(self) -> Mapping[str, Any]:
-        return self._message.headers
+        return self._message.wire[0]
 
     @property
     def body(self) -> bytes:
-        return self._message.body
+        return self._message.wire[1]
 
     @property
     def destination(self) -> str:
@@ -322,7 +354,7 @@ class MemoryDeadLetters:
         except KeyError:
             raise KeyError(f"no dead letter with id {dead_letter_id!r}") from None
         key = record.headers.get("ce_partitionkey")
-        message = _Message(record.destination, record.headers, record.body, key)
+        message = _Message(record.destination, None, (record.headers, record.body), key)
         group_queue.queue.put_nowait(message)
 
     async def purge(self, *, group: str | None = None) -> int:
