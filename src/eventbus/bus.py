@@ -436,7 +436,11 @@ class _EventIds:
             self._hex, at = os.urandom(self._CHUNK).hex(), 0
         self._at = at + 32
         h = self._hex[at : at + 32]
-        return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
+        return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
+
+
+_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
+"""The UUID variant digit (10xx in binary) for each random hex digit."""
 
 
 new_event_id = _EventIds()

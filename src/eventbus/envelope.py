@@ -241,16 +241,17 @@ def _build(attrs: Mapping[str, Any], data: bytes, key: str | None = None) -> Env
     fields: dict[str, Any] = {}
     extensions: dict[str, str] = {}
     for name, value in attrs.items():
-        if value is None or name in _IGNORED:
-            continue
         if name in _STRING_FIELDS:
-            fields[name] = value if type(value) is str else _text(value)
+            if value is not None:
+                fields[name] = value if type(value) is str else _text(value)
+        elif value is None or name in _IGNORED:
+            continue
         elif name == "time":
             fields["time"] = _parse_time(value)
         elif name == "dataversion":
             fields["dataversion"] = _parse_int(value)
         elif name == "specversion":
-            if str(value) != "1.0":
+            if value != "1.0" and str(value) != "1.0":
                 raise DecodeError(f"unsupported CloudEvents specversion {value!r}; need 1.0")
         else:
             extensions[name] = _text(value)
@@ -270,9 +271,32 @@ def _parse_int(value: Any) -> int:
 
 def to_binary(envelope: Envelope, prefix: str = "ce_") -> tuple[dict[str, str], bytes]:
     """Binary content mode: ``({prefix+attr: value, "content-type": ...}, payload)``."""
-    headers = {prefix + name: str(value) for name, value in envelope.attributes().items()}
-    headers["content-type"] = headers.pop(prefix + "datacontenttype")
+    names = _BINARY_NAMES.get(prefix) or _binary_names(prefix)
+    headers = {names[0][1]: envelope.specversion}
+    for attr, header in names[1:]:
+        value = getattr(envelope, attr)
+        if value is not None:
+            headers[header] = value
+    if envelope.time is not None:
+        headers[prefix + "time"] = _format_time(envelope.time)
+    if envelope.dataversion is not None:
+        headers[prefix + "dataversion"] = str(envelope.dataversion)
+    if envelope.extensions:
+        for name, value in envelope.extensions.items():
+            headers[prefix + name] = value
+    headers["content-type"] = envelope.datacontenttype
     return headers, envelope.data
+
+
+_BINARY_NAMES: dict[str, tuple[tuple[str, str], ...]] = {}
+
+
+def _binary_names(prefix: str) -> tuple[tuple[str, str], ...]:
+    """``(attribute, header)`` for specversion and the string attributes, per prefix."""
+    names = tuple((name, prefix + name) for name in ("specversion", *_STRING_ATTRS))
+    if len(_BINARY_NAMES) < 16:
+        _BINARY_NAMES[prefix] = names
+    return names
 
 
 def from_binary(
@@ -287,7 +311,7 @@ def from_binary(
     for name, value in headers.items():
         attr = _HEADER_NAMES.get(name) or _header_attribute(name)
         if attr is not None:
-            attrs[attr] = _text(value) if isinstance(value, bytes) else value
+            attrs[attr] = _text(value) if type(value) is bytes else value
     return _build(attrs, body or b"", _text(key) if key is not None else None)
 
 

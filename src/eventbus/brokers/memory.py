@@ -239,12 +239,13 @@ class MemoryConsumer:
 
     async def _deliveries(self) -> AsyncIterator[MemoryDelivery]:
         taken = 0
+        queue = self._group_queue.queue
         while True:
-            # Queue.get() does not suspend while messages are waiting; yield now and then (and
-            # on every redelivery) so a busy queue or a message nacked in a loop cannot starve
-            # the other tasks of the event loop.
+            # Taking a waiting message does not suspend; yield now and then (and on every
+            # redelivery) so a busy queue or a message nacked in a loop cannot starve the other
+            # tasks of the event loop.
             taken += 1
-            message = await self._group_queue.queue.get()
+            message = queue.get_nowait() if queue.qsize() else await queue.get()
             if message.attempt > 1 or taken % 32 == 0:
                 await asyncio.sleep(0)
             delivery = MemoryDelivery(self, next(self._tags), message)
