@@ -1,0 +1,1 @@
+"""eventbus benchmarks: ``python -m bench.run`` (see docs/benchmarks.md)."""

@@ -1,0 +1,145 @@
+"""Turn ``bench.run`` results into the markdown tables and the chart of docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+TITLES = {
+    "memory": "Memory bus",
+    "redis": "Redis Streams",
+    "rabbitmq": "RabbitMQ",
+    "kafka": "Kafka",
+}
+MODE_NAMES = {
+    "single": "one-by-one",
+    "batch": "batched",
+    "concurrent": "100 concurrent",
+    "latency": "closed loop",
+}
+
+
+def _rate(cell: dict[str, Any] | None) -> str:
+    if not cell:
+        return ""
+    return f"{cell['median']:,.0f} ({cell['min']:,.0f}–{cell['max']:,.0f})"
+
+
+def _num(cell: dict[str, Any] | None, digits: int = 1) -> str:
+    return f"{cell['median']:,.{digits}f}" if cell else ""
+
+
+def _ratio(cell: dict[str, Any] | None) -> str:
+    if not cell:
+        return "not measured"
+    return f"{cell['median']:.2f} ({cell['min']:.2f}–{cell['max']:.2f})"
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+    meta = results["meta"]
+    lines = [
+        f"Measured {meta['date']} on {meta['machine']}; {meta['reps']} repetitions, "
+        f"{meta['duration_s'] / 60:.1f} minutes in all. Versions: "
+        + ", ".join(f"{k} {v}" for k, v in meta["versions"].items())
+        + ". Rates are medians with (min–max) over the repetitions; CPU is the client "
+        "process's user + system time per event (producer and consumer together).",
+        "",
+    ]
+    for broker, modes in results["summary"].items():
+        lines += [
+            f"### {TITLES.get(broker, broker)}",
+            "",
+            f"{meta['events'][broker]:,} events per trial; "
+            f"{meta['latency_events'][broker]:,} round trips per latency trial.",
+            "",
+            "| mode | implementation | end-to-end events/s | publish events/s "
+            "| CPU µs/event | p50 ms | p99 ms | peak RSS MB |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for mode in MODE_NAMES:
+            for impl, cell in modes.get(mode, {}).items():
+                lines.append(
+                    f"| {MODE_NAMES[mode]} | {impl} | {_rate(cell.get('e2e_per_s'))} "
+                    f"| {_rate(cell.get('publish_per_s'))} | {_num(cell.get('cpu_us_per_event'))} "
+                    f"| {_num(cell.get('p50_ms'), 3)} | {_num(cell.get('p99_ms'), 3)} "
+                    f"| {_num(cell.get('peak_rss_mb'), 0)} |"
+                )
+        lines.append("")
+    lines += [
+        "### Targets",
+        "",
+        "Each ratio is computed inside one repetition (eventbus over the baseline named in the "
+        "ratio); the table gives their median (min–max).",
+        "",
+        "| broker | target | ratio | measured | met |",
+        "|---|---|---|---|---|",
+    ]
+    for broker, checks in results["targets"].items():
+        for check in checks:
+            lines.append(
+                f"| {TITLES.get(broker, broker)} | {check['target']} | `{check['ratio']}` "
+                f"| {_ratio(check['measured'])} | {'yes' if check['met'] else '**no**'} |"
+            )
+    if results["failures"]:
+        lines += ["", "Trials that failed (left out of the figures above):", ""]
+        for failure in results["failures"]:
+            lines.append(
+                f"- rep {failure['rep'] + 1} {failure['broker']} {failure['mode']} "
+                f"{failure['impl']}: {failure['error']}"
+            )
+    lines += ["", "![throughput and CPU per event](img/benchmarks.png)"]
+    return "\n".join(lines)
+
+
+def update_docs(page: Path, table: str) -> None:
+    """Replace what lies between the results markers of ``page`` with ``table``."""
+    text = page.read_text()
+    if START not in text or END not in text:
+        raise SystemExit(f"{page} has no {START} … {END} markers to put the results between")
+    pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.DOTALL)
+    page.write_text(pattern.sub(lambda _: f"{START}\n{table}\n{END}", text))
+
+
+def render_chart(results: dict[str, Any], path: Path) -> None:
+    """End-to-end rate and CPU per event, per broker, mode and implementation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    brokers = list(results["summary"])
+    modes = ["single", "batch", "concurrent"]
+    fig, axes = plt.subplots(2, len(brokers), figsize=(4.2 * len(brokers), 7), squeeze=False)
+    for column, broker in enumerate(brokers):
+        cells = results["summary"][broker]
+        impls = sorted({impl for mode in modes for impl in cells.get(mode, {})})
+        width = 0.8 / max(1, len(impls))
+        for row, (metric, label) in enumerate(
+            (("e2e_per_s", "end-to-end events/s"), ("cpu_us_per_event", "CPU µs per event"))
+        ):
+            ax = axes[row][column]
+            for i, impl in enumerate(impls):
+                values = [cells.get(m, {}).get(impl, {}).get(metric, {}) for m in modes]
+                ax.bar(
+                    [x + i * width for x in range(len(modes))],
+                    [v.get("median", 0) for v in values],
+                    width,
+                    yerr=[
+                        [v.get("median", 0) - v.get("min", 0) for v in values],
+                        [v.get("max", 0) - v.get("median", 0) for v in values],
+                    ],
+                    label=impl,
+                    capsize=2,
+                )
+            ax.set_xticks([x + width * (len(impls) - 1) / 2 for x in range(len(modes))])
+            ax.set_xticklabels([MODE_NAMES[m] for m in modes], fontsize=8)
+            ax.set_title(f"{TITLES.get(broker, broker)}: {label}", fontsize=9)
+            ax.tick_params(axis="y", labelsize=8)
+            if row == 0:
+                ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,1 @@
+"""One module per broker, each defining ``IMPLEMENTATIONS``: name → workload class."""

@@ -1,0 +1,60 @@
+"""In-process: eventbus's memory bus against a bare ``asyncio.Queue`` loop.
+
+The bare loop is the practical limit of any in-process bus: it JSON-encodes the pydantic model
+on publish and validates it back on consume, and does nothing else (no envelope, no ids, no
+acknowledgement, no failure handling). eventbus runs its whole path on top of that with the
+default middleware chain (dead-letter, retry).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from bench.common import UserCreated, Workload, decode, encode
+from eventbus import EventBus, Router
+
+
+class BareQueue(Workload):
+    async def start(self) -> None:
+        self.queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self.task = asyncio.ensure_future(self.consume())
+
+    async def consume(self) -> None:
+        while True:
+            self.on_event(decode(await self.queue.get()))
+
+    async def publish(self, event: UserCreated) -> None:
+        self.queue.put_nowait(encode(event))
+
+    async def publish_batch(self, events: Sequence[UserCreated]) -> None:
+        for event in events:
+            self.queue.put_nowait(encode(event))
+
+    async def stop(self) -> None:
+        self.task.cancel()
+
+
+class EventBusMemory(Workload):
+    async def start(self) -> None:
+        router = Router()
+        on_event = self.on_event
+
+        @router.subscribe(UserCreated, group="bench")
+        async def handle(event: UserCreated) -> None:
+            on_event(event)
+
+        self.bus = EventBus("memory://", service="bench", routers=[router])
+        await self.bus.start()
+
+    async def publish(self, event: UserCreated) -> None:
+        await self.bus.publish(event)
+
+    async def publish_batch(self, events: Sequence[UserCreated]) -> None:
+        await self.bus.publish_many(events)
+
+    async def stop(self) -> None:
+        await self.bus.stop()
+
+
+IMPLEMENTATIONS: dict[str, type[Workload]] = {"bare": BareQueue, "eventbus": EventBusMemory}
