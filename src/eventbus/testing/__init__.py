@@ -50,7 +50,11 @@ async def wait_until(
 
 
 def published(bus: EventBus, event_type: type[Event] | str | None = None) -> list[Envelope]:
-    """The envelopes ``bus`` has published on its memory broker, oldest first."""
+    """The envelopes ``bus`` has published on its memory broker, oldest first.
+
+    The broker keeps the latest ``record`` of them (1 000 unless ``EventBus("memory://",
+    record=...)`` says otherwise).
+    """
     broker = bus.broker
     if not isinstance(broker, MemoryBroker):
         raise TypeError("published() reads the memory broker's record; this bus has another broker")
