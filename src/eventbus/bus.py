@@ -327,7 +327,7 @@ class EventBus:
 
     # ---------------------------------------------------------------- consuming
     def _build_consume_chain(self, sub: Subscription) -> Next:
-        chain: Next = functools.partial(_invoke_handler, sub)
+        chain: Next = _handler_invoker(sub)
         for middleware in reversed((*self.middleware, *sub.middleware)):
             chain = _bind(middleware, chain)
         return chain
@@ -481,24 +481,45 @@ def _settle_failed(delivery: Delivery) -> None:
     )
 
 
-async def _invoke_handler(sub: Subscription, ctx: Context) -> None:
+def _handler_invoker(sub: Subscription) -> Next:
+    """The innermost link of the chain: validate the payload into the handler's model, call it.
+
+    Built once per subscription, so the per-delivery path looks nothing up.
+    """
     spec = sub.handler
-    if spec.model is not None:
+    func, model, wants_context = spec.func, spec.model, spec.wants_context
+    validate = model.model_validate_json if model is not None else None
+
+    def argument(ctx: Context) -> Any:
+        if validate is None:
+            return ctx.envelope
         try:
-            ctx.event = spec.model.model_validate_json(ctx.envelope.data)
+            ctx.event = event = validate(ctx.envelope.data)
         except ValidationError as exc:
             raise PayloadValidationError(
                 f"event {ctx.envelope.id} of type {ctx.envelope.type!r} does not match "
-                f"{spec.model.__name__}: {exc}"
+                f"{model.__name__ if model else ''}: {exc}"
             ) from exc
-        arg: Any = ctx.event
-    else:
-        arg = ctx.envelope
-    args = (arg, ctx) if spec.wants_context else (arg,)
-    if spec.is_async:
-        await spec.func(*args)
-    else:
-        await anyio.to_thread.run_sync(functools.partial(spec.func, *args))
+        return event
+
+    if not spec.is_async:
+
+        async def in_thread(ctx: Context) -> None:
+            args = (argument(ctx), ctx) if wants_context else (argument(ctx),)
+            await anyio.to_thread.run_sync(functools.partial(func, *args))
+
+        return in_thread
+    if wants_context:
+
+        async def with_context(ctx: Context) -> None:
+            await func(argument(ctx), ctx)
+
+        return with_context
+
+    async def plain(ctx: Context) -> None:
+        await func(argument(ctx))
+
+    return plain
 
 
 def _with_group(sub: Subscription, group: str) -> Subscription:
