@@ -23,12 +23,13 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from eventbus import Context, Event, EventBus, Router
 from eventbus.brokers import from_url
 from eventbus.brokers.redis import RedisBroker
 from eventbus.envelope import Envelope
-from eventbus.errors import ConfigurationError, RetryLater
+from eventbus.errors import BrokerUnavailable, ConfigurationError, PublishError, RetryLater
 from eventbus.testing import BrokerContract, wait_until
 from eventbus.types import Broker, Next
 
@@ -181,6 +182,234 @@ async def test_nack_and_delay_carry_attempt_and_metadata_and_leave_nothing_pendi
     assert seen == [(1, {}), (2, {"first": "1"}), (3, {"first": "1"})]
     assert await raw.xlen(f"{prefix}{Job.event_type}~retry~carry") == 0  # copies deleted on ack
     assert await raw.zcard(f"{prefix}~delayed") == 0
+
+
+# ---------------------------------------------------------------- publishing and acking hot paths
+class _RoundTrips:
+    """Counts what a client sends: single commands and pipelines (with their commands)."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.commands: list[str] = []
+        self.pipelines: list[list[str]] = []
+        execute_command: Any = client.execute_command
+        make_pipeline = client.pipeline
+
+        async def counted_command(*args: Any, **options: Any) -> Any:
+            self.commands.append(str(args[0]))
+            return await execute_command(*args, **options)
+
+        def counted_pipeline(*args: Any, **options: Any) -> Any:
+            pipe = make_pipeline(*args, **options)
+            execute = pipe.execute
+
+            async def counted_execute(*a: Any, **o: Any) -> Any:
+                self.pipelines.append([str(c[0][0]) for c in pipe.command_stack])
+                return await execute(*a, **o)
+
+            pipe.execute = counted_execute  # type: ignore[method-assign]
+            return pipe
+
+        client.execute_command = counted_command  # type: ignore[method-assign]
+        client.pipeline = counted_pipeline  # type: ignore[method-assign]
+
+    @property
+    def round_trips(self) -> int:
+        return len(self.commands) + len(self.pipelines)
+
+
+async def _connected(url: str, prefix: str, **options: Any) -> tuple[RedisBroker, _RoundTrips]:
+    broker = RedisBroker(url, prefix=prefix, **options)
+    await broker.connect()
+    return broker, _RoundTrips(broker.redis)
+
+
+def _envelope(n: int) -> Envelope:
+    return Envelope(
+        id=f"e-{n}", type=Job.event_type, source="t", data=json.dumps({"n": n}).encode()
+    )
+
+
+async def test_concurrent_publishes_share_one_round_trip_on_one_connection(
+    redis_url: str, prefix: str, raw: aioredis.Redis
+) -> None:
+    name = f"ebtest-{uuid.uuid4().hex[:8]}"
+    broker, spy = await _connected(redis_url, prefix, client_name=name)
+    stream = f"{prefix}{Job.event_type}"
+    confirmed: list[int] = []
+
+    async def publish(n: int) -> None:
+        await broker.publish(Job.event_type, _envelope(n))
+        # Returned: Redis has it already (the publish was answered, not just queued).
+        entries: Any = await raw.xrange(stream)
+        assert f"e-{n}" in {json.loads(fields[b"data"])["id"] for _, fields in entries}
+        confirmed.append(n)
+
+    try:
+        await asyncio.gather(*(publish(n) for n in range(50)))
+        # The first goes out alone; the 49 that came meanwhile share one pipeline.
+        assert spy.commands == ["XADD"]
+        assert spy.pipelines == [["XADD"] * 49]
+        clients = [c for c in await raw.client_list() if c.get("name") == name]
+        assert len(clients) == 1  # one connection for all of them
+    finally:
+        await broker.close()
+    entries: Any = await raw.xrange(stream)
+    ids = sorted(json.loads(fields[b"data"])["id"] for _, fields in entries)
+    assert ids == sorted(f"e-{n}" for n in range(50))
+    assert sorted(confirmed) == list(range(50))
+
+
+async def test_a_refused_publish_in_a_shared_pipeline_fails_only_that_publisher(
+    redis_url: str, prefix: str, raw: aioredis.Redis
+) -> None:
+    broker, _ = await _connected(redis_url, prefix)
+    await raw.set(f"{prefix}not-a-stream", "x")  # XADD to it: WRONGTYPE
+    try:
+        results = await asyncio.gather(
+            *(
+                broker.publish("not-a-stream" if n % 2 else Job.event_type, _envelope(n))
+                for n in range(10)
+            ),
+            return_exceptions=True,
+        )
+    finally:
+        await broker.close()
+    assert results[0::2] == [None] * 5
+    assert all(isinstance(r, PublishError) and "WRONGTYPE" in str(r) for r in results[1::2])
+    assert await raw.xlen(f"{prefix}{Job.event_type}") == 5
+
+
+async def test_a_failed_round_trip_fails_every_publisher_waiting_on_it(
+    redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broker, _ = await _connected(redis_url, prefix)
+
+    async def broken(self: Any, raise_on_error: bool = True) -> list[Any]:
+        raise RedisConnectionError("connection reset by peer")
+
+    try:
+        first = asyncio.ensure_future(broker.publish(Job.event_type, _envelope(0)))
+        await asyncio.sleep(0)  # the first is on its way, alone
+        monkeypatch.setattr(aioredis.client.Pipeline, "execute", broken)
+        waiting = [
+            asyncio.ensure_future(broker.publish(Job.event_type, _envelope(n)))
+            for n in range(1, 10)
+        ]
+        await first
+        results = await asyncio.gather(*waiting, return_exceptions=True)
+    finally:
+        monkeypatch.undo()
+        await broker.close()
+    assert all(isinstance(r, BrokerUnavailable) for r in results), results
+    assert {str(r).split(":")[0] for r in results} == {
+        f"could not publish e-{n} to {Job.event_type!r}" for n in range(1, 10)
+    }
+
+
+async def test_a_publisher_cancelled_while_waiting_is_not_sent(
+    redis_url: str, prefix: str, raw: aioredis.Redis
+) -> None:
+    broker, _ = await _connected(redis_url, prefix)
+    try:
+        tasks = [
+            asyncio.ensure_future(broker.publish(Job.event_type, _envelope(n))) for n in range(5)
+        ]
+        await asyncio.sleep(0)  # all started: the first is sent, four wait
+        tasks[3].cancel()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        await broker.close()
+    assert isinstance(results[3], asyncio.CancelledError)
+    entries: Any = await raw.xrange(f"{prefix}{Job.event_type}")
+    assert sorted(json.loads(f[b"data"])["id"] for _, f in entries) == ["e-0", "e-1", "e-2", "e-4"]
+
+
+async def test_a_batch_read_is_acked_with_one_xack_and_nothing_stays_pending(
+    redis_url: str, prefix: str, raw: aioredis.Redis
+) -> None:
+    router, got = Router(), list[Job]()
+    router.subscribe(Job, group="acks")(got.append)
+    broker = fast(redis_url, prefix=prefix, batch_size=100, start_from="earliest")
+    async with EventBus(broker, routers=[router]) as bus:
+        spy = _RoundTrips(broker.redis)
+        scripted: list[Any] = []
+        ack_script = broker.scripts["ack"]
+
+        async def counted_ack_script(**kwargs: Any) -> Any:
+            scripted.append(kwargs)
+            return await ack_script(**kwargs)
+
+        broker.scripts["ack"] = counted_ack_script  # type: ignore[assignment]
+        await bus.publish_many([Job(n=n) for n in range(40)])
+        await wait_until(lambda: len(got) == 40, timeout=10)
+
+        async def nothing_pending() -> bool:
+            return await _pending(raw, prefix, "acks") == 0
+
+        await wait_until(nothing_pending, timeout=10)  # acked while running, not at shutdown
+        assert 1 <= spy.commands.count("XACK") <= 3  # one per batch read, not one per event
+        assert not scripted  # a plain ack of a main-stream entry needs no script
+    assert await _pending(raw, prefix, "acks") == 0
+
+
+async def test_acks_of_concurrent_handlers_are_sent_while_the_reader_blocks(
+    redis_url: str, prefix: str, raw: aioredis.Redis
+) -> None:
+    router, got = Router(), list[Job]()
+
+    @router.subscribe(Job, group="conc", concurrency=4)
+    async def work(event: Job) -> None:
+        await asyncio.sleep(0.01)
+        got.append(event)
+
+    broker = RedisBroker(redis_url, prefix=prefix, block=5.0, socket_timeout=10.0)
+    async with EventBus(broker, routers=[router]) as bus:
+        for n in range(8):
+            await bus.publish(Job(n=n))
+        await wait_until(lambda: len(got) == 8, timeout=10)
+
+        async def nothing_pending() -> bool:
+            return await _pending(raw, prefix, "conc") == 0
+
+        await wait_until(nothing_pending, timeout=2.0)  # well before the 5 s read returns
+
+
+async def test_every_call_is_bounded_by_socket_timeout() -> None:
+    """The adapter applies ``socket_timeout`` itself (redis-py's connections get none)."""
+    done = asyncio.Event()
+
+    async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await done.wait()  # a "server" that accepts and never answers
+        writer.close()
+
+    server = await asyncio.start_server(mute, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    broker = RedisBroker(f"redis://127.0.0.1:{port}/0", socket_timeout=0.3, block=0.1)
+    try:
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(BrokerUnavailable, match=r"within 0\.3s"):
+            await broker.connect()
+        assert asyncio.get_running_loop().time() - started < 3
+    finally:
+        done.set()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_stopping_right_after_a_handler_returns_is_prompt(
+    redis_url: str, prefix: str
+) -> None:
+    """The consumer is then sending its next blocking read; shutdown must not wait it out."""
+    for _ in range(3):
+        router, got = Router(), list[Job]()
+        router.subscribe(Job, group="prompt")(got.append)
+        bus = EventBus(RedisBroker(redis_url, prefix=prefix, block=3.0), routers=[router])
+        await bus.start()
+        await bus.publish(Job(n=1))
+        await wait_until(lambda: len(got) == 1, timeout=10)  # noqa: B023 (awaited right here)
+        started = asyncio.get_running_loop().time()
+        await bus.stop()
+        assert asyncio.get_running_loop().time() - started < 1.5
 
 
 # ---------------------------------------------------------------- crash recovery

@@ -18,16 +18,24 @@ the keys of different destinations and groups never collide):
 
 Wire format: an entry ``{"data": <structured CloudEvents JSON>, "content-type":
 "application/cloudevents+json"}`` (the Dapr convention); redeliveries add ``eventbus-attempt``
-and ``eventbus-<key>`` fields for the carried ``metadata``. Every settle (ack, nack, delay,
-dead-letter) is one Lua script that does nothing unless its ``XACK`` removed the entry from
-the group's pending list, so a settle is atomic and never duplicates a message.
+and ``eventbus-<key>`` fields for the carried ``metadata``. Every settle but a plain ack (nack,
+delay, dead-letter, the ack of a retry-stream entry) is one Lua script that does nothing unless
+its ``XACK`` removed the entry from the group's pending list, so a settle is atomic and never
+duplicates a message. Plain acks of main-stream entries are batched: one ``XACK`` per batch
+read (:class:`RedisConsumer`).
+
+Publishing: one publish round trip in flight per adapter; publishes made meanwhile go out
+together as one pipeline, each answered with its own reply (:meth:`RedisBroker.publish`).
+Timeouts: the adapter bounds every call with redis-py's ``socket_timeout`` itself
+(:meth:`RedisBroker.connect`).
 
 Crash recovery: every ``claim_interval`` a consumer ``XAUTOCLAIM``s entries pending longer
 than ``claim_idle`` (their consumer died); after a connection error it re-reads its own
 pending entries (id ``0``). ``attempt`` is the carried attempt plus Redis' delivery count.
 
 Options: keyword arguments that are not the adapter's own go to
-``redis.asyncio.Redis.from_url`` untouched (https://redis.readthedocs.io/en/stable/connections.html).
+``redis.asyncio.Redis.from_url`` untouched (https://redis.readthedocs.io/en/stable/connections.html);
+only ``socket_timeout`` is then moved from the connections to the adapter's own calls.
 Not supported: Redis Cluster (the scripts touch keys of several slots) and patterns.
 """
 
@@ -38,14 +46,14 @@ import contextlib
 import dataclasses
 import difflib
 import inspect
-import json
 import logging
 import os
 import socket
+import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from datetime import datetime
-from typing import Any
+from collections.abc import AsyncIterator, Mapping, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -54,8 +62,19 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+if sys.version_info >= (3, 11):
+    from asyncio import timeout as _timeout
+else:  # pragma: no cover - redis-py depends on async-timeout there
+    from async_timeout import timeout as _timeout
+
 from eventbus.deadletters import DeadLetter, describe_failure
-from eventbus.envelope import STRUCTURED_CONTENT_TYPE, Envelope, decode, to_structured
+from eventbus.envelope import (
+    STRUCTURED_CONTENT_TYPE,
+    Envelope,
+    decode,
+    from_structured,
+    to_structured,
+)
 from eventbus.errors import (
     BrokerUnavailable,
     BusNotStarted,
@@ -67,7 +86,10 @@ from eventbus.errors import (
 from eventbus.router import Subscription
 from eventbus.types import Capabilities
 
-__all__ = ["RedisBroker", "RedisConsumer", "RedisDeadLetters", "RedisDelivery", "from_url"]
+if TYPE_CHECKING:
+    from eventbus.brokers.redis_deadletters import RedisDeadLetters
+
+__all__ = ["RedisBroker", "RedisConsumer", "RedisDelivery", "from_url"]
 
 log = logging.getLogger("eventbus.redis")
 
@@ -175,18 +197,55 @@ _SCRIPTS = {
 }
 
 
-@contextlib.contextmanager
-def _driver_errors(action: str, error: type[EventBusError] = EventBusError) -> Iterator[None]:
-    """The adapter's edge: redis-py exceptions become eventbus errors that say what to do."""
-    try:
-        yield
-    except (RedisConnectionError, RedisTimeoutError) as exc:
-        raise BrokerUnavailable(
+def _translate(
+    exc: RedisError, action: str, error: type[EventBusError] = EventBusError
+) -> EventBusError:
+    """The adapter's edge: a redis-py exception as the eventbus error that says what to do."""
+    if isinstance(exc, (RedisConnectionError, RedisTimeoutError)):
+        translated: EventBusError = BrokerUnavailable(
             f"could not {action}: Redis did not answer ({exc}); check that the server is up "
             "and the URL is right (the operation may be retried)"
-        ) from exc
-    except RedisError as exc:
-        raise error(f"could not {action}: Redis refused it ({exc})") from exc
+        )
+    else:
+        translated = error(f"could not {action}: Redis refused it ({exc})")
+    translated.__cause__ = exc
+    return translated
+
+
+def _timed_out(action: str, seconds: float | None) -> BrokerUnavailable:
+    return BrokerUnavailable(
+        f"could not {action}: Redis did not answer within {seconds}s (socket_timeout); check "
+        "that the server is up and the URL is right (the operation may be retried)"
+    )
+
+
+class _Io:
+    """``async with``: one Redis call, bounded by the adapter's socket timeout, with its errors
+    translated (:func:`_translate`). The hot paths do the same inline."""
+
+    __slots__ = ("_action", "_error", "_scope", "_seconds")
+
+    def __init__(self, seconds: float | None, action: str, error: type[EventBusError]) -> None:
+        self._seconds = seconds
+        self._action = action
+        self._error = error
+
+    async def __aenter__(self) -> None:
+        self._scope = _timeout(self._seconds)
+        await self._scope.__aenter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            await self._scope.__aexit__(exc_type, exc, tb)
+        except asyncio.TimeoutError as timed_out:
+            raise _timed_out(self._action, self._seconds) from timed_out
+        if isinstance(exc, RedisError):
+            raise _translate(exc, self._action, self._error) from exc
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,6 +268,44 @@ class _Keys:
     @property
     def delayed(self) -> str:
         return f"{self.prefix}~delayed"
+
+
+class _QueuedPublish:
+    """A publish waiting for the round trip in flight to end (see :meth:`RedisBroker.publish`)."""
+
+    __slots__ = ("data", "destination", "event_id", "future", "stream")
+
+    def __init__(
+        self,
+        stream: str,
+        data: bytes,
+        event_id: str,
+        destination: str,
+        future: asyncio.Future[None],
+    ) -> None:
+        self.stream = stream
+        self.data = data
+        self.event_id = event_id
+        self.destination = destination
+        self.future = future
+
+    def fail(self, exc: BaseException, seconds: float | None = None) -> None:
+        if self.future.done():
+            return
+        action = f"publish {self.event_id} to {self.destination!r}"
+        error: EventBusError
+        if isinstance(exc, RedisError):
+            error = _translate(exc, action, PublishError)
+        elif isinstance(exc, asyncio.TimeoutError):
+            error = _timed_out(action, seconds)
+            error.__cause__ = exc
+        else:
+            error = PublishError(
+                f"could not {action}: the pipeline it was in was interrupted ({exc!r}); "
+                "it may or may not have been published"
+            )
+            error.__cause__ = exc
+        self.future.set_exception(error)
 
 
 class RedisBroker:
@@ -284,17 +381,41 @@ class RedisBroker:
         self._options = options
         self._given_client = client
         self._client: aioredis.Redis | None = None
+        self.socket_timeout: float | None = None
+        """Bound of every call the adapter makes (``socket_timeout``; see :meth:`connect`)."""
         self._mover: asyncio.Task[None] | None = None
         self._wake_mover = asyncio.Event()
+        from eventbus.brokers.redis_deadletters import RedisDeadLetters
+
         self._dead = RedisDeadLetters(self)
+        # Publishes that arrive while a publish round trip is in flight wait here; they then go
+        # out together, as one pipeline (see `publish`).
+        self._sending = False
+        self._queued: list[_QueuedPublish] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     # ---------------------------------------------------------------- lifecycle
     async def connect(self) -> None:
+        """Create the client (unless one was given) and check that Redis answers.
+
+        A client the adapter creates gets redis-py's ``socket_timeout`` (5 s unless set) taken
+        off its connections and applied by the adapter to every call instead, reads included
+        (a blocking ``XREADGROUP`` gets ``block`` more). redis-py would run each send of a
+        connection with a socket timeout in a task of its own (``asyncio.wait_for``): about a
+        third of the CPU of a command, and on Python 3.11 that task can swallow a cancellation,
+        which made a consumer's shutdown wait for its blocking read. A given ``client`` is
+        used as it is.
+        """
         if self._client is not None:
             return
-        client = self._given_client or aioredis.Redis.from_url(self.url, **self._options)
+        client = self._given_client
+        if client is None:
+            client = aioredis.Redis.from_url(self.url, **self._options)
+            connection_kwargs = client.connection_pool.connection_kwargs
+            self.socket_timeout = connection_kwargs.get("socket_timeout")
+            connection_kwargs["socket_timeout"] = None
         try:
-            with _driver_errors(f"connect to {self.url}"):
+            async with self._io(f"connect to {self.url}"):
                 await client.ping()
         except BaseException:
             if self._given_client is None:
@@ -304,7 +425,9 @@ class RedisBroker:
         self.scripts = {name: client.register_script(text) for name, text in _SCRIPTS.items()}
 
     async def close(self) -> None:
-        """Stop the delayed-retry mover and release the connections (if the adapter owns them)."""
+        """Send what is queued, stop the delayed-retry mover, release the connections (if owned)."""
+        if self._flusher is not None:
+            await asyncio.wait([self._flusher])
         if self._mover is not None:
             self._mover.cancel()
             await asyncio.gather(self._mover, return_exceptions=True)
@@ -312,6 +435,13 @@ class RedisBroker:
         client, self._client = self._client, None
         if client is not None and self._given_client is None:
             await client.aclose()
+
+    def _io(
+        self, action: str, error: type[EventBusError] = EventBusError, *, extra: float = 0.0
+    ) -> _Io:
+        """Bound a call by the socket timeout (plus ``extra`` seconds) and translate errors."""
+        seconds = self.socket_timeout
+        return _Io(None if seconds is None else seconds + extra, action, error)
 
     @property
     def redis(self) -> aioredis.Redis:
@@ -326,9 +456,94 @@ class RedisBroker:
 
     # ---------------------------------------------------------------- publishing
     async def publish(self, destination: str, envelope: Envelope) -> None:
-        fields = {"data": to_structured(envelope), "content-type": STRUCTURED_CONTENT_TYPE}
-        with _driver_errors(f"publish {envelope.id} to {destination!r}", PublishError):
-            await self.redis.xadd(self.keys.stream(destination), fields, maxlen=self.maxlen)  # type: ignore[arg-type]
+        """``XADD`` the event; returns once Redis has replied to this very ``XADD``.
+
+        At most one publish round trip is in flight at a time: publishes that arrive meanwhile
+        (concurrent tasks) wait for it and then go out together, as one pipeline on one
+        connection, and each caller is answered with its own reply. A lone publish is sent at
+        once, so nothing waits for company.
+        """
+        redis = self.redis
+        stream = self.keys.stream(destination)
+        data = to_structured(envelope)
+        if self._sending:
+            future = asyncio.get_running_loop().create_future()
+            self._queued.append(_QueuedPublish(stream, data, envelope.id, destination, future))
+            await future
+            return
+        self._sending = True
+        try:
+            fields: dict[Any, Any] = {"data": data, "content-type": STRUCTURED_CONTENT_TYPE}
+            async with _timeout(self.socket_timeout):
+                await redis.xadd(stream, fields, maxlen=self.maxlen)
+        except RedisError as exc:
+            raise _translate(
+                exc, f"publish {envelope.id} to {destination!r}", PublishError
+            ) from exc
+        except asyncio.TimeoutError as exc:
+            action = f"publish {envelope.id} to {destination!r}"
+            raise _timed_out(action, self.socket_timeout) from exc
+        finally:
+            self._round_trip_done()
+
+    def _round_trip_done(self) -> None:
+        """A publish round trip is over: send what queued up meanwhile, or go idle."""
+        if self._queued:
+            self._flusher = asyncio.get_running_loop().create_task(
+                self._send_queued(), name="eventbus:redis-publish"
+            )
+        else:
+            self._sending = False
+
+    async def _send_queued(self) -> None:
+        """Send the queued publishes, a pipeline at a time, until none are left."""
+        try:
+            while True:
+                # Publishers cancelled while they waited are not sent at all.
+                batch = [item for item in self._queued if not item.future.done()]
+                self._queued = []
+                if not batch:
+                    return
+                await self._send_pipeline(batch)
+                await asyncio.sleep(0)  # let the publishers just answered queue their next ones
+        except BaseException as exc:  # cancelled (or a bug): nobody may wait forever
+            for item in self._queued:
+                item.fail(exc)
+            self._queued = []
+            raise
+        finally:
+            self._sending = False
+            self._flusher = None
+
+    async def _send_pipeline(self, batch: list[_QueuedPublish]) -> None:
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            for item in batch:
+                fields: dict[Any, Any] = {
+                    "data": item.data,
+                    "content-type": STRUCTURED_CONTENT_TYPE,
+                }
+                pipe.xadd(item.stream, fields, maxlen=self.maxlen)
+            async with _timeout(self.socket_timeout):
+                replies = await pipe.execute(raise_on_error=False)
+        except (RedisError, asyncio.TimeoutError) as exc:  # the round trip failed: all in it did
+            for item in batch:
+                item.fail(exc, self.socket_timeout)
+            return
+        except asyncio.CancelledError as exc:  # nobody may wait forever
+            for item in batch:
+                item.fail(exc)
+            raise
+        except Exception as exc:  # closed meanwhile, or a bug
+            for item in batch:
+                item.fail(exc)
+            log.warning("could not send %d queued publishes (%r)", len(batch), exc)
+            return
+        for item, reply in zip(batch, replies, strict=True):
+            if isinstance(reply, Exception):
+                item.fail(reply)
+            elif not item.future.done():
+                item.future.set_result(None)
 
     async def publish_batch(self, messages: Sequence[tuple[str, Envelope]]) -> None:
         """One pipelined round trip; on an error some events may have been published already."""
@@ -336,7 +551,7 @@ class RedisBroker:
         for destination, envelope in messages:
             fields = {"data": to_structured(envelope), "content-type": STRUCTURED_CONTENT_TYPE}
             pipe.xadd(self.keys.stream(destination), fields, maxlen=self.maxlen)  # type: ignore[arg-type]
-        with _driver_errors(f"publish a batch of {len(messages)} events", PublishError):
+        async with self._io(f"publish a batch of {len(messages)} events", PublishError):
             await pipe.execute()
 
     async def send_raw(
@@ -350,7 +565,7 @@ class RedisBroker:
         fields: dict[Any, Any] = {"data": body, **(headers or {})}
         if key is not None:
             fields["partitionkey"] = key
-        with _driver_errors(f"send to {destination!r}", PublishError):
+        async with self._io(f"send to {destination!r}", PublishError):
             await self.redis.xadd(self.keys.stream(destination), fields, maxlen=self.maxlen)
 
     # ---------------------------------------------------------------- consuming
@@ -375,7 +590,7 @@ class RedisBroker:
     async def create_group(self, stream: str, group: str, start_id: str) -> None:
         """``XGROUP CREATE ... MKSTREAM``; a group that exists already is left as it is."""
         try:
-            with _driver_errors(f"create consumer group {group!r} on {stream!r}"):
+            async with self._io(f"create consumer group {group!r} on {stream!r}"):
                 await self.redis.xgroup_create(stream, group, start_id, mkstream=True)
         except EventBusError as exc:
             if "BUSYGROUP" not in str(exc):
@@ -390,10 +605,11 @@ class RedisBroker:
             self._wake_mover.clear()
             wait = self.delay_poll
             try:
-                moved, next_ms = await self.scripts["move"](
-                    keys=[self.keys.delayed], args=[self.batch_size]
-                )
-            except RedisError as exc:
+                async with _timeout(self.socket_timeout):
+                    moved, next_ms = await self.scripts["move"](
+                        keys=[self.keys.delayed], args=[self.batch_size]
+                    )
+            except (RedisError, asyncio.TimeoutError) as exc:
                 log.warning("could not move delayed retries (%s); trying again", exc)
             else:
                 if moved >= self.batch_size:
@@ -429,6 +645,15 @@ class RedisConsumer:
     Entries count as unsettled from the moment they are read. ``close`` requeues those, and
     any entry still pending under this consumer's name (a reply lost to a cancelled read), then
     removes the consumer from the group.
+
+    A plain ack of a main-stream entry is a bare ``XACK`` (nothing has to happen atomically
+    with it), and acks are batched: ``ack`` queues the entry id and returns. The task that
+    reads sends everything queued in one ``XACK`` before its next read, so acks handled inline
+    (``concurrency=1``) cost one command per batch read; an ack from another task (handlers
+    running concurrently while the reader waits) starts a sender task that does the same at
+    once. An entry is only acked after its handler, and one whose ``XACK`` does not arrive
+    stays pending and is delivered again, as after any failed ack: nothing is lost. Every
+    other settle is one script, awaited.
     """
 
     def __init__(
@@ -444,11 +669,15 @@ class RedisConsumer:
         self._next_claim = 0.0
         self._reread = False
         self._closed = False
+        self._acks: list[str] = []  # main-stream entries handled, not XACKed yet
+        self._acker: asyncio.Task[None] | None = None
+        self._reader: asyncio.Task[Any] | None = None  # the task iterating the deliveries
 
     def __aiter__(self) -> AsyncIterator[RedisDelivery]:
         return self._deliveries()
 
     async def _deliveries(self) -> AsyncIterator[RedisDelivery]:
+        self._reader = asyncio.current_task()
         backoff = 0.05
         while not self._closed:
             _raise_if_cancelled()
@@ -473,6 +702,8 @@ class RedisConsumer:
                 yield delivery
 
     async def _fetch(self) -> list[RedisDelivery]:
+        if self._acks or self._acker is not None:
+            await self._flush_acks()
         if self._reread:
             self._reread = False
             lost = [d for stream in (self.main, self.retry) for d in await self._claim_lost(stream)]
@@ -485,14 +716,23 @@ class RedisConsumer:
             self._next_claim = now + self.broker.claim_interval if done else now
             if claimed:
                 return claimed
-        with _driver_errors(f"read from {self.main!r} as {self.group!r}"):
-            response: Any = await self.broker.redis.xreadgroup(
-                self.group,
-                self.name,
-                {self.main: ">", self.retry: ">"},
-                count=self.broker.batch_size,
-                block=self.broker.block_ms,
-            )
+        broker = self.broker
+        seconds = broker.socket_timeout
+        if seconds is not None:
+            seconds += broker.block_ms / 1000
+        try:
+            async with _timeout(seconds):
+                response: Any = await broker.redis.xreadgroup(
+                    self.group,
+                    self.name,
+                    {self.main: ">", self.retry: ">"},
+                    count=broker.batch_size,
+                    block=broker.block_ms,
+                )
+        except RedisError as exc:
+            raise _translate(exc, f"read from {self.main!r} as {self.group!r}") from exc
+        except asyncio.TimeoutError as exc:
+            raise _timed_out(f"read from {self.main!r} as {self.group!r}", seconds) from exc
         items = response.items() if isinstance(response, dict) else (response or [])
         return [
             self._deliver(_text(stream), entry_id, fields, 1)
@@ -505,7 +745,7 @@ class RedisConsumer:
         """``XAUTOCLAIM`` entries idle longer than ``claim_idle`` (their consumer is gone)."""
         out: list[RedisDelivery] = []
         for stream in (self.main, self.retry):
-            with _driver_errors(f"claim abandoned entries of {stream!r}"):
+            async with self.broker._io(f"claim abandoned entries of {stream!r}"):
                 claimed: Any = await self.broker.redis.xautoclaim(
                     stream,
                     self.group,
@@ -527,7 +767,7 @@ class RedisConsumer:
     async def _claim_lost(self, stream: str) -> list[RedisDelivery]:
         """Entries pending under this consumer's name that it holds no delivery for."""
         redis = self.broker.redis
-        with _driver_errors(f"read the pending entries of {stream!r}"):
+        async with self.broker._io(f"read the pending entries of {stream!r}"):
             pending: Any = await redis.xpending_range(
                 stream,
                 self.group,
@@ -536,10 +776,12 @@ class RedisConsumer:
                 len(self._unsettled) + 10 * self.broker.batch_size,
                 consumername=self.name,
             )
+            acked = set(self._acks) if stream == self.main else ()  # handled, XACK not sent
             ids = [
                 p["message_id"]
                 for p in pending
                 if (stream, _text(p["message_id"])) not in self._unsettled
+                and _text(p["message_id"]) not in acked
             ]
             if not ids:
                 return []
@@ -552,7 +794,7 @@ class RedisConsumer:
         """Deliveries for claimed entries, their attempts counted from Redis' delivery counts."""
         if not entries:
             return []
-        with _driver_errors(f"read delivery counts in {stream!r}"):
+        async with self.broker._io(f"read delivery counts in {stream!r}"):
             pending = await self.broker.redis.xpending_range(
                 stream,
                 self.group,
@@ -572,26 +814,80 @@ class RedisConsumer:
     async def settle(
         self, delivery: RedisDelivery, script: str, keys: list[str], args: list[Any]
     ) -> None:
-        """Run one settle script for ``delivery``, once; a retry-stream entry is also deleted."""
-        if self._unsettled.pop((delivery.stream, delivery.entry_id), None) is None:
+        """Run one settle script for ``delivery``, once; a retry-stream entry is also deleted.
+
+        A plain ack of a main-stream entry is queued for a batched ``XACK`` instead (see the
+        class documentation).
+        """
+        stream, entry_id = delivery.stream, delivery.entry_id
+        if self._unsettled.pop((stream, entry_id), None) is None:
             return
-        drop = "1" if delivery.stream == self.retry else "0"
-        with _driver_errors(f"{script} entry {delivery.entry_id} of {delivery.stream!r}"):
+        if stream == self.main:
+            if script == "ack":
+                self._acks.append(entry_id)
+                if self._acker is None and asyncio.current_task() is not self._reader:
+                    # The reader may be waiting in a blocking read: send it now, not after.
+                    self._acker = asyncio.get_running_loop().create_task(
+                        self._send_acks(), name=f"eventbus:redis-ack:{self.name}"
+                    )
+                return
+            drop = "0"
+        else:
+            drop = "1"
+        async with self.broker._io(f"{script} entry {entry_id} of {stream!r}"):
             await self.broker.scripts[script](
-                keys=[delivery.stream, *keys], args=[self.group, delivery.entry_id, drop, *args]
+                keys=[stream, *keys], args=[self.group, entry_id, drop, *args]
             )
+
+    async def _xack_queued(self) -> None:
+        """``XACK`` every queued entry in one command.
+
+        When Redis does not answer, the ids stay queued (sent again before the next read, and
+        never taken for lost entries) and :class:`~eventbus.errors.BrokerUnavailable` is
+        raised; when Redis refuses, they are dropped with a warning and stay pending.
+        """
+        ids, self._acks = self._acks, []
+        action = f"acknowledge {len(ids)} entries of {self.main!r}"
+        try:
+            async with _timeout(self.broker.socket_timeout):
+                await self.broker.redis.xack(self.main, self.group, *ids)
+        except (RedisConnectionError, RedisTimeoutError, asyncio.TimeoutError) as exc:
+            self._acks[:0] = ids
+            if isinstance(exc, RedisError):
+                raise _translate(exc, action) from exc
+            raise _timed_out(action, self.broker.socket_timeout) from exc
+        except RedisError as exc:
+            log.warning("%s could not %s (%r); they are delivered again", self.name, action, exc)
+
+    async def _send_acks(self) -> None:
+        """The sender task: ``XACK`` what is queued until nothing is left (or Redis is away)."""
+        try:
+            while self._acks:
+                await self._xack_queued()
+        except EventBusError as exc:
+            log.warning("%s: %s; sending the acks again before the next read", self.name, exc)
+        finally:
+            self._acker = None
+
+    async def _flush_acks(self) -> None:
+        """Send every queued ack now (raises :class:`BrokerUnavailable` if Redis is away)."""
+        while self._acker is not None:
+            await asyncio.wait([self._acker])
+        if self._acks:
+            await self._xack_queued()
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
         try:
+            await self._flush_acks()
             for delivery in list(self._unsettled.values()):
                 await delivery.nack(requeue=True)
             for stream in (self.main, self.retry):
                 for delivery in await self._claim_lost(stream):
                     await delivery.nack(requeue=True)
-                with _driver_errors(f"leave group {self.group!r}"):
+                async with self.broker._io(f"leave group {self.group!r}"):
                     await self.broker.redis.xgroup_delconsumer(stream, self.group, self.name)
         except EventBusError as exc:
             log.warning(
@@ -632,24 +928,33 @@ class RedisDelivery:
         self.entry_id = entry_id
         self.fields = fields
         self.body: bytes = fields.get(b"data", b"")
-        self.headers: dict[str, str | bytes] = {
-            _text(k): _value(v) for k, v in fields.items() if k != b"data"
-        }
-        try:
-            carried = int(self.headers.get(ATTEMPT, 1))
-        except (TypeError, ValueError):
-            carried = 1
+        headers: dict[str, str | bytes] = {}
+        metadata: dict[str, str] = {}
+        carried = 1
+        for raw_name, raw_value in fields.items():
+            if raw_name == b"data":
+                continue
+            name, value = _text(raw_name), _value(raw_value)
+            headers[name] = value
+            if name.startswith(_CARRIED):
+                if name == ATTEMPT:
+                    try:
+                        carried = int(value)
+                    except (TypeError, ValueError):
+                        carried = 1
+                elif isinstance(value, str):
+                    metadata[name[len(_CARRIED) :]] = value
+        self.headers = headers
         self.attempt: int = max(1, carried) + max(0, times_delivered - 1)
-        self.metadata: dict[str, str] = {
-            k[len(_CARRIED) :]: v
-            for k, v in self.headers.items()
-            if k.startswith(_CARRIED) and k != ATTEMPT and isinstance(v, str)
-        }
+        self.metadata = metadata
         self.envelope: Envelope | None
         self.decode_error: DecodeError | None = None
-        key = self.headers.get("partitionkey")
+        key = headers.get("partitionkey")
         try:
-            self.envelope = decode(self.headers, self.body, key=key)
+            if headers.get("content-type") == STRUCTURED_CONTENT_TYPE:  # what eventbus writes
+                self.envelope = from_structured(self.body, key=key)
+            else:
+                self.envelope = decode(headers, self.body, key=key)
         except DecodeError as exc:
             self.envelope, self.decode_error = None, exc
 
@@ -692,13 +997,15 @@ class RedisDelivery:
         consumer.broker.wake_mover()
 
     async def dead_letter(self, record: DeadLetter) -> None:
+        from eventbus.brokers.redis_deadletters import dlq_fields
+
         consumer = self._consumer
         keys = consumer.broker.keys
         await consumer.settle(
             self,
             "dead",
             [keys.dlq(consumer.group), keys.dlq_index],
-            [record.id, *_dlq_fields(record)],
+            [record.id, *dlq_fields(record)],
         )
 
 
@@ -725,128 +1032,6 @@ def _value(value: bytes) -> str | bytes:
         return value.decode("utf-8")
     except UnicodeDecodeError:
         return value
-
-
-def _jsonable(value: str | bytes) -> str:
-    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
-
-
-_PROVENANCE = (
-    "id",
-    "destination",
-    "group",
-    "subscription",
-    "reason",
-    "error_type",
-    "error_message",
-    "attempts",
-    "event_id",
-    "event_type",
-    "traceparent",
-    "traceback",
-)
-
-
-def _dlq_fields(record: DeadLetter) -> list[Any]:
-    provenance: dict[str, Any] = {name: getattr(record, name) for name in _PROVENANCE}
-    for name in ("first_failure_at", "last_failure_at"):
-        moment = getattr(record, name)
-        provenance[name] = moment.isoformat() if moment else None
-    headers = {k: _jsonable(v) for k, v in record.headers.items()}
-    return [
-        "id",
-        record.id,
-        "data",
-        record.body,
-        "headers",
-        json.dumps(headers),
-        "record",
-        json.dumps(provenance),
-    ]
-
-
-def _record(fields: Mapping[bytes, bytes]) -> DeadLetter:
-    provenance = json.loads(fields[b"record"])
-    for name in ("first_failure_at", "last_failure_at"):
-        moment = provenance.get(name)
-        provenance[name] = datetime.fromisoformat(moment) if moment else None
-    headers = json.loads(fields[b"headers"])
-    return DeadLetter(headers=headers, body=fields.get(b"data", b""), **provenance)
-
-
-def _stream_id(entry_id: str) -> tuple[int, int]:
-    millis, _, seq = entry_id.partition("-")
-    return int(millis), int(seq or 0)
-
-
-class RedisDeadLetters:
-    """Dead letters in ``{prefix}~dlq~{group}`` streams, found by id through the index hash."""
-
-    def __init__(self, broker: RedisBroker) -> None:
-        self._broker = broker
-
-    async def _locate(self, dead_letter_id: str) -> tuple[str, str] | None:
-        with _driver_errors(f"look up dead letter {dead_letter_id!r}"):
-            where = await self._broker.redis.hget(self._broker.keys.dlq_index, dead_letter_id)
-        if where is None:
-            return None
-        entry_id, _, stream = _text(where).partition(" ")
-        return stream, entry_id
-
-    async def _streams(self, group: str | None) -> list[str]:
-        if group is not None:
-            return [self._broker.keys.dlq(group)]
-        with _driver_errors("list dead-letter streams"):
-            where = await self._broker.redis.hvals(self._broker.keys.dlq_index)
-        return sorted({_text(w).partition(" ")[2] for w in where})
-
-    async def list(self, *, group: str | None = None, limit: int = 100) -> list[DeadLetter]:
-        found: list[tuple[tuple[int, int], DeadLetter]] = []
-        for stream in await self._streams(group):
-            with _driver_errors(f"read dead letters from {stream!r}"):
-                entries: Any = await self._broker.redis.xrange(stream, count=limit)
-            found += [(_stream_id(_text(i)), _record(f)) for i, f in entries]
-        found.sort(key=lambda item: item[0])
-        return [record for _, record in found[:limit]]
-
-    async def get(self, dead_letter_id: str) -> DeadLetter | None:
-        located = await self._locate(dead_letter_id)
-        if located is None:
-            return None
-        stream, entry_id = located
-        with _driver_errors(f"read dead letter {dead_letter_id!r}"):
-            entries: Any = await self._broker.redis.xrange(stream, entry_id, entry_id)
-        return _record(entries[0][1]) if entries else None
-
-    async def replay(self, dead_letter_id: str) -> None:
-        """Put the original fields back on the group's retry stream: attempt 1, same event id."""
-        located = await self._locate(dead_letter_id)
-        record = await self.get(dead_letter_id) if located else None
-        if located is None or record is None:
-            raise KeyError(f"no dead letter with id {dead_letter_id!r}")
-        broker = self._broker
-        target = broker.keys.retry(record.destination, record.group)
-        await broker.create_group(target, record.group, "0")
-        fields: list[Any] = ["data", record.body]
-        for name, value in record.headers.items():
-            if not name.startswith(_CARRIED):
-                fields += [name, value.encode("utf-8", "surrogateescape")]
-        with _driver_errors(f"replay dead letter {dead_letter_id!r}"):
-            done = await broker.scripts["replay"](
-                keys=[broker.keys.dlq_index, located[0], target],
-                args=[dead_letter_id, located[1], *fields],
-            )
-        if not done:
-            raise KeyError(f"no dead letter with id {dead_letter_id!r} (replayed meanwhile)")
-
-    async def purge(self, *, group: str | None = None) -> int:
-        removed = 0
-        for stream in await self._streams(group):
-            with _driver_errors(f"purge dead letters in {stream!r}"):
-                removed += await self._broker.scripts["purge"](
-                    keys=[self._broker.keys.dlq_index, stream]
-                )
-        return removed
 
 
 def from_url(url: str, **options: Any) -> RedisBroker:

@@ -1,0 +1,207 @@
+"""Redis Streams: eventbus against raw redis-py (asyncio) and FastStream, same workload.
+
+Every implementation publishes with ``XADD`` to a fresh stream named after ``channel`` and
+consumes it in one consumer group with ``XREADGROUP ... COUNT 100`` (``PREFETCH``); each entry
+is validated into :class:`bench.common.UserCreated`, passed to ``on_event`` and only then
+acknowledged with ``XACK`` (at-least-once). Every publish returns once Redis has replied to its
+``XADD``; batches are one pipelined round trip (``MULTI``-less pipeline). The server is the one
+of ``scripts/services``: AOF with ``appendfsync always``, so every reply comes after an fsync.
+Each trial deletes its keys when it stops. Every client keeps redis-py's default 5 s socket
+timeout (eventbus applies it itself, see its adapter).
+
+* ``raw``: one ``redis.asyncio.Redis`` client (its connection pool, hiredis parser). The
+  consumer task reads a batch, then per entry: ``decode`` → ``on_event`` → ``XACK``. An entry
+  whose handler raises stays pending (redelivery would need ``XAUTOCLAIM``). Concurrent
+  publishers each take a pool connection, so 100 of them use 100 connections.
+* ``eventbus``: ``EventBus(url, service="bench", routers=[router], ...)`` with the default
+  middleware chain (dead-letter, retry) and ``batch_size=PREFETCH``, ``start_from="earliest"``.
+  Events are routed by type, so each trial defines ``UserCreated`` anew with
+  ``event_topic=channel`` (the public way to pick a destination); ``publish`` turns the
+  harness's ``bench.common.UserCreated`` into it with ``model_validate(from_attributes=True)``
+  (about 2 µs per event, charged to eventbus). On the wire the entry is a structured
+  CloudEvent (id, source, type, time, correlation id, payload). Its consumer acks each entry
+  after its handler but sends the acks of a read together, as one ``XACK`` before the next read;
+  failures are settled by one Lua script each (requeue / delay / dead-letter, atomically).
+  Concurrent publishes share one pipelined round trip on one connection.
+* ``faststream``: ``RedisBroker`` with ``StreamSub(channel, group=..., consumer=...,
+  max_records=PREFETCH)``, default ack policy (``REJECT_ON_ERROR``: ``XACK`` after the handler
+  returns) and ``logger=None`` (its per-message access log is off; eventbus and raw log
+  nothing per message either). FastStream has no stream batch publish
+  (``publish_batch`` is ``RPUSH`` to a list), so the batch mode uses its documented
+  ``pipeline=`` argument on a redis-py pipeline. It publishes the same JSON bytes, wrapped in
+  its binary message format (correlation id, content type); the handler takes the message
+  and validates its body with ``bench.common.decode``.
+
+Where FastStream is weaker or different (0.7.8, read from its source):
+
+* A handler failure *rejects*, and reject/nack do nothing on Redis Streams: the entry stays in
+  the group's pending list and is never redelivered unless some subscriber runs with
+  ``min_idle_time``, which turns that subscriber into an ``XAUTOCLAIM``-only reader (one entry
+  per call) that no longer reads new entries (on Redis 8.4+, ``claim_min_idle_time`` —
+  ``XREADGROUP ... CLAIM`` — reclaims in the normal read; the server here is 7.0). There is no
+  retry, delay or dead-letter stream.
+* A consumer that crashed leaves its pending entries behind for the same reason; eventbus
+  reclaims them (``XAUTOCLAIM`` every ``claim_interval``) in the normal read loop.
+* Its consumer group starts at ``$`` (only entries added after the group was created); the
+  group is created in ``broker.start()``, before the harness publishes anything, so nothing is
+  missed here.
+* ``polling_interval`` (100 ms ``BLOCK``) and eventbus' ``block`` (2 s) only matter when the
+  stream is empty: ``XREADGROUP`` returns as soon as an entry arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from bench.common import PREFETCH, UserCreated, Workload, decode, encode
+from eventbus import EventBus, Router
+
+GROUP = "bench"
+MAX_CONNECTIONS = 200
+"""redis-py 8 pools allow 100 connections by default; 100 concurrent publishers plus the
+consumer's need more (a pool per client, one connection per command in flight)."""
+log = logging.getLogger("bench.redis")
+
+
+async def _delete(url: str, *keys: str) -> None:
+    """Remove a trial's keys, so the server does not accumulate benchmark streams."""
+    client = aioredis.Redis.from_url(url)
+    try:
+        await client.delete(*keys)
+    finally:
+        await client.aclose()
+
+
+class RawRedis(Workload):
+    """redis-py asyncio as a competent engineer would write it; see the module documentation."""
+
+    async def start(self) -> None:
+        self.redis = aioredis.Redis.from_url(self.url, max_connections=MAX_CONNECTIONS)
+        self.stream = self.channel
+        with contextlib.suppress(aioredis.ResponseError):  # BUSYGROUP: it exists already
+            await self.redis.xgroup_create(self.stream, GROUP, "0", mkstream=True)
+        self.running = True
+        self.task = asyncio.ensure_future(self.consume())
+
+    async def consume(self) -> None:
+        redis, stream, on_event = self.redis, self.stream, self.on_event
+        streams: dict[Any, Any] = {stream: ">"}
+        while self.running:
+            response: Any = await redis.xreadgroup(
+                GROUP, "raw-1", streams, count=PREFETCH, block=1000
+            )
+            items = response.items() if isinstance(response, dict) else (response or [])
+            for _, entries in items:
+                for entry_id, fields in entries:
+                    try:
+                        on_event(decode(fields[b"data"]))
+                    except Exception:
+                        log.exception("handler failed on %s; left pending", entry_id)
+                        continue
+                    await redis.xack(stream, GROUP, entry_id)
+
+    async def publish(self, event: UserCreated) -> None:
+        await self.redis.xadd(self.stream, {"data": encode(event)})
+
+    async def publish_batch(self, events: Sequence[UserCreated]) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        for event in events:
+            pipe.xadd(self.stream, {"data": encode(event)})
+        await pipe.execute()
+
+    async def stop(self) -> None:
+        self.running = False
+        self.task.cancel()
+        await asyncio.wait([self.task], timeout=2.0)
+        await self.redis.aclose()
+        await _delete(self.url, self.stream)
+
+
+class EventBusRedis(Workload):
+    """eventbus through its public API only; see the module documentation."""
+
+    async def start(self) -> None:
+        # A per-trial destination: the same event, published to (and consumed from) `channel`.
+        self.event_class: type[UserCreated] = type(
+            "UserCreated",
+            (UserCreated,),
+            {"event_type": "UserCreated", "event_topic": self.channel, "__module__": __name__},
+        )
+        router = Router()
+        on_event = self.on_event
+
+        @router.subscribe(self.event_class, group=GROUP)
+        async def handle(event: UserCreated) -> None:
+            on_event(event)
+
+        self.prefix = "bench:"
+        self.bus = EventBus(
+            self.url,
+            service="bench",
+            routers=[router],
+            prefix=self.prefix,
+            batch_size=PREFETCH,
+            start_from="earliest",
+        )
+        await self.bus.start()
+
+    async def publish(self, event: UserCreated) -> None:
+        await self.bus.publish(self.event_class.model_validate(event, from_attributes=True))
+
+    async def publish_batch(self, events: Sequence[UserCreated]) -> None:
+        convert = self.event_class.model_validate
+        await self.bus.publish_many([convert(e, from_attributes=True) for e in events])
+
+    async def stop(self) -> None:
+        await self.bus.stop()
+        stream = f"{self.prefix}{self.channel}"
+        await _delete(self.url, stream, f"{stream}~retry~{GROUP}")
+
+
+class FastStreamRedis(Workload):
+    """FastStream's Redis broker, as close to the same semantics as it allows."""
+
+    async def start(self) -> None:
+        from faststream.redis import RedisBroker, RedisStreamMessage, StreamSub
+
+        # logger=None turns its logging off (EmptyLoggerStorage); its type hint omits None.
+        self.broker = broker = RedisBroker(
+            self.url,
+            logger=None,  # type: ignore[arg-type]
+            max_connections=MAX_CONNECTIONS,
+        )
+        on_event = self.on_event
+        sub = StreamSub(self.channel, group=GROUP, consumer="faststream-1", max_records=PREFETCH)
+
+        @broker.subscriber(stream=sub)
+        async def handle(message: RedisStreamMessage) -> None:
+            on_event(decode(message.body))
+
+        await broker.start()
+        self.client: aioredis.Redis = await broker.connect()
+
+    async def publish(self, event: UserCreated) -> None:
+        await self.broker.publish(encode(event), stream=self.channel)
+
+    async def publish_batch(self, events: Sequence[UserCreated]) -> None:
+        async with self.client.pipeline(transaction=False) as pipe:
+            for event in events:
+                await self.broker.publish(encode(event), stream=self.channel, pipeline=pipe)
+            await pipe.execute()
+
+    async def stop(self) -> None:
+        await self.broker.stop()
+        await _delete(self.url, self.channel)
+
+
+IMPLEMENTATIONS: dict[str, type[Workload]] = {
+    "eventbus": EventBusRedis,
+    "raw": RawRedis,
+    "faststream": FastStreamRedis,
+}
