@@ -15,11 +15,10 @@ timeout (eventbus applies it itself, see its adapter).
   publishers each take a pool connection, so 100 of them use 100 connections.
 * ``eventbus``: ``EventBus(url, service="bench", routers=[router], ...)`` with the default
   middleware chain (dead-letter, retry) and ``batch_size=PREFETCH``, ``start_from="earliest"``.
-  Events are routed by type, so each trial defines ``UserCreated`` anew with
-  ``event_topic=channel`` (the public way to pick a destination); ``publish`` turns the
-  harness's ``bench.common.UserCreated`` into it with ``model_validate(from_attributes=True)``
-  (about 2 µs per event, charged to eventbus). On the wire the entry is a structured
-  CloudEvent (id, source, type, time, correlation id, payload). Its consumer acks each entry
+  Events go to their class's ``event_topic`` (the public way to pick a destination), so
+  ``start`` points ``UserCreated.event_topic`` at ``channel`` for the trial's process. On
+  the wire the entry is a structured CloudEvent (id, source, type, time, correlation id,
+  payload). Its consumer acks each entry
   after its handler but sends the acks of a read together, as one ``XACK`` before the next read;
   failures are settled by one Lua script each (requeue / delay / dead-letter, atomically).
   Concurrent publishes share one pipelined round trip on one connection.
@@ -127,16 +126,14 @@ class EventBusRedis(Workload):
     """eventbus through its public API only; see the module documentation."""
 
     async def start(self) -> None:
-        # A per-trial destination: the same event, published to (and consumed from) `channel`.
-        self.event_class: type[UserCreated] = type(
-            "UserCreated",
-            (UserCreated,),
-            {"event_type": "UserCreated", "event_topic": self.channel, "__module__": __name__},
-        )
+        # A per-trial destination: the process runs one trial, so the event class's topic is
+        # pointed at `channel` for its lifetime (restored in stop).
+        self.topic = UserCreated.event_topic
+        UserCreated.event_topic = self.channel
         router = Router()
         on_event = self.on_event
 
-        @router.subscribe(self.event_class, group=GROUP)
+        @router.subscribe(UserCreated, group=GROUP)
         async def handle(event: UserCreated) -> None:
             on_event(event)
 
@@ -152,14 +149,14 @@ class EventBusRedis(Workload):
         await self.bus.start()
 
     async def publish(self, event: UserCreated) -> None:
-        await self.bus.publish(self.event_class.model_validate(event, from_attributes=True))
+        await self.bus.publish(event)
 
     async def publish_batch(self, events: Sequence[UserCreated]) -> None:
-        convert = self.event_class.model_validate
-        await self.bus.publish_many([convert(e, from_attributes=True) for e in events])
+        await self.bus.publish_many(events)
 
     async def stop(self) -> None:
         await self.bus.stop()
+        UserCreated.event_topic = self.topic
         stream = f"{self.prefix}{self.channel}"
         await _delete(self.url, stream, f"{stream}~retry~{GROUP}")
 
