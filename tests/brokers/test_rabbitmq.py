@@ -14,9 +14,10 @@ import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aio_pika
+import aiormq
 import pytest
 
 from eventbus import Context, Event, EventBus, Router
@@ -252,6 +253,111 @@ async def test_unroutable_publish_raises_unless_mandatory_is_off(
     await relaxed.publish(f"{ns}.nobody", envelope)  # dropped by RabbitMQ, as asked
 
 
+async def test_concurrent_publishes_pipeline_and_each_waits_for_its_own_confirm(
+    rabbitmq_url: str, brokers: list[RabbitMQBroker], ns: str
+) -> None:
+    """100 publishes at once travel together on the one publishing channel (many confirms
+    outstanding at a time), and each returns only with its own outcome: confirmed and stored,
+    or returned because nobody is bound for it."""
+    broker = await make(rabbitmq_url, brokers)
+    consumer = await broker.subscribe(subscription(f"{ns}.p", f"{ns}-g"))
+    await broker.publish(f"{ns}.p", Envelope(id="p-warm", type=f"{ns}.p", source="/t"))
+    assert broker._channel is not None
+    channel = cast(aiormq.Channel, await broker._channel.get_underlay_channel())
+    peak, done = 0, False
+
+    async def watch() -> None:
+        nonlocal peak
+        while not done:
+            peak = max(peak, len(channel.confirmations))
+            await asyncio.sleep(0)
+
+    watcher = asyncio.ensure_future(watch())
+    results = await asyncio.gather(
+        *(
+            broker.publish(
+                f"{ns}.nobody" if n % 10 == 0 else f"{ns}.p",
+                Envelope(id=f"p-{n}", type=f"{ns}.p", source="/t"),
+            )
+            for n in range(100)
+        ),
+        return_exceptions=True,
+    )
+    done = True
+    await watcher
+    assert [n for n, r in enumerate(results) if isinstance(r, PublishError)] == list(
+        range(0, 100, 10)
+    )
+    assert all(r is None for n, r in enumerate(results) if n % 10)
+    assert peak >= 10, "publishes went out one at a time"
+    stored: set[str] = set()
+    deliveries = aiter(consumer)
+    while len(stored) < 91:
+        delivery = await next_delivery(deliveries)
+        assert delivery.envelope is not None
+        stored.add(delivery.envelope.id)
+        await delivery.ack()
+    assert stored == {"p-warm", *(f"p-{n}" for n in range(100) if n % 10)}
+    await consumer.close()
+
+
+async def test_an_inline_consumer_coalesces_acks_but_never_over_an_unsettled_delivery(
+    rabbitmq_url: str, brokers: list[RabbitMQBroker], ns: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While more deliveries are buffered, acks go out as one ``multiple`` ack per run; a
+    delivery whose settling failed stays unacked (RabbitMQ delivers it again) although later
+    ones are acked, and acks still held back are sent when the consumer closes."""
+    broker = await make(rabbitmq_url, brokers, prefetch=40)
+    sub = subscription(f"{ns}.a", f"{ns}-g")
+    consumer = await broker.subscribe(sub)
+    channel = await consumer.channel.get_underlay_channel()
+    acks: list[tuple[int, bool]] = []
+    basic_ack = channel.basic_ack
+
+    async def recording(delivery_tag: int, multiple: bool = False, wait: bool = True) -> None:
+        acks.append((delivery_tag, multiple))
+        await basic_ack(delivery_tag, multiple=multiple, wait=wait)
+
+    monkeypatch.setattr(channel, "basic_ack", recording)
+    send, failing = broker.send, False
+
+    async def send_unless_failing(*args: Any, **kwargs: Any) -> None:
+        if failing:
+            raise BrokerUnavailable("RabbitMQ is not reachable (simulated)")
+        await send(*args, **kwargs)
+
+    monkeypatch.setattr(broker, "send", send_unless_failing)
+    for n in range(30):
+        await broker.publish(f"{ns}.a", Envelope(id=f"a-{n}", type=f"{ns}.a", source="/t"))
+    await wait_until(lambda: consumer._buffer.qsize() == 30)
+    deliveries = aiter(consumer)
+    for n in range(30):
+        delivery = await anext(deliveries)
+        if n == 12:  # tag 13: its requeued copy cannot be sent, so it stays unsettled
+            failing = True
+            with pytest.raises(BrokerUnavailable):
+                await delivery.nack(requeue=True)
+            failing = False
+        else:
+            await delivery.ack()
+    await consumer.close()
+    acked = {t for tag, multiple in acks for t in (range(1, tag + 1) if multiple else [tag])}
+    assert acked == set(range(1, 31)) - {13}
+    assert not any(multiple and tag >= 13 for tag, multiple in acks)
+    assert len([tag for tag, _ in acks if tag <= 12]) < 12  # coalesced while buffered
+    consumer = await broker.subscribe(sub)
+    again = await next_delivery(aiter(consumer))
+    assert again.envelope is not None
+    assert (again.envelope.id, again.attempt) == ("a-12", 2)
+    await again.ack()
+    await consumer.close()
+    async with await aio_pika.connect(rabbitmq_url) as connection:
+        queue = await (await connection.channel()).declare_queue(
+            queue_name(f"{ns}-g", f"{ns}.a"), passive=True
+        )
+        assert queue.declaration_result.message_count == 0
+
+
 def test_bad_options_fail_at_construction() -> None:
     with pytest.raises(ConfigurationError, match="publish_timeout"):
         RabbitMQBroker(publish_timeout=0)
@@ -259,6 +365,8 @@ def test_bad_options_fail_at_construction() -> None:
         RabbitMQBroker(exchange="")
     with pytest.raises(ConfigurationError, match="quorum"):
         RabbitMQBroker(quorum="yes")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="prefetch"):
+        RabbitMQBroker(prefetch=0)
     broker = from_url("amqps://u:p@host:5671/vh", exchange="auth.events")
     assert isinstance(broker, RabbitMQBroker)
     assert broker.exchange_for("x") == "auth.events"

@@ -40,7 +40,7 @@ import logging
 import re
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import aio_pika
 import aiormq
@@ -79,6 +79,7 @@ PREFIX = "eventbus-"
 """``eventbus-<key>`` headers carry ``Delivery.metadata``; ``eventbus-dlq-*`` is provenance."""
 DLQ = "eventbus-dlq-"
 _RESERVED = (ATTEMPT, DESTINATION)
+_PERSISTENT = 2  # delivery_mode
 _MAX_QUEUE_NAME = 255
 _ILLEGAL = re.compile(r"[^a-zA-Z0-9\-_.:@#,/+ ]")
 
@@ -90,33 +91,50 @@ async def _driver_errors(what: str) -> AsyncIterator[None]:
     """Map aio-pika/aiormq exceptions to eventbus errors: the adapter's one edge."""
     try:
         yield
-    except EventBusError:
-        raise
-    except aiormq.exceptions.ChannelPreconditionFailed as exc:
-        raise ConfigurationError(
+    except Exception as exc:
+        error = _map_error(what, exc)
+        if error is None:
+            raise
+        raise error from exc
+
+
+def _map_error(what: str, exc: Exception) -> EventBusError | None:
+    """The eventbus error for a driver exception, or None to let it through unchanged.
+
+    The publish and ack hot paths call this from a plain ``except`` (cheaper than entering
+    :func:`_driver_errors`, and the message is only formatted when something failed).
+    """
+    if isinstance(exc, EventBusError):
+        return None
+    if isinstance(exc, aiormq.exceptions.ChannelPreconditionFailed):
+        return ConfigurationError(
             f"{what}: RabbitMQ refused the declaration ({exc}); a queue or exchange of that name "
             "exists with other arguments (durable, quorum, dead-letter settings): delete it "
             "(rabbitmqctl delete_queue NAME) or use another group name"
-        ) from exc
-    except aiormq.exceptions.ChannelAccessRefused as exc:
-        raise ConfigurationError(
+        )
+    if isinstance(exc, aiormq.exceptions.ChannelAccessRefused):
+        return ConfigurationError(
             f"{what}: access refused ({exc}); give the user configure/write/read permissions "
             "on the virtual host (rabbitmqctl set_permissions)"
-        ) from exc
-    except aiormq.exceptions.DeliveryError as exc:
-        raise PublishError(f"{what}: RabbitMQ did not accept the message ({exc})") from exc
-    except aiormq.exceptions.AuthenticationError as exc:
-        raise ConfigurationError(
+        )
+    if isinstance(exc, aiormq.exceptions.DeliveryError):
+        return PublishError(f"{what}: RabbitMQ did not accept the message ({exc})")
+    if isinstance(exc, aiormq.exceptions.AuthenticationError):
+        return ConfigurationError(
             f"{what}: login refused ({exc}); check the user:password in the URL"
-        ) from exc
-    except (
-        aiormq.exceptions.AMQPError,
-        aiormq.exceptions.ChannelInvalidStateError,
-        ConnectionError,
-        OSError,
-        asyncio.TimeoutError,
-    ) as exc:
-        raise BrokerUnavailable(f"{what}: RabbitMQ is not reachable ({exc!r})") from exc
+        )
+    if isinstance(
+        exc,
+        (
+            aiormq.exceptions.AMQPError,
+            aiormq.exceptions.ChannelInvalidStateError,
+            ConnectionError,
+            OSError,
+            asyncio.TimeoutError,
+        ),
+    ):
+        return BrokerUnavailable(f"{what}: RabbitMQ is not reachable ({exc!r})")
+    return None
 
 
 def queue_name(group: str, topic: str) -> str:
@@ -180,8 +198,10 @@ class RabbitMQBroker:
     ``exchange`` names the topic exchange, or maps a destination (or subscription pattern) to
     one. ``mandatory`` makes unroutable publishes raise. ``quorum`` declares quorum queues
     (new queues only: an existing queue keeps its type). ``publish_timeout`` bounds how long
-    a publish waits for its confirm, reconnects included. ``options`` go to
-    ``aio_pika.connect_robust``.
+    a publish waits for its confirm, reconnects included. ``prefetch`` is how many
+    unacknowledged messages each consumer may hold (default ``2 * concurrency``, what the
+    bus's dispatcher holds at most; more keeps a fast handler busy while acks travel).
+    ``options`` go to ``aio_pika.connect_robust``.
     """
 
     capabilities = Capabilities(persistent=True)
@@ -194,6 +214,7 @@ class RabbitMQBroker:
         mandatory: bool = True,
         quorum: bool = False,
         publish_timeout: float = 10.0,
+        prefetch: int | None = None,
         **options: Any,
     ) -> None:
         if not (callable(exchange) or (isinstance(exchange, str) and exchange)):
@@ -207,6 +228,13 @@ class RabbitMQBroker:
             raise ConfigurationError(
                 f"publish_timeout must be a number of seconds > 0, not {publish_timeout!r}"
             )
+        if prefetch is not None and (
+            isinstance(prefetch, bool) or not isinstance(prefetch, int) or not 0 < prefetch < 65536
+        ):
+            raise ConfigurationError(
+                f"prefetch must be a whole number of messages from 1 to 65535 (or None for "
+                f"2 x concurrency), not {prefetch!r}"
+            )
         for name, value in (("mandatory", mandatory), ("quorum", quorum)):
             if not isinstance(value, bool):
                 raise ConfigurationError(f"{name} must be True or False, not {value!r}")
@@ -215,9 +243,11 @@ class RabbitMQBroker:
         self.mandatory = mandatory
         self.quorum = quorum
         self.publish_timeout = float(publish_timeout)
+        self.prefetch = prefetch
         self._options = options
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractChannel | None = None  # publishing, with confirms
+        self._underlay: aiormq.abc.AbstractChannel | None = None  # its current aiormq channel
         self._exchanges: dict[str, AbstractExchange] = {}
         self._inflight = 0
         self._idle = asyncio.Event()
@@ -247,7 +277,7 @@ class RabbitMQBroker:
             return
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._idle.wait(), self.publish_timeout)
-        self._channel = None
+        self._channel = self._underlay = None
         self._exchanges.clear()
         with contextlib.suppress(Exception):  # closing a broken connection must not raise
             await connection.close()
@@ -273,20 +303,20 @@ class RabbitMQBroker:
 
     # ---------------------------------------------------------------- publishing
     async def publish(self, destination: str, envelope: Envelope) -> None:
-        attributes, body = to_binary(envelope, prefix="ce-")
-        content_type = attributes.pop("content-type")
-        headers: dict[str, Any] = dict(attributes)
-        message = aio_pika.Message(
-            body,
-            headers=headers,
-            content_type=content_type,
-            message_id=envelope.id,
+        headers, body = to_binary(envelope, prefix="ce-")
+        properties = aiormq.spec.Basic.Properties(
+            content_type=headers.pop("content-type"),
+            headers=cast("dict[str, Any]", headers),
+            delivery_mode=_PERSISTENT,
+            priority=0,
             correlation_id=envelope.correlationid,
+            message_id=envelope.id,
             timestamp=envelope.time or datetime.now(timezone.utc),
-            type=envelope.type,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_type=envelope.type,
         )
-        await self.send(self.exchange_for(destination), destination, message)
+        await self._send(
+            self.exchange_for(destination), destination, body, properties, self.mandatory
+        )
 
     async def publish_batch(self, messages: Sequence[tuple[str, Envelope]]) -> None:
         """Pipelined: every message is written, then every confirm awaited; raises the first
@@ -319,26 +349,57 @@ class RabbitMQBroker:
         After a connection loss the message is sent again once the connection is back: a
         confirm lost with the connection can make that a duplicate (at-least-once).
         """
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.publish_timeout
+        await self._send(
+            exchange, routing_key, message.body, message.properties, mandatory and self.mandatory
+        )
+
+    async def _send(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        properties: aiormq.spec.Basic.Properties,
+        mandatory: bool,
+    ) -> None:
+        """:meth:`send` for a ready body and properties: the publish hot path.
+
+        Concurrent calls pipeline on the one publishing channel: each writes its frames and
+        then awaits its own confirm, so many publishes are in flight at once and each returns
+        only once RabbitMQ has confirmed its message. While the channel is open the message
+        goes straight to it; otherwise (first use of an exchange, a reconnect) through
+        :meth:`_send_retrying`.
+        """
+        deadline = asyncio.get_running_loop().time() + self.publish_timeout
         self._inflight += 1
         self._idle.clear()
         try:
-            while True:
+            underlay = self._underlay
+            if underlay is not None and not underlay.is_closed and exchange in self._exchanges:
                 try:
-                    async with _driver_errors(f"publishing to {routing_key!r}"):
-                        result = await asyncio.wait_for(
-                            self._send_once(exchange, routing_key, message, mandatory),
-                            max(0.001, deadline - loop.time()),
-                        )
-                    break
-                except BrokerUnavailable as exc:
-                    if loop.time() >= deadline or self._connection is None:
-                        raise BrokerUnavailable(
-                            f"{exc}; gave up after publish_timeout={self.publish_timeout:g}s; "
-                            "the event may not have been published: publish it again"
-                        ) from exc
-                    await asyncio.sleep(min(0.2, max(0.0, deadline - loop.time())))
+                    result = await underlay.basic_publish(  # type: ignore[call-arg]
+                        body,
+                        exchange=exchange,
+                        routing_key=routing_key,
+                        properties=properties,
+                        mandatory=mandatory,
+                        timeout=self.publish_timeout,
+                        wait=False,  # see _send_once
+                    )
+                except Exception as exc:
+                    self._underlay = None
+                    error = _map_error(f"publishing to {routing_key!r}", exc)
+                    if not isinstance(error, BrokerUnavailable):
+                        if error is None:
+                            raise
+                        raise error from exc
+                    self._give_up_after(deadline, error, exc)
+                    result = await self._send_retrying(
+                        exchange, routing_key, body, properties, mandatory, deadline
+                    )
+            else:
+                result = await self._send_retrying(
+                    exchange, routing_key, body, properties, mandatory, deadline
+                )
         finally:
             self._inflight -= 1
             if not self._inflight:
@@ -350,23 +411,72 @@ class RabbitMQBroker:
                 "first, declare a queue bound to it, or create the broker with mandatory=False"
             )
 
+    async def _send_retrying(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        properties: aiormq.spec.Basic.Properties,
+        mandatory: bool,
+        deadline: float,
+    ) -> Any:
+        """Publish, riding out a reconnect until ``deadline``; the confirm or the return."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                return await asyncio.wait_for(
+                    self._send_once(exchange, routing_key, body, properties, mandatory),
+                    max(0.001, deadline - loop.time()),
+                )
+            except Exception as exc:
+                self._underlay = None
+                error = _map_error(f"publishing to {routing_key!r}", exc)
+                if not isinstance(error, BrokerUnavailable):
+                    if error is None:
+                        raise
+                    raise error from exc
+                self._give_up_after(deadline, error, exc)
+                await asyncio.sleep(min(0.2, max(0.0, deadline - loop.time())))
+
+    def _give_up_after(self, deadline: float, error: BrokerUnavailable, exc: Exception) -> None:
+        """Raise once ``deadline`` has passed (or the broker was closed) instead of retrying."""
+        if asyncio.get_running_loop().time() >= deadline or self._connection is None:
+            raise BrokerUnavailable(
+                f"{error}; gave up after publish_timeout={self.publish_timeout:g}s; "
+                "the event may not have been published: publish it again"
+            ) from exc
+
     async def _send_once(
-        self, exchange: str, routing_key: str, message: aio_pika.Message, mandatory: bool
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        properties: aiormq.spec.Basic.Properties,
+        mandatory: bool,
     ) -> Any:
         channel = self._channel
         if channel is None:
             raise BrokerUnavailable("the RabbitMQ broker is not connected; start the bus first")
         await channel.ready()  # type: ignore[attr-defined]  # RobustChannel: wait out a reconnect
-        target = self._exchanges.get(exchange)
-        if target is None:
+        if exchange not in self._exchanges:
             if exchange:
-                target = await channel.declare_exchange(
+                self._exchanges[exchange] = await channel.declare_exchange(
                     exchange, aio_pika.ExchangeType.TOPIC, durable=True
                 )
             else:
-                target = channel.default_exchange
-            self._exchanges[exchange] = target
-        return await target.publish(message, routing_key, mandatory=mandatory and self.mandatory)
+                self._exchanges[exchange] = channel.default_exchange
+        underlay = await channel.get_underlay_channel()
+        self._underlay = underlay  # the fast path of _send uses it while it stays open
+        # wait=False: do not hold the channel's lock until the frames reach the socket, so
+        # concurrent publishes pipeline; the confirm awaited below is the guarantee.
+        return await underlay.basic_publish(  # type: ignore[call-arg]  # aiormq's ABC lacks wait
+            body,
+            exchange=exchange,
+            routing_key=routing_key,
+            properties=properties,
+            mandatory=mandatory,
+            wait=False,
+        )
 
     async def declare_wait_queue(self, queue: str, delay_ms: int) -> str:
         """``{queue}.wait.{ms}``: holds messages ``delay_ms`` then dead-letters them to ``queue``.
@@ -394,7 +504,8 @@ class RabbitMQBroker:
         """Declare the group's queue, its DLQ and binding, then start consuming.
 
         Returns once the queue is bound, so nothing published afterwards is missed. Prefetch
-        is ``2 * concurrency``: what the bus's dispatcher holds at most.
+        is the ``prefetch`` option, by default ``2 * concurrency``: what the bus's dispatcher
+        holds at most.
         """
         if subscription.group is None:
             raise ValueError("subscription has no group; include it into a bus first")
@@ -403,7 +514,7 @@ class RabbitMQBroker:
         async with _driver_errors(f"subscribing {subscription.name} to {subscription.topic!r}"):
             channel = await self.connection.channel(publisher_confirms=False)
             try:
-                await channel.set_qos(prefetch_count=2 * subscription.concurrency)
+                await channel.set_qos(prefetch_count=self.prefetch or 2 * subscription.concurrency)
                 await channel.declare_queue(f"{name}.dlq", durable=True, arguments=queue_type)
                 queue = await channel.declare_queue(
                     name,
@@ -431,8 +542,9 @@ class RabbitMQBroker:
 class RabbitMQConsumer:
     """One consumer on a group's queue, on a channel of its own (its prefetch).
 
-    Closing cancels the consumer and closes the channel, which hands every unsettled message
-    back to RabbitMQ (redelivered, counted as the next attempt).
+    Closing sends the acks still held back (see :meth:`acknowledge`), cancels the consumer and
+    closes the channel, which hands every unsettled message back to RabbitMQ (redelivered,
+    counted as the next attempt).
     """
 
     def __init__(
@@ -448,6 +560,17 @@ class RabbitMQConsumer:
         self.subscription = subscription
         self._buffer: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
         self._tag: str | None = None
+        prefetch = broker.prefetch or 2 * subscription.concurrency
+        # An inline subscription (concurrency 1) settles in delivery order, so a run of acks
+        # can go out as one multiple-ack: at most a quarter of the prefetch window at a time.
+        self._ack_batch = prefetch // 4 if subscription.concurrency == 1 else 0
+        self._ack_channel: aiormq.abc.AbstractChannel | None = None
+        self._settled_through = 0  # every tag <= this one on _ack_channel is settled by us
+        self._held = 0  # the highest tag whose ack is held back (0: none)
+        self._held_count = 0
+        self._flush_handle: asyncio.Handle | None = None
+        self._flushes: set[asyncio.Task[None]] = set()
+        self._ack_lock = asyncio.Lock()
 
     async def start(self) -> None:
         self._tag = await self.queue.consume(self._receive, no_ack=False)
@@ -467,7 +590,74 @@ class RabbitMQConsumer:
                 continue  # taken before a reconnect: RabbitMQ has requeued it already
             yield RabbitMQDelivery(self, message)
 
+    # ---------------------------------------------------------------- settling
+    async def acknowledge(self, channel: aiormq.abc.AbstractChannel, tag: int) -> None:
+        """``basic.ack`` for delivery ``tag``, once the handler is done with it.
+
+        The frame is not waited for on its way to the socket: an AMQP ack has no reply, and
+        one lost with the connection means a redelivery, never a loss. An inline consumer
+        holds an ack back while more deliveries are already buffered, so that one
+        ``multiple`` ack covers the run: only when every tag up to it on this channel has been
+        settled here (a delivery whose settling failed ends the coalescing on its channel, so
+        a ``multiple`` ack never covers it), for a quarter of the prefetch at most, and sent by
+        the next turn of the event loop at the latest.
+        """
+        if self._ack_batch:
+            if channel is not self._ack_channel:  # a new channel (reconnect): tags restart at 1
+                self._reset(channel)
+            if tag == self._settled_through + 1:
+                self._settled_through = tag
+                if self._buffer.qsize() and self._held_count + 1 < self._ack_batch:
+                    self._held, self._held_count = tag, self._held_count + 1
+                    if self._flush_handle is None:
+                        self._flush_handle = asyncio.get_running_loop().call_soon(self._flush_soon)
+                    return
+                self._held, self._held_count = 0, 0
+                # Serialised with flush(): a lower multiple-ack written after a higher one
+                # would name a tag already acked, which closes the channel.
+                async with self._ack_lock:
+                    await channel.basic_ack(tag, multiple=True, wait=False)
+                return
+        await channel.basic_ack(tag, wait=False)
+
+    async def reject(self, channel: aiormq.abc.AbstractChannel, tag: int) -> None:
+        """``basic.reject`` without requeue (RabbitMQ dead-letters it), after the held acks."""
+        if not self._ack_batch:
+            await channel.basic_reject(tag, requeue=False)
+            return
+        if channel is not self._ack_channel:
+            self._reset(channel)
+        await self.flush()
+        async with self._ack_lock:
+            await channel.basic_reject(tag, requeue=False)
+        if tag == self._settled_through + 1:
+            self._settled_through = tag
+
+    def _reset(self, channel: aiormq.abc.AbstractChannel) -> None:
+        self._ack_channel, self._settled_through = channel, 0
+        self._held, self._held_count = 0, 0
+
+    def _flush_soon(self) -> None:
+        self._flush_handle = None
+        if self._held:
+            task = asyncio.get_running_loop().create_task(self.flush())
+            self._flushes.add(task)
+            task.add_done_callback(self._flushes.discard)
+
+    async def flush(self) -> None:
+        """Send the acks held back; a failure means a lost channel: RabbitMQ redelivers."""
+        tag, channel = self._held, self._ack_channel
+        if not tag or channel is None:
+            return
+        self._held, self._held_count = 0, 0
+        try:
+            async with self._ack_lock:
+                await channel.basic_ack(tag, multiple=True, wait=False)
+        except Exception as exc:
+            log.debug("could not send held acks (up to tag %d): %r", tag, exc)
+
     async def close(self) -> None:
+        await self.flush()
         with contextlib.suppress(Exception):  # a dead connection has cancelled it already
             if self._tag is not None:
                 await self.queue.cancel(self._tag)
@@ -539,8 +729,17 @@ class RabbitMQDelivery:
 
     async def ack(self) -> None:
         if self._take():
-            async with _driver_errors("acknowledging"):
-                await self._message.ack()
+            await self._ack()
+
+    async def _ack(self) -> None:
+        message = self._message
+        try:
+            await self._consumer.acknowledge(message.channel, message.delivery_tag or 0)
+        except Exception as exc:
+            error = _map_error("acknowledging", exc)
+            if error is None:
+                raise
+            raise error from exc
 
     async def nack(self, *, requeue: bool = True) -> None:
         """With ``requeue``, a copy with ``attempt + 1`` goes to the back of this group's queue
@@ -551,8 +750,9 @@ class RabbitMQDelivery:
         if requeue:
             await self._resend("", self.queue)
         else:
+            message = self._message
             async with _driver_errors("rejecting"):
-                await self._message.reject(requeue=False)
+                await self._consumer.reject(message.channel, message.delivery_tag or 0)
 
     async def retry_later(self, delay: float) -> None:
         if not self._take():
@@ -571,8 +771,7 @@ class RabbitMQDelivery:
         headers[DESTINATION] = self.destination
         message = _copy(self._message, headers)
         await self._consumer.broker.send(exchange, routing_key, message, mandatory=False)
-        async with _driver_errors("acknowledging"):
-            await self._message.ack()
+        await self._ack()
 
     async def dead_letter(self, record: DeadLetter) -> None:
         """Publish the original message with provenance headers to ``{queue}.dlq``, then ack."""
@@ -582,8 +781,7 @@ class RabbitMQDelivery:
         headers.update(_provenance(record))
         message = _copy(self._message, headers)
         await self._consumer.broker.send("", f"{self.queue}.dlq", message, mandatory=False)
-        async with _driver_errors("acknowledging"):
-            await self._message.ack()
+        await self._ack()
 
 
 def _provenance(record: DeadLetter) -> dict[str, str]:
