@@ -32,7 +32,7 @@ from bench.report import render_chart, render_markdown, update_docs
 
 ROOT = Path(__file__).resolve().parent.parent
 BROKERS = ("memory", "redis", "rabbitmq", "kafka")
-EVENTS = {"memory": 20_000, "redis": 5_000, "rabbitmq": 3_000, "kafka": 3_000}
+EVENTS = {"memory": 20_000, "redis": 3_000, "rabbitmq": 2_000, "kafka": 3_000}
 """Events per trial, sized so a trial takes a few seconds."""
 LATENCY_EVENTS = {"memory": 5_000, "redis": 1_000, "rabbitmq": 500, "kafka": 300}
 """Round trips per latency trial."""

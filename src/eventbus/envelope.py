@@ -375,6 +375,8 @@ def decode(
     content_type = _text(headers.get("content-type") or headers.get("content_type") or "")
     if content_type.lower().startswith("application/cloudevents"):
         return from_structured(body or b"", key=key)
+    if "ce_id" in headers or "ce-id" in headers:  # what eventbus writes: no prefix scan
+        return from_binary(headers, body, key=key)
     if any(name.lower().startswith(_PREFIXES) for name in headers):
         return from_binary(headers, body, key=key)
     if body and body.lstrip()[:1] == b"{":
