@@ -12,8 +12,9 @@ from __future__ import annotations
 import abc
 import os
 from collections.abc import Callable, Sequence
+from typing import Any
 
-from eventbus import Event
+from eventbus import Event, EventBus, Router
 
 MODES = ("single", "batch", "concurrent", "latency")
 """``single``: awaited one-by-one publishes. ``batch``: batched/pipelined publishes of
@@ -93,3 +94,49 @@ class Workload(abc.ABC):
     @abc.abstractmethod
     async def stop(self) -> None:
         """Stop consuming and close every connection."""
+
+
+class EventBusWorkload(Workload):
+    """eventbus through its public API only, with its default middleware chain.
+
+    Subclasses say which ``broker_options`` the bus gets and whether the trial's channel is
+    the event's topic (``topic_per_trial``: ``UserCreated.event_topic`` points at ``channel``
+    for the trial's process, which runs nothing else) or something the options name.
+    """
+
+    topic_per_trial = True
+
+    def broker_options(self) -> dict[str, Any]:
+        return {}
+
+    def group(self) -> str:
+        return "bench"
+
+    async def start(self) -> None:
+        self.saved_topic = UserCreated.event_topic
+        if self.topic_per_trial:
+            UserCreated.event_topic = self.channel
+        router = Router()
+        on_event = self.on_event
+
+        @router.subscribe(UserCreated, group=self.group())
+        async def handle(event: UserCreated) -> None:
+            on_event(event)
+
+        url = self.url or "memory://"
+        self.bus = EventBus(url, service="bench", routers=[router], **self.broker_options())
+        await self.bus.start()
+
+    async def publish(self, event: UserCreated) -> None:
+        await self.bus.publish(event)
+
+    async def publish_batch(self, events: Sequence[UserCreated]) -> None:
+        await self.bus.publish_many(events)
+
+    async def stop(self) -> None:
+        await self.bus.stop()
+        UserCreated.event_topic = self.saved_topic
+        await self.cleanup()
+
+    async def cleanup(self) -> None:
+        """Remove what the trial left on the server (streams, queues)."""

@@ -11,8 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from bench.common import UserCreated, Workload, decode, encode
-from eventbus import EventBus, Router
+from bench.common import EventBusWorkload, UserCreated, Workload, decode, encode
 
 
 class BareQueue(Workload):
@@ -35,26 +34,8 @@ class BareQueue(Workload):
         self.task.cancel()
 
 
-class EventBusMemory(Workload):
-    async def start(self) -> None:
-        router = Router()
-        on_event = self.on_event
-
-        @router.subscribe(UserCreated, group="bench")
-        async def handle(event: UserCreated) -> None:
-            on_event(event)
-
-        self.bus = EventBus("memory://", service="bench", routers=[router])
-        await self.bus.start()
-
-    async def publish(self, event: UserCreated) -> None:
-        await self.bus.publish(event)
-
-    async def publish_batch(self, events: Sequence[UserCreated]) -> None:
-        await self.bus.publish_many(events)
-
-    async def stop(self) -> None:
-        await self.bus.stop()
+class EventBusMemory(EventBusWorkload):
+    """The memory bus (``memory://``, private to the trial) with the default chain."""
 
 
 IMPLEMENTATIONS: dict[str, type[Workload]] = {"bare": BareQueue, "eventbus": EventBusMemory}

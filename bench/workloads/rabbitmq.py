@@ -52,13 +52,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Sequence
+from typing import Any
 
 import aio_pika
 import aiormq
 from aio_pika.abc import AbstractIncomingMessage
 
-from bench.common import PREFETCH, UserCreated, Workload, decode, encode
-from eventbus import EventBus, Router
+from bench.common import PREFETCH, EventBusWorkload, UserCreated, Workload, decode, encode
 
 ROUTING_KEY = UserCreated.event_type
 
@@ -119,32 +119,16 @@ class Raw(Workload):
         await _delete(self.url, [self.channel], [self.channel])
 
 
-class EventBusRabbitMQ(Workload):
-    async def start(self) -> None:
-        router = Router()
-        on_event = self.on_event
+class EventBusRabbitMQ(EventBusWorkload):
+    topic_per_trial = False  # the trial's exchange is its channel; the routing key the type
 
-        @router.subscribe(UserCreated, group=self.channel)
-        async def handle(event: UserCreated) -> None:
-            on_event(event)
+    def group(self) -> str:
+        return self.channel
 
-        self.bus = EventBus(
-            self.url,
-            service="bench",
-            routers=[router],
-            exchange=self.channel,
-            prefetch=PREFETCH,
-        )
-        await self.bus.start()
+    def broker_options(self) -> dict[str, Any]:
+        return {"exchange": self.channel, "prefetch": PREFETCH}
 
-    async def publish(self, event: UserCreated) -> None:
-        await self.bus.publish(event)
-
-    async def publish_batch(self, events: Sequence[UserCreated]) -> None:
-        await self.bus.publish_many(events)
-
-    async def stop(self) -> None:
-        await self.bus.stop()
+    async def cleanup(self) -> None:
         queue = f"{self.channel}.{ROUTING_KEY}"
         await _delete(self.url, [queue, f"{queue}.dlq"], [self.channel])
 

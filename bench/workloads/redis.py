@@ -58,8 +58,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from bench.common import PREFETCH, UserCreated, Workload, decode, encode
-from eventbus import EventBus, Router
+from bench.common import PREFETCH, EventBusWorkload, UserCreated, Workload, decode, encode
 
 GROUP = "bench"
 MAX_CONNECTIONS = 200
@@ -122,41 +121,15 @@ class RawRedis(Workload):
         await _delete(self.url, self.stream)
 
 
-class EventBusRedis(Workload):
+class EventBusRedis(EventBusWorkload):
     """eventbus through its public API only; see the module documentation."""
 
-    async def start(self) -> None:
-        # A per-trial destination: the process runs one trial, so the event class's topic is
-        # pointed at `channel` for its lifetime (restored in stop).
-        self.topic = UserCreated.event_topic
-        UserCreated.event_topic = self.channel
-        router = Router()
-        on_event = self.on_event
+    prefix = "bench:"
 
-        @router.subscribe(UserCreated, group=GROUP)
-        async def handle(event: UserCreated) -> None:
-            on_event(event)
+    def broker_options(self) -> dict[str, Any]:
+        return {"prefix": self.prefix, "batch_size": PREFETCH, "start_from": "earliest"}
 
-        self.prefix = "bench:"
-        self.bus = EventBus(
-            self.url,
-            service="bench",
-            routers=[router],
-            prefix=self.prefix,
-            batch_size=PREFETCH,
-            start_from="earliest",
-        )
-        await self.bus.start()
-
-    async def publish(self, event: UserCreated) -> None:
-        await self.bus.publish(event)
-
-    async def publish_batch(self, events: Sequence[UserCreated]) -> None:
-        await self.bus.publish_many(events)
-
-    async def stop(self) -> None:
-        await self.bus.stop()
-        UserCreated.event_topic = self.topic
+    async def cleanup(self) -> None:
         stream = f"{self.prefix}{self.channel}"
         await _delete(self.url, stream, f"{stream}~retry~{GROUP}")
 

@@ -386,13 +386,7 @@ class RabbitMQBroker:
                         wait=False,  # see _send_once
                     )
                 except Exception as exc:
-                    self._underlay = None
-                    error = _map_error(f"publishing to {routing_key!r}", exc)
-                    if not isinstance(error, BrokerUnavailable):
-                        if error is None:
-                            raise
-                        raise error from exc
-                    self._give_up_after(deadline, error, exc)
+                    self._retryable_or_raise(routing_key, exc, deadline)
                     result = await self._send_retrying(
                         exchange, routing_key, body, properties, mandatory, deadline
                     )
@@ -410,6 +404,17 @@ class RabbitMQBroker:
                 "so RabbitMQ returned the event (nothing was stored); start a consumer for it "
                 "first, declare a queue bound to it, or create the broker with mandatory=False"
             )
+
+    def _retryable_or_raise(self, routing_key: str, exc: Exception, deadline: float) -> None:
+        """After a failed publish attempt: return if it may be tried again (the connection is
+        down and ``deadline`` not reached), else raise the eventbus error for ``exc``."""
+        self._underlay = None
+        error = _map_error(f"publishing to {routing_key!r}", exc)
+        if not isinstance(error, BrokerUnavailable):
+            if error is None:
+                raise exc
+            raise error from exc
+        self._give_up_after(deadline, error, exc)
 
     async def _send_retrying(
         self,
@@ -429,13 +434,7 @@ class RabbitMQBroker:
                     max(0.001, deadline - loop.time()),
                 )
             except Exception as exc:
-                self._underlay = None
-                error = _map_error(f"publishing to {routing_key!r}", exc)
-                if not isinstance(error, BrokerUnavailable):
-                    if error is None:
-                        raise
-                    raise error from exc
-                self._give_up_after(deadline, error, exc)
+                self._retryable_or_raise(routing_key, exc, deadline)
                 await asyncio.sleep(min(0.2, max(0.0, deadline - loop.time())))
 
     def _give_up_after(self, deadline: float, error: BrokerUnavailable, exc: Exception) -> None:

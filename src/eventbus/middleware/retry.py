@@ -143,18 +143,7 @@ class Retry:
 
     async def __call__(self, ctx: Context, call_next: Next) -> None:
         policy = getattr(ctx.subscription, "retry", None)
-        if isinstance(policy, Retry):
-            await policy.run(ctx, call_next)
-            return
-        ctx.state[TRY_STATE_KEY] = 1
-        try:  # run()'s first try, inline: the common case costs one coroutine less
-            await call_next(ctx)
-            return
-        except (PermanentError, RetryLater):
-            raise
-        except Exception as exc:
-            first_error = exc
-        await self._retry(ctx, call_next, first_error)
+        await (policy if isinstance(policy, Retry) else self).run(ctx, call_next)
 
     async def run(self, ctx: Context, call_next: Next) -> None:
         """Run ``call_next`` under this policy (the subscription override calls this directly)."""
