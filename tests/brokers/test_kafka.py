@@ -12,6 +12,7 @@ import asyncio
 import signal
 import sys
 import textwrap
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any, TypeVar
@@ -207,6 +208,93 @@ async def test_retry_later_goes_through_a_retry_topic_with_metadata(kafka_url: s
         await bus.publish(event_cls(n=1), key="k")
         await wait_until(lambda: len(seen) == 2, timeout=15)
     assert seen[1] == (2, {"first-failure-at": "2026-01-01T00:00:00+00:00"}, f"r{ns}.x")
+
+
+async def test_empty_retry_partitions_are_paused_and_polled(kafka_url: str) -> None:
+    ns = uuid.uuid4().hex[:8]
+    event_cls = kind(Aggregate, f"e{ns}.x")
+    seen: list[int] = []
+    router = Router()
+
+    @router.subscribe(event_cls, group=f"e{ns}-g")
+    async def later(event: Aggregate, ctx: Context) -> None:
+        seen.append(ctx.attempt)
+        if ctx.attempt == 1:
+            raise RetryLater(0)  # tier 0: due at once
+
+    broker = make(kafka_url, retry_poll_interval=3600)  # polled below, by hand
+    async with EventBus(broker, service="e", routers=[router], middleware=()) as bus:
+        consumer = bus._runners[0].consumer
+        assert isinstance(consumer, KafkaConsumer)
+        retries = {tp for tp in consumer._parts if tp.topic in consumer.retry_topics}
+        assert retries
+        # Fetched once, found empty, then left out of the fetches; the main topic never is.
+        await wait_until(lambda: consumer._kafka.paused() == retries, timeout=15)
+        await bus.publish(event_cls(n=1), key="k")
+        await wait_until(lambda: seen == [1], timeout=15)
+        await asyncio.sleep(1.5)
+        assert seen == [1]  # the retry waits in a paused partition until the next poll
+        consumer._poll_retries()
+        await wait_until(lambda: seen == [1, 2], timeout=15)
+        await wait_until(lambda: consumer._kafka.paused() == retries, timeout=15)
+
+
+async def test_concurrent_publishes_share_produce_requests(kafka_url: str) -> None:
+    ns = uuid.uuid4().hex[:8]
+    event_cls = kind(Aggregate, f"c{ns}.x")
+    async with EventBus(make(kafka_url), service="c") as bus:
+        await bus.publish(event_cls(n=-1))  # metadata and connection ready
+        client = bus.broker._producer.client  # type: ignore[attr-defined]
+        answered: list[float] = []  # when each produce request was answered
+        send = client.send
+
+        async def counting(node_id: int, request: Any, **kwargs: Any) -> Any:
+            response = await send(node_id, request, **kwargs)
+            if type(request).__name__ == "ProduceRequest":
+                answered.append(time.monotonic())
+            return response
+
+        async def publish(n: int) -> float:
+            await bus.publish(event_cls(n=n))
+            return time.monotonic()
+
+        client.send = counting
+        try:
+            returned = await asyncio.gather(*(publish(n) for n in range(100)))
+        finally:
+            del client.send
+        # The records handed over while a request was in flight went out together, and no
+        # publish returned before the broker had answered (acks="all").
+        assert 1 <= len(answered) <= 20
+        assert min(returned) >= min(answered)
+
+
+async def test_max_poll_records_sets_the_records_per_fetch(kafka_url: str) -> None:
+    assert make(kafka_url).max_records == 50
+    broker = make(kafka_url, consumer_options={**TEST_CONSUMER, "max_poll_records": 7})
+    assert broker.max_records == 7
+    ns = uuid.uuid4().hex[:8]
+    event_cls = kind(Aggregate, f"m{ns}.x")
+    got: list[int] = []
+    router = Router()
+    router.subscribe(event_cls, group=f"m{ns}-g")(_collect_n(got))
+    async with EventBus(broker, service="m", routers=[router]) as bus:
+        consumer = bus._runners[0].consumer
+        assert isinstance(consumer, KafkaConsumer)
+        sizes: list[int] = []
+        getmany = consumer._kafka.getmany
+
+        async def spy(*args: Any, **kwargs: Any) -> Any:
+            batch = await getmany(*args, **kwargs)
+            sizes.append(sum(len(records) for records in batch.values()))
+            return batch
+
+        consumer._kafka.getmany = spy
+        await asyncio.sleep(1.2)  # the fetch loop's next getmany is the spy
+        await bus.publish_many([(event_cls(n=n), "k") for n in range(20)])  # one partition
+        await wait_until(lambda: len(got) == 20, timeout=15)
+    assert got == list(range(20))
+    assert max(sizes) == 7
 
 
 # ---------------------------------------------------------------------------- groups and offsets

@@ -21,7 +21,9 @@ metadata as ``eventbus-<key>``) to a retry topic of the subscription's own group
 ``__eventbus.retry.{group}.{topic}.{tier}ms``, then commit the original. ``retry_tiers`` are
 the tiers; a delay goes to the largest tier not above it (tier 0 always exists). The same
 consumer reads its retry topics; a partition whose head is not due yet is paused (never slept
-on) until it is. ``nack`` waits ``nack_delay`` so a failing handler is not a tight loop.
+on) until it is. A retry partition found empty is paused too, and looked at again every
+``retry_poll_interval``, so fetches do not carry every tier's partitions every time.
+``nack`` waits ``nack_delay`` so a failing handler is not a tight loop.
 
 **Dead letters** go to ``__eventbus.dlq.{group}``: the original value and headers, keyed by
 the dead-letter id, with provenance headers ``eventbus-dlq-*`` (the original key is in
@@ -31,8 +33,12 @@ topics to reclaim the space. A replay goes to the failed group's tier-0 retry to
 attempt reset to 1. See ``docs/brokers/kafka.md``.
 
 **Options.** ``producer_options`` go to ``AIOKafkaProducer``, ``consumer_options`` to
-``AIOKafkaConsumer`` (https://aiokafka.readthedocs.io/en/stable/api.html); the security
-options (``security_protocol``, ``ssl_context``, ``sasl_*``) and ``client_id`` go to both.
+``AIOKafkaConsumer`` (https://aiokafka.readthedocs.io/en/stable/api.html; its
+``max_poll_records`` is also how many records one fetch hands to the bus, 50 if unset); the
+security options (``security_protocol``, ``ssl_context``, ``sasl_*``) and ``client_id`` go to
+both. Concurrent ``publish`` calls share produce requests: records handed to the producer while
+a request is in flight go out together in the next one, and each call still returns only once
+Kafka has acknowledged its record.
 Internal topics are created by the broker's auto-creation when first touched (at subscribe);
 a cluster with ``auto.create.topics.enable=false`` needs them created beforehand.
 """
@@ -57,7 +63,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError  # type: ignore[imp
 from aiokafka.errors import KafkaTimeoutError as _KafkaTimeout
 
 from eventbus.deadletters import DeadLetter, describe_failure
-from eventbus.envelope import Envelope, decode, to_binary
+from eventbus.envelope import Envelope, decode, from_binary, to_binary
 from eventbus.errors import (
     BrokerUnavailable,
     BusNotStarted,
@@ -140,18 +146,25 @@ def check_topic(topic: str) -> str:
     return topic
 
 
+def driver_error(
+    exc: KafkaError, action: str, error: type[EventBusError] = PublishError
+) -> EventBusError:
+    """The eventbus error, saying what to do, for an aiokafka exception."""
+    if isinstance(exc, (KafkaConnectionError, _KafkaTimeout)):
+        return BrokerUnavailable(
+            f"Kafka did not answer while trying to {action}: {exc}; check that the brokers "
+            "in the kafka:// URL are reachable"
+        )
+    return error(f"Kafka refused to {action}: {exc!r}")
+
+
 @contextlib.contextmanager
 def driver_errors(action: str, error: type[EventBusError] = PublishError) -> Iterator[None]:
     """The adapter's edge: aiokafka exceptions become eventbus errors that say what to do."""
     try:
         yield
-    except (KafkaConnectionError, _KafkaTimeout) as exc:
-        raise BrokerUnavailable(
-            f"Kafka did not answer while trying to {action}: {exc}; check that the brokers "
-            "in the kafka:// URL are reachable"
-        ) from exc
     except KafkaError as exc:
-        raise error(f"Kafka refused to {action}: {exc!r}") from exc
+        raise driver_error(exc, action, error) from exc
 
 
 def _encode(headers: Mapping[str, Any]) -> Headers:
@@ -161,6 +174,10 @@ def _encode(headers: Mapping[str, Any]) -> Headers:
             value = str(value).encode()
         out.append((name, value))
     return out
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)  # the clock of aiokafka's last_poll_timestamp
 
 
 def _header(headers: Mapping[str, Any], name: str) -> str | None:
@@ -174,7 +191,8 @@ class KafkaBroker:
     """Kafka adapter; see the module documentation for topology, retries and dead letters.
 
     ``retry_tiers`` (seconds) are the delays that get a retry topic; ``nack_delay`` is how
-    long a nacked message waits; ``join_timeout`` bounds how long ``subscribe`` waits for the
+    long a nacked message waits; ``retry_poll_interval`` how often a retry partition found
+    empty is looked at again; ``join_timeout`` bounds how long ``subscribe`` waits for the
     group join; ``revoke_timeout`` how long a rebalance waits for in-flight work.
     """
 
@@ -188,6 +206,7 @@ class KafkaBroker:
         consumer_options: Mapping[str, Any] | None = None,
         retry_tiers: Sequence[float] = (1.0, 10.0, 60.0, 600.0, 3600.0),
         nack_delay: float = 1.0,
+        retry_poll_interval: float = 0.25,
         join_timeout: float = 60.0,
         revoke_timeout: float = 30.0,
         **common: Any,
@@ -208,9 +227,11 @@ class KafkaBroker:
         if (
             any(t < 0 for t in retry_tiers)
             or nack_delay < 0
-            or min(join_timeout, revoke_timeout) <= 0
+            or min(join_timeout, revoke_timeout, retry_poll_interval) <= 0
         ):
-            raise ConfigurationError("retry_tiers and nack_delay must be >= 0, timeouts > 0")
+            raise ConfigurationError(
+                "retry_tiers and nack_delay must be >= 0, timeouts and retry_poll_interval > 0"
+            )
         servers = (
             bootstrap_servers.split(",")
             if isinstance(bootstrap_servers, str)
@@ -222,11 +243,15 @@ class KafkaBroker:
         self.common = dict(common)
         self.producer_options = {"acks": "all", **(producer_options or {})}
         self.consumer_options = dict(consumer_options or {})
+        # Records per fetch handed to the bus: aiokafka's own setting when given.
+        self.max_records: int | None = self.consumer_options.get("max_poll_records", 50)
         self.retry_tiers = tuple(sorted({0.0, *map(float, retry_tiers)}))
         self.nack_delay = nack_delay
+        self.retry_poll_interval = retry_poll_interval
         self.join_timeout = join_timeout
         self.revoke_timeout = revoke_timeout
         self._producer: Any = None
+        self._checked: set[str] = set()  # topic names already found valid
         self._connected = 0
         self._consumers: set[KafkaConsumer] = set()
         from eventbus.brokers.kafka_deadletters import KafkaDeadLetters
@@ -281,34 +306,66 @@ class KafkaBroker:
             raise BusNotStarted("the Kafka broker is not connected; start the bus first")
         return self._producer
 
+    def _topic(self, topic: str) -> str:
+        if topic not in self._checked:
+            check_topic(topic)
+            if len(self._checked) > 10_000:  # bounded, in case names are made up per event
+                self._checked.clear()
+            self._checked.add(topic)
+        return topic
+
     async def send(
         self, topic: str, value: bytes | None, key: bytes | None, headers: Headers
     ) -> asyncio.Future[Any]:
-        """Hand one record to the producer; the returned future resolves once Kafka has it."""
+        """Hand one record to the producer; the returned future resolves once Kafka has it.
+
+        Records handed over while a produce request is in flight accumulate into the next
+        request for their partition, so concurrent publishes share round trips.
+        """
         producer = self._require_producer()
-        with driver_errors(f"publish to {topic!r}"):
+        try:
             future: asyncio.Future[Any] = await producer.send(
-                check_topic(topic), value, key=key, headers=headers
+                self._topic(topic), value, key=key, headers=headers
             )
+        except KafkaError as exc:
+            raise driver_error(exc, f"publish to {topic!r}") from exc
         return future
 
     async def _wait(self, futures: Sequence[asyncio.Future[Any]], topic: str) -> None:
-        with driver_errors(f"publish to {topic!r}"):
+        try:
             await asyncio.gather(*futures)
+        except KafkaError as exc:
+            raise driver_error(exc, f"publish to {topic!r}") from exc
 
     async def publish(self, destination: str, envelope: Envelope) -> None:
+        """Returns once Kafka has the record (``acks="all"`` unless configured otherwise)."""
         headers, body = to_binary(envelope)
-        key = envelope.partitionkey.encode() if envelope.partitionkey is not None else None
-        future = await self.send(destination, body, key, _encode(headers))
-        await self._wait([future], destination)
+        key = envelope.partitionkey
+        future = await self.send(
+            destination,
+            body,
+            None if key is None else key.encode(),
+            [(name, value.encode()) for name, value in headers.items()],
+        )
+        try:
+            await future
+        except KafkaError as exc:
+            raise driver_error(exc, f"publish to {destination!r}") from exc
 
     async def publish_batch(self, messages: Sequence[tuple[str, Envelope]]) -> None:
         """Pipelined: every record is handed to the producer before any acknowledgement."""
         futures = []
         for destination, envelope in messages:
             headers, body = to_binary(envelope)
-            key = envelope.partitionkey.encode() if envelope.partitionkey is not None else None
-            futures.append(await self.send(destination, body, key, _encode(headers)))
+            key = envelope.partitionkey
+            futures.append(
+                await self.send(
+                    destination,
+                    body,
+                    None if key is None else key.encode(),
+                    [(name, value.encode()) for name, value in headers.items()],
+                )
+            )
         await self._wait(futures, messages[0][0] if messages else "")
 
     async def send_raw(
@@ -374,9 +431,15 @@ class KafkaConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         # another subscription's in the same group, so a pattern gets a Kafka group of its own.
         self.group_id = f"{self.group}:{sub.topic}" if sub.is_pattern else self.group
         self.retry_topics = [retry_topic(self.group, sub.topic, t) for t in broker.retry_tiers]
+        self._retry_set = frozenset(self.retry_topics)
         self._kafka: Any = None
         self._parts: dict[Any, _Partition] = {}
         self._timers: dict[Any, asyncio.TimerHandle] = {}
+        # Retry partitions: those being fetched until found empty (with the time, in epoch ms,
+        # from which a fetch counts), and those paused because they were empty.
+        self._polling: dict[Any, int] = {}
+        self._idle: set[Any] = set()
+        self._poller: asyncio.TimerHandle | None = None
         self._generation = 0
         self._joined = asyncio.Event()
         self._settled = asyncio.Event()
@@ -408,12 +471,17 @@ class KafkaConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
                 f"consumer group {self.group!r} was not joined within {broker.join_timeout}s; "
                 "raise join_timeout=..., or check the brokers and session_timeout_ms"
             ) from None
-        self._committer = asyncio.get_running_loop().create_task(self._commit_loop())
+        loop = asyncio.get_running_loop()
+        self._committer = loop.create_task(self._commit_loop())
+        self._poller = loop.call_later(self.broker.retry_poll_interval, self._poll_retries)
 
     # ---------------------------------------------------------------- rebalancing
     async def on_partitions_assigned(self, assigned: Any) -> None:
+        now = _now_ms()
         for tp in assigned:
             self._parts[tp] = _Partition()
+            if tp.topic in self._retry_set:
+                self._polling[tp] = now  # read until found empty, then paused
         self._generation += 1
         self._joined.set()
 
@@ -435,6 +503,50 @@ class KafkaConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
             timer = self._timers.pop(tp, None)
             if timer is not None:
                 timer.cancel()
+        for tp in revoked:
+            self._polling.pop(tp, None)
+            self._idle.discard(tp)
+
+    # ---------------------------------------------------------------- retry partitions
+    # Every fetch carries every unpaused partition it asks for, and a subscription has a retry
+    # topic per tier besides its main topic: fetching them all every time would make each
+    # fetch several times larger (and each response as much longer to decode) for partitions
+    # that are nearly always empty. So a retry partition found empty (position at the
+    # highwater of a fetch made after it was resumed) is paused, and every
+    # ``retry_poll_interval`` the empty ones are resumed for a fetch. A retry written into a
+    # tier of at least that interval is seen before it is due, so it is as punctual as
+    # before; one of a shorter delay (tier 0) is picked up at most that interval later.
+    # (Paused partitions still cost a little: aiokafka's fetch loop visits every assigned
+    # partition on each turn. A consumer of their own in the same group would avoid that,
+    # but makes every join and rebalance of the group slower.)
+
+    def _poll_retries(self) -> None:
+        if self._closed:
+            return
+        loop = asyncio.get_running_loop()
+        self._poller = loop.call_later(self.broker.retry_poll_interval, self._poll_retries)
+        now, idle, self._idle = _now_ms(), self._idle, set()
+        for tp in idle:
+            if tp in self._parts:
+                with contextlib.suppress(KafkaError, KeyError, AssertionError):
+                    self._kafka.resume(tp)
+                    self._polling[tp] = now
+
+    async def _pause_empty_retries(self) -> None:
+        kafka = self._kafka
+        for tp, since in list(self._polling.items()):
+            try:
+                polled, highwater = kafka.last_poll_timestamp(tp), kafka.highwater(tp)
+                if polled is None or polled < since or highwater is None:
+                    continue  # not fetched since it was resumed: keep it in the fetches
+                if await kafka.position(tp) < highwater:
+                    continue  # records left
+                self._polling.pop(tp, None)
+                if tp in self._parts and tp not in self._timers:
+                    kafka.pause(tp)
+                    self._idle.add(tp)
+            except (KafkaError, KeyError, AssertionError):  # no longer assigned
+                self._polling.pop(tp, None)
 
     # ---------------------------------------------------------------- committing
     def settle(self, delivery: KafkaDelivery) -> None:
@@ -476,9 +588,16 @@ class KafkaConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         return self._deliveries()
 
     async def _deliveries(self) -> AsyncIterator[KafkaDelivery]:
+        max_records = self.broker.max_records
         while not self._closed:
-            with driver_errors(f"fetch from {self.sub.topic!r}", BrokerUnavailable):
-                batch = await self._kafka.getmany(timeout_ms=1000, max_records=50)
+            try:
+                batch = await self._kafka.getmany(timeout_ms=1000, max_records=max_records)
+            except KafkaError as exc:
+                raise driver_error(
+                    exc, f"fetch from {self.sub.topic!r}", BrokerUnavailable
+                ) from exc
+            if self._polling:
+                await self._pause_empty_retries()
             generation, finished = self._generation, False
             rest: dict[Any, int] = {tp: recs[0].offset for tp, recs in batch.items() if recs}
             skip: set[Any] = set()
@@ -505,22 +624,27 @@ class KafkaConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         part = self._parts.get(tp)
         if part is None:
             return None
-        due = _header(dict(record.headers), DUE)
-        wait = (int(due) / 1000 - time.time()) if due and due.isdigit() else 0.0
-        if wait > 0:
-            self._kafka.seek(tp, record.offset)  # hold the head of this retry partition
-            self._kafka.pause(tp)
-            loop = asyncio.get_running_loop()
-            self._timers[tp] = loop.call_later(wait, self._resume, tp, part)
-            return None
+        headers = dict(record.headers)
+        if DUE in headers:
+            due = _header(headers, DUE)
+            wait = (int(due) / 1000 - time.time()) if due and due.isdigit() else 0.0
+            if wait > 0:
+                self._kafka.seek(tp, record.offset)  # hold the head of this retry partition
+                self._kafka.pause(tp)
+                self._polling.pop(tp, None)
+                self._idle.discard(tp)
+                loop = asyncio.get_running_loop()
+                self._timers[tp] = loop.call_later(wait, self._resume, tp, part)
+                return None
         part.inflight.add(record.offset)
         part.next = record.offset + 1
-        return KafkaDelivery(self, tp, part, record)
+        return KafkaDelivery(self, tp, part, record, headers)
 
     def _resume(self, tp: Any, part: _Partition) -> None:
         self._timers.pop(tp, None)
         if self._parts.get(tp) is part and not self._closed:
             self._kafka.resume(tp)
+            self._polling[tp] = _now_ms()
 
     async def republish(self, delivery: KafkaDelivery, delay: float) -> None:
         """The retry-topic copy: original key, value and headers, the next attempt, metadata."""
@@ -544,6 +668,8 @@ class KafkaConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         self.broker._consumers.discard(self)
         for timer in self._timers.values():
             timer.cancel()
+        if self._poller is not None:
+            self._poller.cancel()
         if self._committer is not None:
             self._committer.cancel()
             await asyncio.gather(self._committer, return_exceptions=True)
@@ -572,28 +698,48 @@ class KafkaDelivery:
         "tp",
     )
 
-    def __init__(self, consumer: KafkaConsumer, tp: Any, partition: _Partition, record: Any):
+    def __init__(
+        self,
+        consumer: KafkaConsumer,
+        tp: Any,
+        partition: _Partition,
+        record: Any,
+        headers: dict[str, Any] | None = None,
+    ):
         self._consumer = consumer
         self._done = False
         self.tp, self.partition, self.offset = tp, partition, record.offset
         self.raw_headers: Headers = list(record.headers)
-        self.headers: Mapping[str, Any] = dict(self.raw_headers)
+        self.headers: Mapping[str, Any] = dict(self.raw_headers) if headers is None else headers
         self.body: bytes = record.value or b""
         self.key: bytes | None = record.key
-        attempt = _header(self.headers, ATTEMPT)
-        self.attempt = int(attempt) if attempt and attempt.isdigit() else 1
-        self.destination = _header(self.headers, DESTINATION) or record.topic
-        self.metadata: MutableMapping[str, str] = {
-            name[len(PREFIX) :]: _header(self.headers, name) or ""
-            for name in self.headers
-            if name.startswith(PREFIX) and name not in _RESERVED and not name.startswith(DLQ)
-        }
+        self.attempt = 1
+        self.destination: str = record.topic
+        self.metadata: MutableMapping[str, str] = {}
+        for name in self.headers:
+            if name.startswith(PREFIX):  # only on retry copies
+                self._carried(name)
         self.envelope: Envelope | None = None
         self.decode_error: DecodeError | None = None
         try:
-            self.envelope = decode(self.headers, record.value, key=record.key)
+            if (
+                "ce_specversion" in self.headers
+                and self.headers.get("content-type") == b"application/json"
+            ):  # what eventbus writes: what decode() would find, without looking for it
+                self.envelope = from_binary(self.headers, record.value, key=record.key)
+            else:
+                self.envelope = decode(self.headers, record.value, key=record.key)
         except DecodeError as exc:
             self.decode_error = exc
+
+    def _carried(self, name: str) -> None:
+        value = _header(self.headers, name)
+        if name == ATTEMPT:
+            self.attempt = int(value) if value and value.isdigit() else 1
+        elif name == DESTINATION:
+            self.destination = value or self.destination
+        elif name not in _RESERVED and not name.startswith(DLQ):
+            self.metadata[name[len(PREFIX) :]] = value or ""
 
     def _claim(self) -> bool:
         done, self._done = self._done, True
