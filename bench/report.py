@@ -13,6 +13,13 @@ TITLES = {
     "rabbitmq": "RabbitMQ",
     "kafka": "Kafka",
 }
+COLOURS = {
+    "eventbus": "tab:blue",
+    "raw": "tab:green",
+    "bare": "tab:green",
+    "faststream": "tab:orange",
+}
+"""The same colour for an implementation on every broker (raw client and bare queue alike)."""
 MODE_NAMES = {
     "single": "one-by-one",
     "batch": "batched",
@@ -114,7 +121,8 @@ def render_chart(results: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(2, len(brokers), figsize=(4.2 * len(brokers), 7), squeeze=False)
     for column, broker in enumerate(brokers):
         cells = results["summary"][broker]
-        impls = sorted({impl for mode in modes for impl in cells.get(mode, {})})
+        found = {impl for mode in modes for impl in cells.get(mode, {})}
+        impls = [i for i in COLOURS if i in found] + sorted(found - set(COLOURS))
         width = 0.8 / max(1, len(impls))
         for row, (metric, label) in enumerate(
             (("e2e_per_s", "end-to-end events/s"), ("cpu_us_per_event", "CPU µs per event"))
@@ -131,6 +139,7 @@ def render_chart(results: dict[str, Any], path: Path) -> None:
                         [v.get("max", 0) - v.get("median", 0) for v in values],
                     ],
                     label=impl,
+                    color=COLOURS.get(impl),
                     capsize=2,
                 )
             ax.set_xticks([x + width * (len(impls) - 1) / 2 for x in range(len(modes))])
