@@ -290,7 +290,7 @@ async def test_max_poll_records_sets_the_records_per_fetch(kafka_url: str) -> No
             return batch
 
         consumer._kafka.getmany = spy
-        await asyncio.sleep(1.2)  # the fetch loop's next getmany is the spy
+        await wait_until(lambda: bool(sizes), timeout=10)  # the fetch loop now calls the spy
         await bus.publish_many([(event_cls(n=n), "k") for n in range(20)])  # one partition
         await wait_until(lambda: len(got) == 20, timeout=15)
     assert got == list(range(20))
