@@ -232,13 +232,7 @@ class EventBus:
         Inside a handler the new envelope's ``causationid`` is the handled event's id and its
         ``correlationid`` is carried over.
         """
-        envelope = self._envelope(event, key, headers, subject)
-        if self.publish_middleware:
-            return await self._send(envelope)
-        if not self._started:
-            self._require_started()
-        await self.broker.publish(self._destinations[envelope.type], envelope)
-        return envelope
+        return await self._send(self._envelope(event, key, headers, subject))
 
     async def publish_many(
         self, events: Iterable[Event | tuple[Event, str | None]]

@@ -95,6 +95,13 @@ log = logging.getLogger("eventbus.redis")
 
 ATTEMPT = "eventbus-attempt"
 _CARRIED = "eventbus-"
+
+
+def _entry(data: bytes) -> dict[Any, Any]:
+    """The stream entry eventbus writes: a structured CloudEvent and its content type."""
+    return {"data": data, "content-type": STRUCTURED_CONTENT_TYPE}
+
+
 _ADAPTER_OPTIONS = frozenset(
     (
         "client",
@@ -473,9 +480,8 @@ class RedisBroker:
             return
         self._sending = True
         try:
-            fields: dict[Any, Any] = {"data": data, "content-type": STRUCTURED_CONTENT_TYPE}
             async with _timeout(self.socket_timeout):
-                await redis.xadd(stream, fields, maxlen=self.maxlen)
+                await redis.xadd(stream, _entry(data), maxlen=self.maxlen)
         except RedisError as exc:
             raise _translate(
                 exc, f"publish {envelope.id} to {destination!r}", PublishError
@@ -519,11 +525,7 @@ class RedisBroker:
         try:
             pipe = self.redis.pipeline(transaction=False)
             for item in batch:
-                fields: dict[Any, Any] = {
-                    "data": item.data,
-                    "content-type": STRUCTURED_CONTENT_TYPE,
-                }
-                pipe.xadd(item.stream, fields, maxlen=self.maxlen)
+                pipe.xadd(item.stream, _entry(item.data), maxlen=self.maxlen)
             async with _timeout(self.socket_timeout):
                 replies = await pipe.execute(raise_on_error=False)
         except (RedisError, asyncio.TimeoutError) as exc:  # the round trip failed: all in it did
@@ -549,8 +551,9 @@ class RedisBroker:
         """One pipelined round trip; on an error some events may have been published already."""
         pipe = self.redis.pipeline(transaction=False)
         for destination, envelope in messages:
-            fields = {"data": to_structured(envelope), "content-type": STRUCTURED_CONTENT_TYPE}
-            pipe.xadd(self.keys.stream(destination), fields, maxlen=self.maxlen)  # type: ignore[arg-type]
+            pipe.xadd(
+                self.keys.stream(destination), _entry(to_structured(envelope)), maxlen=self.maxlen
+            )
         async with self._io(f"publish a batch of {len(messages)} events", PublishError):
             await pipe.execute()
 
