@@ -16,104 +16,28 @@ own (``self.ns``), so adapters may share one server between tests.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-import uuid
-from collections.abc import AsyncIterator, Callable
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 
-from eventbus.bus import EventBus
-from eventbus.clock import FakeClock
 from eventbus.context import Context
 from eventbus.envelope import Envelope, decode
-from eventbus.errors import PermanentError, RetryLater
-from eventbus.event import Event
+from eventbus.errors import DeadLetterNotFound, PermanentError, RetryLater
 from eventbus.router import Router
-from eventbus.types import Broker, Middleware
+from eventbus.testing._contract_base import Ping, collect, collect_envelopes, refuse
+from eventbus.testing.contract_lifecycle import LifecycleContract
 
 __all__ = ["BrokerContract"]
 
 
-class Ping(Event):
-    """The contract's event; each test publishes it under a type name of its own."""
-
-    n: int
-    text: str = ""
-
-
-def ping_type(type_name: str) -> type[Ping]:
-    """A ``Ping`` subclass whose event type is ``type_name``."""
-    return type(f"Ping_{abs(hash(type_name))}", (Ping,), {"event_type": type_name})
-
-
-class BrokerContract:
+class BrokerContract(LifecycleContract):
     """The conformance suite. Override :meth:`make_broker`; optionally the class settings."""
 
-    pytestmark: ClassVar[Any] = pytest.mark.anyio
-    timeout: ClassVar[float] = 10.0
-    """Deadline for every wait in the suite."""
-    retry_delay: ClassVar[float] = 0.5
-    """Delay used by the delayed-redelivery test (real seconds unless ``make_clock`` is fake)."""
-
-    ns: str
-    clock: FakeClock | None
-
-    async def make_broker(self) -> Broker:
-        """A new adapter instance talking to the broker under test."""
-        raise NotImplementedError("subclass BrokerContract and implement make_broker()")
-
-    def make_clock(self) -> FakeClock | None:
-        """A fake clock the adapter's delays run on, if it takes one (``None``: real time)."""
-        return None
-
-    async def send_raw(self, broker: Broker, destination: str, body: bytes) -> None:
-        """Put raw bytes on ``destination`` the way a foreign producer would."""
-        send = getattr(broker, "send_raw", None)
-        if send is None:
-            pytest.fail(f"{type(broker).__name__} has no send_raw(); override send_raw()")
-        await send(destination, body)
-
-    # ---------------------------------------------------------------- plumbing
-    @pytest.fixture(autouse=True)
-    def _contract_setup(self) -> None:
-        self.ns = f"c{uuid.uuid4().hex[:10]}"
-        self.clock = self.make_clock()
-
-    def event(self, name: str = "ping") -> type[Ping]:
-        return ping_type(f"{self.ns}.{name}")
-
-    @contextlib.asynccontextmanager
-    async def bus(
-        self, *routers: Router, service: str = "svc", middleware: tuple[Middleware, ...] = ()
-    ) -> AsyncIterator[EventBus]:
-        bus = EventBus(
-            await self.make_broker(),
-            service=f"{self.ns}-{service}",
-            routers=routers,
-            middleware=middleware,
-            shutdown_timeout=5.0,
-        )
-        async with bus:
-            yield bus
-
-    async def wait(self, condition: Callable[[], bool], what: str) -> None:
-        deadline = time.monotonic() + self.timeout
-        while not condition():
-            if time.monotonic() > deadline:
-                pytest.fail(f"timed out after {self.timeout}s waiting until {what}")
-            await asyncio.sleep(0.005)
-
-    def capability(self, broker: Broker, name: str) -> None:
-        if not getattr(broker.capabilities, name):
-            pytest.skip(f"adapter does not declare the {name!r} capability")
-
-    # ---------------------------------------------------------------- the contract
     async def test_round_trip_keeps_every_attribute(self) -> None:
         event_cls, router = self.event(), Router()
         got: list[Any] = []
-        router.subscribe(event_cls)(_collect(got, context=True))
+        router.subscribe(event_cls)(collect(got, context=True))
         async with self.bus(router) as bus:
             sent = await bus.publish(
                 event_cls(n=1, text="héllo ✓"), key="k-1", headers={"tenant": "acme"}
@@ -132,8 +56,8 @@ class BrokerContract:
         event_cls, router = self.event(), Router()
         a: list[Any] = []
         b: list[Any] = []
-        router.subscribe(event_cls, group=f"{self.ns}-a")(_collect(a))
-        router.subscribe(event_cls, group=f"{self.ns}-b")(_collect(b))
+        router.subscribe(event_cls, group=f"{self.ns}-a")(collect(a))
+        router.subscribe(event_cls, group=f"{self.ns}-b")(collect(b))
         async with self.bus(router) as bus:
             self.capability(bus.broker, "consumer_groups")
             for n in range(5):
@@ -145,8 +69,8 @@ class BrokerContract:
         event_cls = self.event()
         got: list[Any] = []
         first, second = Router(), Router()
-        first.subscribe(event_cls, group=f"{self.ns}-workers")(_collect(got))
-        second.subscribe(event_cls, group=f"{self.ns}-workers")(_collect(got))
+        first.subscribe(event_cls, group=f"{self.ns}-workers")(collect(got))
+        second.subscribe(event_cls, group=f"{self.ns}-workers")(collect(got))
         async with self.bus(first) as bus, self.bus(second, service="other"):
             self.capability(bus.broker, "consumer_groups")
             for n in range(20):
@@ -157,7 +81,7 @@ class BrokerContract:
     async def test_acknowledged_events_are_not_delivered_again(self) -> None:
         event_cls, router = self.event(), Router()
         got: list[Any] = []
-        router.subscribe(event_cls, group=f"{self.ns}-g")(_collect(got))
+        router.subscribe(event_cls, group=f"{self.ns}-g")(collect(got))
         async with self.bus(router) as bus:
             await bus.publish(event_cls(n=1), key="same")
             await self.wait(lambda: len(got) == 1, "the first event is handled")
@@ -176,8 +100,13 @@ class BrokerContract:
             if ctx.attempt == 1:
                 raise RuntimeError("first attempt fails")
 
-        async with self.bus(router) as bus:
+        async with self.bus(router) as bus:  # no middleware: the bare policy redelivers later
             await bus.publish(event_cls(n=1))
+            await self.wait(lambda: len(attempts) == 1, "the event is handled")
+            if self.clock is not None:
+                clock = self.clock
+                await self.wait(lambda: clock.sleepers > 0, "the redelivery is scheduled")
+                await self.clock.advance(self.retry_delay)
             await self.wait(lambda: len(attempts) == 2, "the event is delivered again")
         assert attempts == [1, 2]
 
@@ -248,12 +177,14 @@ class BrokerContract:
             await bus.dead_letters.replay(records[0].id)
             await self.wait(lambda: handled == [sent.id], "the replayed event is handled")
             assert await bus.dead_letters.get(records[0].id) is None
-            with pytest.raises(KeyError):
+            with pytest.raises(DeadLetterNotFound, match=r"list them with .*dead_letters\.list"):
                 await bus.dead_letters.replay(records[0].id)
+            with pytest.raises(DeadLetterNotFound, match="'no-such-id'"):
+                await bus.dead_letters.replay("no-such-id")
 
     async def test_purge_removes_dead_letters(self) -> None:
         event_cls, router = self.event(), Router()
-        router.subscribe(event_cls, group=f"{self.ns}-purge")(_refuse)
+        router.subscribe(event_cls, group=f"{self.ns}-purge")(refuse)
         async with self.bus(router) as bus:
             self.capability(bus.broker, "dead_letters")
             for n in range(3):
@@ -265,7 +196,7 @@ class BrokerContract:
     async def test_undecodable_bytes_are_dead_lettered_and_others_flow(self) -> None:
         event_cls, router = self.event(), Router()
         got: list[Any] = []
-        router.subscribe(event_cls, group=f"{self.ns}-junk")(_collect(got))
+        router.subscribe(event_cls, group=f"{self.ns}-junk")(collect(got))
         junk = b"\x00\xffnot an event"
         async with self.bus(router) as bus:
             await self.send_raw(bus.broker, event_cls.destination(), junk)
@@ -298,8 +229,8 @@ class BrokerContract:
         router = Router()
         star: list[Envelope] = []
         hashed: list[Envelope] = []
-        router.subscribe(f"{self.ns}.user.*")(_collect_envelopes(star))
-        router.subscribe(f"{self.ns}.#")(_collect_envelopes(hashed))
+        router.subscribe(f"{self.ns}.user.*")(collect_envelopes(star))
+        router.subscribe(f"{self.ns}.#")(collect_envelopes(hashed))
         # Checked before the bus starts: an adapter may refuse patterns at subscribe time.
         self.capability(await self.make_broker(), "pattern_subscriptions")
         async with self.bus(router) as bus:
@@ -330,69 +261,12 @@ class BrokerContract:
     async def test_publish_many_delivers_every_event(self) -> None:
         event_cls, router = self.event(), Router()
         got: list[Any] = []
-        router.subscribe(event_cls)(_collect(got))
+        router.subscribe(event_cls)(collect(got))
         async with self.bus(router) as bus:
             sent = await bus.publish_many([event_cls(n=n) for n in range(50)])
             await self.wait(lambda: len(got) == 50, "50 events are handled")
         assert len({e.id for e in sent}) == 50
         assert sorted(e.n for e in got) == list(range(50))
-
-    async def test_unfinished_event_is_redelivered_after_shutdown(self) -> None:
-        event_cls, router = self.event(), Router()
-        starts: list[int] = []
-        hang = {"on": True}
-
-        @router.subscribe(event_cls, group=f"{self.ns}-stuck")
-        async def stuck(event: Ping, ctx: Context) -> None:
-            starts.append(ctx.attempt)
-            if hang["on"]:
-                await asyncio.Event().wait()
-
-        bus_cm = self.bus(router)
-        bus = await bus_cm.__aenter__()
-        try:
-            await bus.publish(event_cls(n=1))
-            await self.wait(lambda: len(starts) == 1, "the handler starts")
-        finally:
-            bus.shutdown_timeout = 0.05
-            await bus_cm.__aexit__(None, None, None)
-        hang["on"] = False
-        async with self.bus(router):
-            await self.wait(lambda: len(starts) == 2, "the event is delivered again")
-        assert starts[1] >= 2
-
-    async def test_shutdown_lets_running_handlers_finish(self) -> None:
-        event_cls, router = self.event(), Router()
-        done: list[int] = []
-        started, release = asyncio.Event(), asyncio.Event()
-
-        @router.subscribe(event_cls, group=f"{self.ns}-finish")
-        async def slow(event: Ping) -> None:
-            started.set()
-            await release.wait()
-            done.append(event.n)
-
-        async with self.bus(router) as bus:
-            await bus.publish(event_cls(n=1))
-            await asyncio.wait_for(started.wait(), self.timeout)
-            stopping = asyncio.ensure_future(bus.stop())
-            await asyncio.sleep(0)
-            release.set()
-            await asyncio.wait_for(stopping, self.timeout)
-        assert done == [1]
-        async with self.bus(router) as bus:  # acked: a new consumer does not see it again
-            await bus.publish(event_cls(n=2))
-            await self.wait(lambda: done == [1, 2], "only the new event is handled")
-
-    async def test_large_payload_round_trips(self) -> None:
-        event_cls, router = self.event(), Router()
-        got: list[Any] = []
-        router.subscribe(event_cls)(_collect(got))
-        text = "ünïcødé ✓ " * 25_000
-        async with self.bus(router) as bus:
-            await bus.publish(event_cls(n=1, text=text))
-            await self.wait(lambda: len(got) == 1, "the large event is handled")
-        assert got[0].text == text
 
     async def test_follow_up_events_carry_causation(self) -> None:
         first, second, router = self.event("first"), self.event("second"), Router()
@@ -402,56 +276,10 @@ class BrokerContract:
         async def react(event: Ping, ctx: Context) -> None:
             await ctx.publish(second(n=event.n + 1))
 
-        router.subscribe(second)(_collect(seen, context=True))
+        router.subscribe(second)(collect(seen, context=True))
         async with self.bus(router) as bus:
             origin = await bus.publish(first(n=1))
             await self.wait(lambda: len(seen) == 1, "the follow-up is handled")
         follow_up = seen[0][1].envelope
         assert follow_up.causationid == origin.id
         assert follow_up.correlationid == origin.correlationid
-
-    async def test_connect_and_close_are_idempotent(self) -> None:
-        broker = await self.make_broker()
-        await broker.connect()
-        await broker.connect()
-        await broker.close()
-        await broker.close()
-
-    async def _dead_letters(self, bus: EventBus, group: str, count: int) -> list[Any]:
-        records: list[Any] = []
-
-        async def enough() -> bool:
-            records[:] = await bus.dead_letters.list(group=group)
-            return len(records) >= count
-
-        deadline = time.monotonic() + self.timeout
-        while not await enough():
-            if time.monotonic() > deadline:
-                pytest.fail(f"expected {count} dead letters in {group}, found {len(records)}")
-            await asyncio.sleep(0.01)
-        return records
-
-
-def _collect(into: list[Any], *, context: bool = False) -> Callable[..., Any]:
-    if context:
-
-        async def with_context(event: Ping, ctx: Context) -> None:
-            into.append((event, ctx))
-
-        return with_context
-
-    async def handler(event: Ping) -> None:
-        into.append(event)
-
-    return handler
-
-
-def _collect_envelopes(into: list[Envelope]) -> Callable[..., Any]:
-    async def handler(envelope: Envelope) -> None:
-        into.append(envelope)
-
-    return handler
-
-
-async def _refuse(event: Ping) -> None:
-    raise PermanentError("refused")
