@@ -25,7 +25,7 @@ from eventbus import (
     Router,
 )
 from eventbus.brokers import register_broker
-from eventbus.bus import new_event_id
+from eventbus.publishing import new_event_id
 from eventbus.testing import published, wait_until
 
 pytestmark = pytest.mark.anyio

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from eventbus import ConfigurationError, Context, Envelope, Event, Router
+from eventbus import ConfigurationError, Context, Envelope, Event, EventBus, Router
 from eventbus.router import is_pattern, topic_matches
 
 
@@ -137,6 +137,9 @@ async def _generator(event: UserRegistered) -> Any:
     yield None
 
 
+async def _keyword_only(*, event: UserRegistered) -> None: ...
+
+
 @pytest.mark.parametrize(
     ("target", "handler", "message"),
     [
@@ -145,6 +148,7 @@ async def _generator(event: UserRegistered) -> Any:
         (UserRegistered, _bad_ctx, "must be annotated Context"),
         (UserRegistered, _too_many, r"must take \(event\) or \(event, ctx: Context\)"),
         (UserRegistered, _generator, "generator"),
+        (UserRegistered, _keyword_only, r"signature is \(\*, event: .*keyword-only: event"),
         ("shop.#", _wrong_model, "take `envelope: Envelope`"),
         ("bad name!", _wrong_model, "invalid subscription target"),
         (42, _wrong_model, "takes an Event subclass"),
@@ -159,3 +163,36 @@ def test_bad_handlers_fail_at_registration(target: Any, handler: Any, message: s
 def test_concurrency_must_be_a_positive_integer(concurrency: Any) -> None:
     with pytest.raises(ConfigurationError, match="concurrency"):
         Router().subscribe(UserRegistered, concurrency=concurrency)
+
+
+@pytest.mark.anyio
+async def test_an_unannotated_event_parameter_takes_the_subscribed_class() -> None:
+    """The behaviour docs/handlers.md describes: an Event class says what to validate into."""
+    router, got = Router(), list[Any]()
+
+    @router.subscribe(UserRegistered)
+    async def handle(event, ctx: Context) -> None:  # type: ignore[no-untyped-def]
+        got.append(event)
+
+    assert router.subscriptions[0].handler.model is UserRegistered
+    async with EventBus("memory://", routers=[router]) as bus:
+        await bus.publish(UserRegistered(user_id="u1"))
+        await bus.drain()
+    assert got == [UserRegistered(user_id="u1")]
+
+
+@pytest.mark.anyio
+async def test_a_router_in_a_running_bus_refuses_new_subscriptions() -> None:
+    router = Router()
+    router.subscribe(UserRegistered, group="first")(_handled)
+    bus = EventBus("memory://", routers=[router])
+    async with bus:
+        with pytest.raises(ConfigurationError, match="included in a running bus"):
+            router.subscribe(UserRegistered, group="late")
+        with pytest.raises(ConfigurationError, match="before the bus starts"):
+            bus.subscribe(UserRegistered, group="late")
+    router.subscribe(UserRegistered, group="after-stop")(_handled)  # stopped: allowed
+    assert len(router.subscriptions) == 2
+
+
+async def _handled(event: UserRegistered) -> None: ...

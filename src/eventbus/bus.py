@@ -1,67 +1,33 @@
-"""``EventBus``: lifecycle, the publish pipeline and the consume loop.
+"""``EventBus``: configuration, lifecycle and the publish pipeline.
 
-This module is the only place with delivery *policy*. For each delivery the middleware chain
-and handler run, and then:
-
-* the chain returns — ack;
-* it raises :class:`~eventbus.errors.RetryLater` — the broker redelivers after the delay
-  (without blocking other messages) and the original is acked;
-* it raises :class:`~eventbus.errors.PermanentError` (payload validation failures included) —
-  the message goes to the dead-letter queue with provenance, and is acked;
-* it raises anything else — nack with requeue;
-* the bytes could not be decoded — dead-lettered exactly as they arrived.
-
-No handler failure, bad message or settle error ends a consumer loop.
+What happens to each delivery once it arrives (ack, redeliver later, dead-letter) is decided
+in one place, :mod:`eventbus.consume`; the runners in :mod:`eventbus.dispatch` feed it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
-import logging
-import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import datetime, timezone
-from types import MappingProxyType, TracebackType
+from types import TracebackType
 from typing import Any, TypeVar
 
-import anyio.to_thread
-from pydantic import ValidationError
-from pydantic_core import PydanticSerializationError
-
 from eventbus.brokers import from_url
-from eventbus.context import Context, current_envelope
-from eventbus.deadletters import DeadLetterStore, describe_failure
+from eventbus.clock import FakeClock
+from eventbus.consume import SubscriptionHandler, build_chain, release
+from eventbus.deadletters import DeadLetterStore
 from eventbus.dispatch import SubscriptionRunner
-from eventbus.envelope import Envelope, new_envelope, validate_extension_name
-from eventbus.errors import (
-    BusNotStarted,
-    ConfigurationError,
-    DecodeError,
-    PayloadValidationError,
-    PermanentError,
-    PublishError,
-    RetryLater,
-)
+from eventbus.envelope import Envelope
+from eventbus.errors import BusNotStarted, ConfigurationError
 from eventbus.event import Event
 from eventbus.middleware import Retry, default_middleware
+from eventbus.publishing import EnvelopeFactory
 from eventbus.router import Router, Subscription
-from eventbus.types import (
-    Broker,
-    Delivery,
-    Middleware,
-    Next,
-    PublishMiddleware,
-    PublishNext,
-)
+from eventbus.types import Broker, Middleware, PublishMiddleware, PublishNext
 
 __all__ = ["EventBus"]
 
-log = logging.getLogger("eventbus")
-_UTC = timezone.utc
-_NO_EXTENSIONS: Mapping[str, str] = MappingProxyType({})
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -73,8 +39,11 @@ class EventBus:
     it is the CloudEvents ``source`` and the prefix of default consumer group names.
     ``middleware`` wraps every handler (first = outermost); left out, it is
     :func:`eventbus.middleware.default_middleware` (dead-letter, retry), and ``()`` means
-    none. ``publish_middleware`` wraps
-    every publish. ``shutdown_timeout`` bounds how long ``stop`` waits for running handlers.
+    none. ``publish_middleware`` wraps every publish. ``shutdown_timeout`` bounds how long
+    ``stop`` waits for running handlers. ``redelivery_delay`` is the first wait before a
+    failure that no middleware decided about is delivered again (doubling per attempt, at
+    most a minute). ``max_message_bytes`` refuses larger payloads at publish; it defaults to
+    the adapter's (see ``docs/events.md``).
     """
 
     def __init__(
@@ -86,24 +55,33 @@ class EventBus:
         middleware: Sequence[Middleware] | None = None,
         publish_middleware: Sequence[PublishMiddleware] = (),
         shutdown_timeout: float = 30.0,
+        redelivery_delay: float = 1.0,
+        max_message_bytes: int | None = None,
         **broker_options: Any,
     ) -> None:
         if not service or not isinstance(service, str):
             raise ConfigurationError("service must be a non-empty name, such as 'billing'")
-        self.broker: Broker = (
-            from_url(broker, **broker_options) if isinstance(broker, str) else broker
-        )
+        if not redelivery_delay > 0:
+            raise ConfigurationError(
+                f"redelivery_delay must be > 0 seconds, got {redelivery_delay!r}: a failing "
+                "handler must never be redelivered in a hot loop"
+            )
+        self.broker: Broker = _make_broker(broker, max_message_bytes, broker_options)
         self.service = service
         self.middleware = tuple(default_middleware() if middleware is None else middleware)
         self.publish_middleware = tuple(publish_middleware)
         self.shutdown_timeout = shutdown_timeout
+        self.redelivery_delay = float(redelivery_delay)
+        self.max_message_bytes: int = self.broker.max_message_bytes
         self.router = Router()
         self._routers: list[Router] = [self.router, *routers]
         self._runners: list[SubscriptionRunner] = []
-        self._destinations: dict[str, str] = {}
-        self._event_classes: dict[type[Event], tuple[str, int | None]] = {}
-        self._header_names: set[str] = set()
+        self._envelope = EnvelopeFactory(service, self.max_message_bytes)
         self._started = False
+        self._locked: list[Router] = []
+        self._active: set[asyncio.Task[Any]] | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        """The event loop the bus runs on, while it runs (for publishing from other threads)."""
         self._send = self._build_publish_chain(self._send_to_broker)
         self._prepare = self._build_publish_chain(_passthrough)
 
@@ -139,7 +117,7 @@ class EventBus:
         for router in self._routers:
             for sub in router.subscriptions:
                 if sub.group is None:
-                    sub = _with_group(sub, f"{self.service}.{sub.handler_name}")
+                    sub = dataclasses.replace(sub, group=f"{self.service}.{sub.handler_name}")
                 clash = bound.get((sub.group or "", sub.topic))
                 if clash is not None:
                     raise ConfigurationError(
@@ -161,34 +139,48 @@ class EventBus:
         if self._started:
             return
         subscriptions = self.subscriptions
+        clock = getattr(self.broker, "clock", None)
+        self._active = set() if isinstance(clock, FakeClock) else None
         await self.broker.connect()
         try:
             for sub in subscriptions:
-                chain = self._build_consume_chain(sub)
+                chain = build_chain(sub, self.middleware)
                 consumer = await self.broker.subscribe(sub)
-                handle = functools.partial(self.handle, sub, chain)
-                runner = SubscriptionRunner(sub.name, consumer, handle, _abandon, sub.concurrency)
+                handle = SubscriptionHandler(self, sub, chain, self.redelivery_delay, self._active)
+                runner = SubscriptionRunner(sub.name, consumer, handle, release, sub.concurrency)
                 self._runners.append(runner)
         except BaseException:
             await self._stop_runners(0)
             await self.broker.close()
             raise
+        self.loop = asyncio.get_running_loop()
+        self._locked = list(self._routers)
+        for router in self._locked:
+            router._lock()
         self._started = True
 
     async def stop(self, timeout: float | None = None) -> None:
         """Stop fetching, let running handlers finish (up to ``timeout``), then close.
 
-        Deliveries still unfinished at the deadline are cancelled and handed back to the
-        broker for redelivery: nothing is lost, some may be handled again.
+        From the moment ``stop`` is called no handler starts: deliveries taken from the broker
+        but not started are handed back at once, without counting an attempt. Deliveries still
+        running at the deadline are cancelled and handed back for redelivery: nothing is lost,
+        some may be handled again.
         """
         if not self._started:
             return
         self._started = False
+        for router in self._locked:
+            router._unlock()
+        self._locked = []
         await self._stop_runners(self.shutdown_timeout if timeout is None else timeout)
         await self.broker.close()
+        self.loop = None
 
     async def _stop_runners(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
+        for runner in self._runners:  # at one instant: from here on no handler starts
+            runner.request_stop()
         for runner in self._runners:
             await runner.stop_fetching(max(0.0, deadline - time.monotonic()))
         for runner in self._runners:
@@ -224,82 +216,53 @@ class EventBus:
         key: str | None = None,
         headers: Mapping[str, str] | None = None,
         subject: str | None = None,
+        correlation_id: str | None = None,
     ) -> Envelope:
         """Publish ``event``; returns once the broker has it, with the envelope that was sent.
 
         ``key`` is the partition key: events with the same key are delivered in order.
         ``headers`` become CloudEvents extension attributes (lowercase letters and digits).
         Inside a handler the new envelope's ``causationid`` is the handled event's id and its
-        ``correlationid`` is carried over.
+        ``correlationid`` is carried over; ``correlation_id`` sets it instead (an HTTP request
+        id, say), and every event published while handling this one then carries it too.
+        Raises :class:`~eventbus.errors.PublishError`, with nothing sent, for a payload that
+        cannot be JSON or is larger than ``max_message_bytes``.
         """
-        return await self._send(self._envelope(event, key, headers, subject))
+        return await self._send(self._envelope(event, key, headers, subject, correlation_id))
 
     async def publish_many(
-        self, events: Iterable[Event | tuple[Event, str | None]]
+        self,
+        events: Iterable[Event | tuple[Event, str | None]],
+        *,
+        correlation_id: str | None = None,
     ) -> list[Envelope]:
-        """Publish several events in one broker round trip; items are events or ``(event, key)``."""
+        """Publish several events in one broker round trip; items are events or ``(event, key)``.
+
+        Every event is checked before any is sent: one that cannot be published fails the whole
+        batch with nothing sent. ``correlation_id`` is given to all of them.
+        """
         envelopes = []
         for item in events:
             event, key = item if isinstance(item, tuple) else (item, None)
-            envelopes.append(await self._prepare(self._envelope(event, key, None, None)))
+            envelope = self._envelope(event, key, None, None, correlation_id)
+            envelopes.append(self._envelope.check_size(await self._prepare(envelope)))
         self._require_started()
-        await self.broker.publish_batch([(self._destination(e), e) for e in envelopes])
+        destination = self._envelope.destination
+        await self.broker.publish_batch([(destination(e), e) for e in envelopes])
         return envelopes
 
     async def publish_envelope(
         self, envelope: Envelope, destination: str | None = None
     ) -> Envelope:
-        """Publish a ready envelope unchanged (forwarding, replaying from an outbox)."""
+        """Publish a ready envelope unchanged: same id, attributes and payload.
+
+        For forwarding and replaying, and in tests for sending the same event twice on purpose
+        (to check that a consumer is idempotent). ``destination`` defaults to the one events of
+        its type go to.
+        """
         if destination is not None:
-            self._destinations.setdefault(envelope.type, destination)
+            self._envelope.destinations.setdefault(envelope.type, destination)
         return await self._send(envelope)
-
-    def _envelope(
-        self, event: Event, key: str | None, headers: Mapping[str, str] | None, subject: str | None
-    ) -> Envelope:
-        cls = type(event)
-        known = self._event_classes.get(cls)
-        if known is None:
-            if not isinstance(event, Event):
-                raise TypeError(f"publish() takes an Event instance, not {cls.__name__}")
-            self._destinations.setdefault(cls.event_type, cls.destination())
-            known = self._event_classes[cls] = (cls.event_type, cls.event_version)
-        event_type, event_version = known
-        try:
-            data = event.__pydantic_serializer__.to_json(event)
-        except PydanticSerializationError as exc:
-            raise PublishError(
-                f"cannot encode {cls.__name__} as JSON: {exc}; nothing was sent"
-            ) from exc
-        event_id = new_event_id()
-        parent = current_envelope.get()
-        return new_envelope(
-            id=event_id,
-            type=event_type,
-            source=self.service,
-            data=data,
-            time=datetime.now(_UTC),
-            subject=subject,
-            partitionkey=None if key is None else str(key),
-            correlationid=(parent.correlationid or parent.id) if parent else event_id,
-            causationid=parent.id if parent else None,
-            dataversion=event_version,
-            extensions=self._check_headers(headers) if headers else _NO_EXTENSIONS,
-        )
-
-    def _check_headers(self, headers: Mapping[str, str]) -> Mapping[str, str]:
-        for name, value in headers.items():
-            if name not in self._header_names:
-                try:
-                    self._header_names.add(validate_extension_name(name))
-                except ValueError as exc:
-                    raise ConfigurationError(str(exc)) from None
-            if not isinstance(value, str):
-                raise ConfigurationError(f"header {name!r} must be a string, got {value!r}")
-        return MappingProxyType(dict(headers))
-
-    def _destination(self, envelope: Envelope) -> str:
-        return self._destinations.get(envelope.type, envelope.type)
 
     def _require_started(self) -> None:
         if not self._started:
@@ -310,90 +273,33 @@ class EventBus:
 
     async def _send_to_broker(self, envelope: Envelope) -> Envelope:
         self._require_started()
-        await self.broker.publish(self._destination(envelope), envelope)
+        factory = self._envelope
+        if len(envelope.data) > factory.max_message_bytes:
+            factory.check_size(envelope)
+        await self.broker.publish(factory.destination(envelope), envelope)
         return envelope
 
     def _build_publish_chain(self, innermost: PublishNext) -> PublishNext:
         chain = innermost
         for middleware in reversed(self.publish_middleware):
-            chain = _bind(middleware, chain)
+            chain = _bind_publish(middleware, chain)
         return chain
 
-    # ---------------------------------------------------------------- consuming
-    def _build_consume_chain(self, sub: Subscription) -> Next:
-        chain: Next = _handler_invoker(sub)
-        for middleware in reversed((*self.middleware, *sub.middleware)):
-            chain = _bind(middleware, chain)
-        return chain
-
-    async def handle(self, sub: Subscription, chain: Next, delivery: Delivery) -> None:
-        """Run one delivery through the chain and settle it by the policy of this module."""
-        envelope = delivery.envelope
-        if envelope is None:
-            error = delivery.decode_error or DecodeError("undecodable message")
-            await self._dead_letter(sub, delivery, error, "undecodable")
-            return
-        if not sub.accepts(envelope.type):
-            await _settle(delivery.ack(), delivery)  # another type sharing this destination
-            return
-        ctx = Context(
-            envelope=envelope,
-            subscription=sub,
-            bus=self,
-            delivery=delivery,
-            attempt=delivery.attempt,
-        )
-        token = current_envelope.set(envelope)
-        try:
-            await chain(ctx)
-        except RetryLater as exc:
-            await _settle(delivery.retry_later(exc.delay), delivery)
-        except PermanentError as exc:
-            await self._dead_letter(sub, delivery, exc, "permanent failure")
-        except asyncio.CancelledError:
-            await _settle(delivery.nack(requeue=True), delivery)
-            raise
-        except Exception as exc:
-            log.warning(
-                "%s failed on %s (attempt %d); requeued",
-                sub.name,
-                envelope.id,
-                delivery.attempt,
-                exc_info=exc,
-            )
-            await _settle(delivery.nack(requeue=True), delivery)
-        else:
-            try:
-                await delivery.ack()
-            except Exception:
-                _settle_failed(delivery)
-        finally:
-            current_envelope.reset(token)
-
-    async def _dead_letter(
-        self, sub: Subscription, delivery: Delivery, exc: BaseException, reason: str
-    ) -> None:
-        record = describe_failure(
-            delivery, group=sub.group or "", subscription=sub.name, reason=reason, exc=exc
-        )
-        log.error(
-            "%s: dead-lettered %s from %s: %s",
-            sub.name,
-            record.event_id or "message",
-            delivery.destination,
-            exc,
-        )
-        await _settle(delivery.dead_letter(record), delivery)
-
-    async def drain(self, timeout: float = 10.0) -> None:
+    # ---------------------------------------------------------------- tests
+    async def drain(self, timeout: float = 10.0, *, advance_clock: bool = True) -> None:
         """Wait until every published event has been handled and settled.
 
-        Exact on the in-process memory broker (queued, unsettled and delayed messages are all
-        counted: with a fake clock, advance it past pending delays first). On network brokers
-        it waits until no handler is running. Raises ``TimeoutError`` naming what is left.
+        Exact on the in-process memory broker: queued, unsettled and delayed messages are all
+        counted. When the memory broker runs on a :class:`~eventbus.clock.FakeClock` and all
+        that is left is waiting on it (a retry backoff, a delayed redelivery), the clock is
+        moved on to the next wake-up, so retries run to their end; ``advance_clock=False``
+        keeps time frozen. On network brokers it waits until no handler is running. Raises
+        ``TimeoutError`` after ``timeout`` real seconds, naming what is left.
         """
         deadline = time.monotonic() + timeout
         pending = getattr(self.broker, "pending", None)
+        clock = getattr(self.broker, "clock", None)
+        fake = clock if isinstance(clock, FakeClock) else None
         while True:
             left = pending() if pending else {}
             if not self.busy and not any(left.values()):
@@ -401,120 +307,66 @@ class EventBus:
                 left = pending() if pending else {}
                 if not self.busy and not any(left.values()):
                     return
+            if advance_clock and fake is not None and await self._only_waiting_on(fake):
+                await fake.advance_to_next()
+                continue
             if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"the bus did not become idle within {timeout}s; still pending: {left}"
-                )
+                raise TimeoutError(_drain_timeout_message(timeout, left, fake, advance_clock))
             await asyncio.sleep(0.001)
 
-
-class _EventIds:
-    """Random (version 4) UUIDs as text, from ``os.urandom`` read 4 KiB at a time.
-
-    One system call per 128 ids instead of one per id; the buffer is dropped in a forked child
-    so parent and child never hand out the same ids.
-    """
-
-    _CHUNK = 4096
-
-    def __init__(self) -> None:
-        self._hex = ""
-        self._at = 0
-
-    def reset(self) -> None:
-        self._hex, self._at = "", 0
-
-    def __call__(self) -> str:
-        at = self._at
-        if at == len(self._hex):
-            self._hex, at = os.urandom(self._CHUNK).hex(), 0
-        self._at = at + 32
-        h = self._hex[at : at + 32]
-        return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
+    async def _only_waiting_on(self, clock: FakeClock) -> bool:
+        """True when nothing is queued and every running handler sleeps on ``clock``."""
+        pending = getattr(self.broker, "pending", None)
+        for _ in range(3):  # a clock that stays the only thing to wait on, across loop turns
+            if not clock.sleepers or (pending is not None and pending().get("queued")):
+                return False
+            if any(not clock.is_sleeping(task) for task in self._active or ()):
+                return False
+            await asyncio.sleep(0)
+        return True
 
 
-_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
-"""The UUID variant digit (10xx in binary) for each random hex digit."""
+def _drain_timeout_message(
+    timeout: float, left: Mapping[str, int], clock: FakeClock | None, advanced: bool
+) -> str:
+    message = f"the bus did not become idle within {timeout}s; still pending: {dict(left)}"
+    if clock is not None and clock.sleepers:
+        wake = clock.next_wakeup()
+        due = f", the next due in {wake - clock.now():g}s" if wake is not None else ""
+        message += f". {clock.sleepers} wait(s) on the broker's FakeClock{due}"
+        if advanced:
+            message += " (some handler is also waiting on something else)"
+        else:
+            message += (
+                ": time is frozen; call drain() without advance_clock=False, or "
+                "`await clock.advance(seconds)`"
+            )
+    return message
 
 
-new_event_id = _EventIds()
-"""A fresh event id: a random (version 4) UUID as text."""
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=new_event_id.reset)
+def _make_broker(
+    broker: str | Broker, max_message_bytes: int | None, options: dict[str, Any]
+) -> Broker:
+    if max_message_bytes is not None:
+        options["max_message_bytes"] = max_message_bytes
+    if isinstance(broker, str):
+        return from_url(broker, **options)
+    if options:
+        raise ConfigurationError(
+            f"options {sorted(options)} go to the adapter, but a ready adapter was given: pass "
+            f"them to {type(broker).__name__}(...) instead"
+        )
+    return broker
 
 
-def _bind(middleware: Any, call_next: Any) -> Any:
+def _bind_publish(middleware: Any, call_next: Any) -> Any:
     """``middleware`` with its ``call_next`` filled in (cheaper to call than a partial)."""
 
-    def layer(arg: Any) -> Any:
-        return middleware(arg, call_next)
+    def layer(envelope: Envelope) -> Any:
+        return middleware(envelope, call_next)
 
     return layer
 
 
 async def _passthrough(envelope: Envelope) -> Envelope:
     return envelope
-
-
-async def _abandon(delivery: Delivery) -> None:
-    """Hand a delivery that will not be handled now back to the broker."""
-    await _settle(delivery.nack(requeue=True), delivery)
-
-
-async def _settle(operation: Any, delivery: Delivery) -> None:
-    """Await an ack/nack/…; a failure here is logged, and the broker will redeliver."""
-    try:
-        await operation
-    except Exception:
-        _settle_failed(delivery)
-
-
-def _settle_failed(delivery: Delivery) -> None:
-    log.exception(
-        "could not settle a delivery from %s; the broker will redeliver it", delivery.destination
-    )
-
-
-def _handler_invoker(sub: Subscription) -> Next:
-    """The innermost link of the chain: validate the payload into the handler's model, call it.
-
-    Built once per subscription, so the per-delivery path looks nothing up.
-    """
-    spec = sub.handler
-    func, model, wants_context = spec.func, spec.model, spec.wants_context
-    validate = model.model_validate_json if model is not None else None
-
-    def argument(ctx: Context) -> Any:
-        if validate is None:
-            return ctx.envelope
-        try:
-            ctx.event = event = validate(ctx.envelope.data)
-        except ValidationError as exc:
-            raise PayloadValidationError(
-                f"event {ctx.envelope.id} of type {ctx.envelope.type!r} does not match "
-                f"{model.__name__ if model else ''}: {exc}"
-            ) from exc
-        return event
-
-    if not spec.is_async:
-
-        async def in_thread(ctx: Context) -> None:
-            args = (argument(ctx), ctx) if wants_context else (argument(ctx),)
-            await anyio.to_thread.run_sync(functools.partial(func, *args))
-
-        return in_thread
-    if wants_context:
-
-        async def with_context(ctx: Context) -> None:
-            await func(argument(ctx), ctx)
-
-        return with_context
-
-    async def plain(ctx: Context) -> None:
-        await func(argument(ctx))
-
-    return plain
-
-
-def _with_group(sub: Subscription, group: str) -> Subscription:
-    return dataclasses.replace(sub, group=group)

@@ -7,9 +7,12 @@ its ``correlationid`` and sets ``causationid`` to its id, without user code.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
-from collections.abc import Mapping
+from collections.abc import Awaitable, Coroutine, Generator, Mapping
 from typing import TYPE_CHECKING, Any
+
+from eventbus.errors import BusNotStarted
 
 if TYPE_CHECKING:
     from eventbus.bus import EventBus
@@ -18,7 +21,7 @@ if TYPE_CHECKING:
     from eventbus.router import Subscription
     from eventbus.types import Delivery
 
-__all__ = ["Context", "current_envelope"]
+__all__ = ["Context", "Publishing", "current_envelope"]
 
 current_envelope: contextvars.ContextVar[Envelope | None] = contextvars.ContextVar(
     "eventbus_current_envelope", default=None
@@ -51,23 +54,85 @@ class Context:
         self.event: Event | None = None
         self.state: dict[str, Any] = {}
 
-    async def publish(
+    def publish(
         self,
         event: Event,
         *,
         key: str | None = None,
         headers: Mapping[str, str] | None = None,
         subject: str | None = None,
+        correlation_id: str | None = None,
+    ) -> Publishing:
+        """Publish a follow-up event caused by the one being handled (see ``EventBus.publish``).
+
+        In an ``async def`` handler, await it. In a plain ``def`` handler (which runs in a
+        worker thread) call it without ``await``: it sends on the bus's event loop and returns
+        once the broker has the event, raising what the publish raised; ``.result()`` of what
+        it returns is the envelope that was sent.
+        """
+        coroutine = self._publish(event, key, headers, subject, correlation_id)
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # a worker thread: run it on the bus's loop and wait
+            return Publishing(envelope=self._run_on_bus_loop(coroutine))
+        return Publishing(coroutine)
+
+    async def _publish(
+        self,
+        event: Event,
+        key: str | None,
+        headers: Mapping[str, str] | None,
+        subject: str | None,
+        correlation_id: str | None,
     ) -> Envelope:
-        """Publish a follow-up event caused by the one being handled (see ``EventBus.publish``)."""
         token = current_envelope.set(self.envelope)
         try:
-            return await self.bus.publish(event, key=key, headers=headers, subject=subject)
+            return await self.bus.publish(
+                event, key=key, headers=headers, subject=subject, correlation_id=correlation_id
+            )
         finally:
             current_envelope.reset(token)
+
+    def _run_on_bus_loop(self, coroutine: Coroutine[Any, Any, Envelope]) -> Envelope:
+        loop = self.bus.loop
+        if loop is None or loop.is_closed():
+            coroutine.close()
+            raise BusNotStarted("the bus is not running: ctx.publish needs a started bus")
+        return asyncio.run_coroutine_threadsafe(coroutine, loop).result()
 
     def __repr__(self) -> str:
         return (
             f"Context(type={self.envelope.type!r}, id={self.envelope.id!r}, "
             f"group={self.subscription.group!r}, attempt={self.attempt})"
         )
+
+
+class Publishing(Awaitable["Envelope"]):
+    """What ``ctx.publish`` returns.
+
+    In an ``async def`` handler, await it: the event is sent then, and the result is its
+    envelope. In a worker thread (a plain ``def`` handler) the event has been sent by the time
+    ``ctx.publish`` returns, and :meth:`result` is its envelope.
+    """
+
+    __slots__ = ("_coroutine", "_envelope")
+
+    def __init__(
+        self,
+        coroutine: Coroutine[Any, Any, Envelope] | None = None,
+        envelope: Envelope | None = None,
+    ) -> None:
+        self._coroutine = coroutine
+        self._envelope = envelope
+
+    def result(self) -> Envelope:
+        """The envelope that was sent (in a worker thread, where the send has happened)."""
+        if self._envelope is None:
+            raise RuntimeError("not sent yet: `await ctx.publish(...)` in an async handler")
+        return self._envelope
+
+    def __await__(self) -> Generator[Any, None, Envelope]:
+        if self._coroutine is None:
+            return self.result()
+        self._envelope = yield from self._coroutine.__await__()
+        return self._envelope

@@ -127,7 +127,7 @@ class DeadLetterStore(Protocol):
     async def replay(self, dead_letter_id: str) -> None:
         """Redeliver the original message to the group it failed in and remove it from the DLQ.
 
-        Raises ``KeyError`` for an unknown id.
+        Raises :class:`~eventbus.errors.DeadLetterNotFound` for an unknown id.
         """
 
     async def purge(self, *, group: str | None = None) -> int:

@@ -8,12 +8,18 @@ The consume loop hands each delivery to :class:`KeyedDispatcher`. Deliveries tha
 or with different keys run side by side, at most ``concurrency`` at once. ``submit`` waits while
 ``2 * concurrency`` deliveries are already taken, so a slow handler slows fetching instead of
 piling messages up in memory.
+
+Stopping is two steps. :meth:`SubscriptionRunner.request_stop` is synchronous, so a bus stops
+every subscription at the same instant: from then on no handler starts. Deliveries taken but
+not started are then *released* — handed back to the broker without counting an attempt, in
+the order they arrived — and only the handlers already running are waited for.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -24,17 +30,21 @@ __all__ = ["KeyedDispatcher", "SubscriptionRunner"]
 log = logging.getLogger("eventbus")
 
 Handle = Callable[[Delivery], Awaitable[None]]
-Abandon = Callable[[Delivery], Awaitable[None]]
+Release = Callable[[Delivery], Awaitable[None]]
+_Backlog = collections.deque[tuple[int, Delivery]]
 
 
 class KeyedDispatcher:
-    def __init__(self, handle: Handle, abandon: Abandon, concurrency: int) -> None:
+    def __init__(self, handle: Handle, release: Release, concurrency: int) -> None:
         self._handle = handle
-        self._abandon = abandon
+        self._release = release
         self._running = asyncio.Semaphore(concurrency)
         self._capacity = asyncio.Semaphore(2 * concurrency)
-        self._backlog: dict[object, collections.deque[Delivery]] = {}
-        self._workers: set[asyncio.Task[None]] = set()
+        self._by_key: dict[object, _Backlog] = {}
+        self._workers: dict[asyncio.Task[None], _Backlog] = {}
+        self._arrival = itertools.count()
+        self._unadmitted: list[Delivery] = []  # taken while the dispatcher was full
+        self._stopping = False
 
     @property
     def busy(self) -> bool:
@@ -43,47 +53,73 @@ class KeyedDispatcher:
     async def submit(self, delivery: Delivery) -> None:
         try:
             await self._capacity.acquire()
-        except asyncio.CancelledError:
-            await self._abandon(delivery)
+        except asyncio.CancelledError:  # stopping: handed back after those taken before it
+            self._unadmitted.append(delivery)
             raise
+        if self._stopping:
+            await self._give_back([(0, delivery)])
+            return
         envelope = delivery.envelope
         key: object = envelope.partitionkey if envelope and envelope.partitionkey else None
-        if key is not None and key in self._backlog:
-            self._backlog[key].append(delivery)
+        item = (next(self._arrival), delivery)
+        if key is not None and key in self._by_key:
+            self._by_key[key].append(item)
             return
-        backlog: collections.deque[Delivery] = collections.deque([delivery])
+        backlog: _Backlog = collections.deque([item])
         if key is not None:
-            self._backlog[key] = backlog
+            self._by_key[key] = backlog
         task = asyncio.get_running_loop().create_task(self._work(key, backlog))
-        self._workers.add(task)
-        task.add_done_callback(self._workers.discard)
+        self._workers[task] = backlog
+        task.add_done_callback(self._forget)
 
-    async def _work(self, key: object, backlog: collections.deque[Delivery]) -> None:
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._workers.pop(task, None)
+
+    async def _work(self, key: object, backlog: _Backlog) -> None:
         try:
-            while backlog:
-                delivery = backlog.popleft()
+            while backlog and not self._stopping:
+                await self._running.acquire()
                 try:
-                    await self._running.acquire()
-                except asyncio.CancelledError:
-                    backlog.appendleft(delivery)  # never started: abandoned below
-                    raise
-                try:
-                    await self._handle(delivery)  # settles the delivery even when cancelled
+                    if self._stopping or not backlog:
+                        return  # stop was requested while this one waited for a slot
+                    _, delivery = backlog.popleft()
+                    try:
+                        await self._handle(delivery)  # settles the delivery even when cancelled
+                    finally:
+                        self._capacity.release()
                 finally:
                     self._running.release()
-                    self._capacity.release()
-        except asyncio.CancelledError:
-            # Shutdown ran out of time: everything this worker still held goes back to the broker.
-            while backlog:
-                await self._abandon(backlog.popleft())
-                self._capacity.release()
-            raise
         finally:
-            if key is not None and self._backlog.get(key) is backlog:
-                del self._backlog[key]
+            if key is not None and self._by_key.get(key) is backlog:
+                del self._by_key[key]
+            if backlog:  # shutdown ran out of time, or stop came first: never started
+                await self._give_back(list(backlog))
+                backlog.clear()
+
+    def request_stop(self) -> None:
+        """Start no more handlers (those running carry on)."""
+        self._stopping = True
+
+    async def release_unstarted(self) -> None:
+        """Hand every taken delivery that has not started back to the broker, oldest first."""
+        self._stopping = True
+        waiting = sorted(item for backlog in self._workers.values() for item in backlog)
+        for backlog in self._workers.values():
+            backlog.clear()
+        await self._give_back(waiting)
+        unadmitted, self._unadmitted = self._unadmitted, []
+        for delivery in unadmitted:
+            await self._release(delivery)
+
+    async def _give_back(self, items: list[tuple[int, Delivery]]) -> None:
+        for _, delivery in items:
+            try:
+                await self._release(delivery)
+            finally:
+                self._capacity.release()
 
     async def join(self, timeout: float | None) -> None:
-        """Wait for every taken delivery to finish; past ``timeout`` cancel the rest."""
+        """Wait for the running handlers to finish; past ``timeout`` cancel the rest."""
         if self._workers:
             _, late = await asyncio.wait(set(self._workers), timeout=timeout)
             for task in late:
@@ -101,13 +137,14 @@ class SubscriptionRunner:
     """
 
     def __init__(
-        self, name: str, consumer: Consumer, handle: Handle, abandon: Abandon, concurrency: int
+        self, name: str, consumer: Consumer, handle: Handle, release: Release, concurrency: int
     ) -> None:
         self.name = name
         self.consumer = consumer
         self._handle = handle
+        self._release = release
         self._dispatcher = (
-            KeyedDispatcher(handle, abandon, concurrency) if concurrency > 1 else None
+            KeyedDispatcher(handle, release, concurrency) if concurrency > 1 else None
         )
         self._inline = False
         self._stopping = False
@@ -123,6 +160,9 @@ class SubscriptionRunner:
             try:
                 async for delivery in self.consumer:
                     backoff = 0.1
+                    if self._stopping:  # taken as stop was requested: never started
+                        await self._release(delivery)
+                        return
                     if self._dispatcher is not None:
                         await self._dispatcher.submit(delivery)
                         continue
@@ -138,8 +178,15 @@ class SubscriptionRunner:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
 
-    async def stop_fetching(self, timeout: float) -> None:
+    def request_stop(self) -> None:
+        """From now on no handler of this subscription starts; synchronous, so a bus can stop
+        all its subscriptions at one instant."""
         self._stopping = True
+        if self._dispatcher is not None:
+            self._dispatcher.request_stop()
+
+    async def stop_fetching(self, timeout: float) -> None:
+        self.request_stop()
         if self._inline:  # let the running handler finish; the loop then returns by itself
             await asyncio.wait([self._task], timeout=timeout)
         self._task.cancel()
@@ -151,6 +198,8 @@ class SubscriptionRunner:
             log.error("consumer for %s ignored cancellation; abandoning it", self.name)
         elif not self._task.cancelled() and (error := self._task.exception()) is not None:
             log.error("consumer for %s failed while stopping", self.name, exc_info=error)
+        if self._dispatcher is not None:
+            await self._dispatcher.release_unstarted()
 
     async def finish(self, timeout: float) -> None:
         if self._dispatcher is not None:

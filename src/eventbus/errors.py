@@ -3,7 +3,7 @@
 Every error a user can meet derives from :class:`EventBusError`. Handlers raise
 :class:`PermanentError` (never retried), :class:`TransientError` (retried) or
 :class:`RetryLater` (redelivered after a delay without blocking the queue); the consume
-loop in :mod:`eventbus.bus` is the only place that turns them into ack, nack, delayed
+policy in :mod:`eventbus.consume` is the only place that turns them into ack, nack, delayed
 redelivery or dead-lettering. Every message says what to do next.
 """
 
@@ -14,6 +14,7 @@ __all__ = [
     "BusNotStarted",
     "ConcurrencyError",
     "ConfigurationError",
+    "DeadLetterNotFound",
     "DecodeError",
     "EventBusError",
     "HandlerTimeout",
@@ -120,6 +121,17 @@ class BrokerUnavailable(TransientError):
 
 class PublishError(EventBusError):
     """The broker did not accept a published event; it was not sent and the caller must decide."""
+
+
+class DeadLetterNotFound(EventBusError, LookupError):
+    """``replay`` was given the id of no dead letter (never one, or replayed or purged since)."""
+
+    def __init__(self, dead_letter_id: str, detail: str = "") -> None:
+        self.dead_letter_id = dead_letter_id
+        super().__init__(
+            f"no dead letter with id {dead_letter_id!r}{detail}; list them with "
+            "`await bus.dead_letters.list()` and pass a record's `.id`"
+        )
 
 
 class ConcurrencyError(EventBusError):

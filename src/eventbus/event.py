@@ -48,7 +48,9 @@ class Event(BaseModel):
     ...     user_id: str
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # NaN and infinities are written as bare constants, which the bus refuses at publish (JSON
+    # has no such numbers); a model that wants them sets ser_json_inf_nan="strings".
+    model_config = ConfigDict(frozen=True, extra="forbid", ser_json_inf_nan="constants")
 
     event_type: ClassVar[str] = "Event"
     event_version: ClassVar[int] = 1

@@ -103,7 +103,7 @@ class Subscription:
     handler: HandlerSpec
     middleware: tuple[Middleware, ...] = ()
     retry: Retry | None = None
-    """Retry policy for this subscription, run by the bus's ``Retry`` in place of its own."""
+    """Retry policy for this subscription, in place of the chain's ``Retry`` (or added to it)."""
 
     @property
     def name(self) -> str:
@@ -124,6 +124,14 @@ class Router:
 
     def __init__(self) -> None:
         self.subscriptions: list[Subscription] = []
+        self._running_buses = 0
+
+    def _lock(self) -> None:
+        """A bus including this router has started: its subscriptions are fixed now."""
+        self._running_buses += 1
+
+    def _unlock(self) -> None:
+        self._running_buses -= 1
 
     def subscribe(
         self,
@@ -142,9 +150,18 @@ class Router:
         same ``partitionkey`` are still handled one after another, in order.
         ``middleware`` runs inside the bus's middleware, for this handler only. ``retry``
         replaces the bus's retry policy for this handler, e.g.
-        ``retry=Retry(tries=1, delays=(30, 300))``; it is run by the bus's ``Retry`` middleware
-        (a bus with ``middleware=()`` has none: then list a ``Retry`` in ``middleware=``).
+        ``retry=Retry(tries=1, delays=(30, 300))``: it takes the place of the ``Retry`` in the
+        chain, or, when the chain has none (``middleware=()``), runs innermost of the bus's
+        middleware. Subscribing to a router whose bus is running raises
+        :class:`~eventbus.errors.ConfigurationError`.
         """
+        if self._running_buses:
+            name = getattr(target, "__name__", target)
+            raise ConfigurationError(
+                f"cannot subscribe to {name!r}: this router is included in a running bus, "
+                "which would never deliver to the new handler; subscribe handlers before the "
+                "bus starts (before `async with bus`)"
+            )
         _check_retry(retry)
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ConfigurationError(f"concurrency must be an integer >= 1, got {concurrency!r}")
@@ -209,7 +226,11 @@ def _make_subscription(
 def resolve_handler(
     func: Callable[..., Any], model: type[Event] | None, *, pattern: bool = False
 ) -> HandlerSpec:
-    """Work out how to call ``func``: which model (or Envelope) and whether it takes a Context."""
+    """Work out how to call ``func``: which model (or Envelope) and whether it takes a Context.
+
+    An unannotated first parameter takes ``model``, the class subscribed to; with a type name
+    or a pattern there is none, so the parameter must be annotated.
+    """
     qualname = f"{getattr(func, '__module__', '?')}.{getattr(func, '__qualname__', func)!s}"
     if not callable(func):
         raise ConfigurationError(f"handler {func!r} is not callable")
@@ -222,34 +243,8 @@ def resolve_handler(
             f"cannot resolve the annotations of handler {qualname}: {exc}; import the types it "
             "names at module level"
         ) from exc
-    params = [
-        p
-        for p in inspect.signature(func).parameters.values()
-        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-    ]
-    required_extra = [p.name for p in params[2:] if p.default is p.empty]
-    if not params or (len(params) > 2 and required_extra):
-        raise ConfigurationError(
-            f"handler {qualname} must take (event) or (event, ctx: Context); "
-            f"it takes {[p.name for p in params]}"
-        )
-    first = hints.get(params[0].name, model)
-    if isinstance(first, type) and model is not None and issubclass(model, first):
-        first = model  # a handler for a base model, subscribed to one concrete subclass
-    if first is Envelope:
-        event_model: type[Event] | None = None
-    elif isinstance(first, type) and issubclass(first, Event) and first is not Event:
-        if pattern:
-            raise ConfigurationError(
-                f"handler {qualname} subscribes to a pattern, which delivers several event types;"
-                f" take `envelope: Envelope` as its first parameter instead of {first.__name__}"
-            )
-        event_model = first
-    else:
-        raise ConfigurationError(
-            f"annotate the first parameter of handler {qualname} with the event model it handles "
-            f"(an Event subclass) or with Envelope; got {first!r}"
-        )
+    params = _positional_parameters(func, qualname)
+    event_model = _event_model(qualname, hints.get(params[0].name, model), model, pattern)
     wants_context = len(params) >= 2
     if wants_context and hints.get(params[1].name, Context) is not Context:
         raise ConfigurationError(
@@ -260,3 +255,48 @@ def resolve_handler(
         getattr(func, "__call__", None)  # noqa: B004 - async callable objects
     )
     return HandlerSpec(func, event_model, wants_context, is_async)
+
+
+def _positional_parameters(func: Callable[..., Any], qualname: str) -> list[inspect.Parameter]:
+    """The event and (optionally) ctx parameters; anything else must have a default."""
+    signature = inspect.signature(func)
+    params = [
+        p
+        for p in signature.parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    keyword_only = [
+        p.name
+        for p in signature.parameters.values()
+        if p.kind is p.KEYWORD_ONLY and p.default is p.empty
+    ]
+    required_extra = [p.name for p in params[2:] if p.default is p.empty]
+    if not params or required_extra or keyword_only:
+        raise ConfigurationError(
+            f"handler {qualname} must take (event) or (event, ctx: Context) as positional "
+            f"parameters; its signature is {signature}"
+            + (f" (keyword-only: {', '.join(keyword_only)})" if keyword_only else "")
+        )
+    return params
+
+
+def _event_model(
+    qualname: str, first: Any, model: type[Event] | None, pattern: bool
+) -> type[Event] | None:
+    """The model the payload is validated into, from the first parameter's annotation."""
+    if isinstance(first, type) and model is not None and issubclass(model, first):
+        first = model  # a handler for a base model, subscribed to one concrete subclass
+    if first is Envelope:
+        return None
+    if isinstance(first, type) and issubclass(first, Event) and first is not Event:
+        if pattern:
+            raise ConfigurationError(
+                f"handler {qualname} subscribes to a pattern, which delivers several event types;"
+                f" take `envelope: Envelope` as its first parameter instead of {first.__name__}"
+            )
+        return first
+    raise ConfigurationError(
+        f"annotate the first parameter of handler {qualname} with the event model it handles "
+        f"(an Event subclass) or with Envelope (it may be left unannotated only when "
+        f"subscribing to an Event class); got {first!r}"
+    )

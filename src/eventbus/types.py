@@ -1,7 +1,7 @@
 """The seams between the bus and its parts: broker adapters, deliveries, middleware, clocks.
 
 A broker adapter *translates* and never decides: it moves envelopes to and from its broker and
-does what the consume loop in :mod:`eventbus.bus` tells it (ack, nack, redeliver later,
+does what the consume policy in :mod:`eventbus.consume` tells it (ack, nack, redeliver later,
 dead-letter). The contract every adapter meets is checked by
 :class:`eventbus.testing.BrokerContract`.
 """
@@ -48,6 +48,8 @@ class Capabilities:
     """The adapter keeps a dead-letter queue that can be listed, replayed and purged."""
     pattern_subscriptions: bool = True
     """Subscriptions may use ``*`` and ``#`` patterns over type names."""
+    uncounted_release: bool = True
+    """``Delivery.release()`` hands a message back without counting a delivery attempt."""
     in_process: bool = False
     """Every producer and consumer lives in this process (the memory broker)."""
 
@@ -64,8 +66,8 @@ class Clock(Protocol):
 class Delivery(Protocol):
     """One message handed to a consumer, with the operations that settle it.
 
-    Exactly one of ``ack``, ``nack``, ``retry_later`` or ``dead_letter`` is called for each
-    delivery, by the consume loop. ``headers`` and ``body`` are the message exactly as it
+    Exactly one of ``ack``, ``nack``, ``retry_later``, ``dead_letter`` or ``release`` is called
+    for each delivery, by the consume loop. ``headers`` and ``body`` are the message exactly as it
     arrived; ``envelope`` is ``None`` when those bytes could not be decoded, and then
     ``decode_error`` says why.
 
@@ -111,6 +113,14 @@ class Delivery(Protocol):
         """Not done: with ``requeue`` the broker delivers it again, with ``attempt + 1``
         (and ``metadata``, where the broker can carry it)."""
 
+    async def release(self) -> None:
+        """Never started: give the message back for delivery as if it had not been taken.
+
+        Called for deliveries that were fetched but not handled when the consumer stops. The
+        message keeps its ``attempt`` (where ``Capabilities.uncounted_release``) and its place
+        in order, as far as the broker allows.
+        """
+
     async def retry_later(self, delay: float) -> None:
         """Deliver again after ``delay`` seconds without blocking the others.
 
@@ -141,6 +151,8 @@ class Broker(Protocol):
     """
 
     capabilities: Capabilities
+    max_message_bytes: int
+    """The largest payload (``Envelope.data``) the bus lets through to this adapter."""
 
     async def connect(self) -> None: ...
 

@@ -10,6 +10,7 @@ from pydantic import BaseModel
 
 from eventbus import (
     Context,
+    DeadLetterNotFound,
     Envelope,
     Event,
     EventBus,
@@ -199,7 +200,7 @@ async def test_replay_redelivers_with_the_same_event_id_and_a_fresh_attempt_coun
     assert len(await bus.dead_letters.list()) == 1  # still broken: back in the DLQ
     [again] = await bus.dead_letters.list()
     assert again.event_id == sent.id
-    with pytest.raises(KeyError):
+    with pytest.raises(DeadLetterNotFound):
         await bus.dead_letters.replay("no-such-id")
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 
 import pytest
 from pydantic import BaseModel, ValidationError
@@ -14,7 +13,6 @@ from eventbus import (
     PermanentError,
     RetriesExhausted,
     RetryLater,
-    Subscription,
     TransientError,
 )
 from eventbus.errors import ConfigurationError
@@ -179,20 +177,6 @@ async def test_cancellation_is_not_retried(make_ctx: MakeContext) -> None:
     with pytest.raises(asyncio.CancelledError):
         await Retry(tries=5)(make_ctx(), handler)
     assert len(handler.tries) == 1
-
-
-async def test_subscription_retry_overrides_the_bus_policy(
-    make_ctx: MakeContext, subscription: Subscription
-) -> None:
-    bus_retry = Retry(tries=5, delays=(1, 10, 60))
-    sub = dataclasses.replace(subscription, retry=Retry(tries=1, delays=(300,)))
-    handler = Flaky(OSError())
-    with pytest.raises(RetryLater) as caught:
-        await bus_retry(make_ctx(attempt=1, sub=sub), handler)
-    assert caught.value.delay == 300
-    assert len(handler.tries) == 1
-    with pytest.raises(RetriesExhausted):
-        await bus_retry(make_ctx(attempt=2, sub=sub), Flaky(OSError()))
 
 
 def test_bad_options_fail_at_configuration_time() -> None:

@@ -62,6 +62,7 @@ from aiokafka import (  # type: ignore[import-untyped]
 from aiokafka.errors import KafkaConnectionError, KafkaError  # type: ignore[import-untyped]
 from aiokafka.errors import KafkaTimeoutError as _KafkaTimeout
 
+from eventbus.brokers._wire import check_max_message_bytes
 from eventbus.deadletters import DeadLetter, describe_failure
 from eventbus.envelope import Envelope, decode, from_binary, to_binary
 from eventbus.errors import (
@@ -80,6 +81,11 @@ __all__ = ["KafkaBroker", "KafkaConsumer", "KafkaDelivery", "from_url", "pattern
 log = logging.getLogger("eventbus.kafka")
 
 PREFIX = "eventbus-"
+DEFAULT_MAX_MESSAGE_BYTES = 1_000_000
+"""Payload limit: with its headers a record then fits Kafka's default 1 MiB request and
+``message.max.bytes``."""
+_KAFKA_REQUEST_SIZE = 1_048_576  # aiokafka's (and Kafka's) default max_request_size
+_HEADROOM = 64 * 1024
 ATTEMPT, DUE, DESTINATION = "eventbus-attempt", "eventbus-due", "eventbus-destination"
 DLQ = "eventbus-dlq-"
 _RESERVED = frozenset({ATTEMPT, DUE, DESTINATION})
@@ -209,8 +215,10 @@ class KafkaBroker:
         retry_poll_interval: float = 0.25,
         join_timeout: float = 60.0,
         revoke_timeout: float = 30.0,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         **common: Any,
     ) -> None:
+        self.max_message_bytes = check_max_message_bytes(max_message_bytes)
         unknown = sorted(set(common) - SECURITY_OPTIONS)
         if unknown:
             raise ConfigurationError(
@@ -241,7 +249,13 @@ class KafkaBroker:
         if not self.bootstrap_servers:
             raise ConfigurationError("give at least one broker: kafka://host:9092")
         self.common = dict(common)
-        self.producer_options = {"acks": "all", **(producer_options or {})}
+        # Room for the payload limit plus the CloudEvents headers and the record framing.
+        request_size = max(_KAFKA_REQUEST_SIZE, self.max_message_bytes + _HEADROOM)
+        self.producer_options = {
+            "acks": "all",
+            "max_request_size": request_size,
+            **(producer_options or {}),
+        }
         self.consumer_options = dict(consumer_options or {})
         # Records per fetch handed to the bus: aiokafka's own setting when given.
         self.max_records: int | None = self.consumer_options.get("max_poll_records", 50)
@@ -408,15 +422,18 @@ class _Partition:
     reassigned) partition is recognised and never commits.
     """
 
-    __slots__ = ("committed", "inflight", "next")
+    __slots__ = ("committed", "inflight", "next", "released")
 
     def __init__(self) -> None:
         self.inflight: set[int] = set()
+        self.released: set[int] = set()  # handed back unhandled: never committed past
         self.next: int | None = None
         self.committed = -1
 
     def safe(self) -> int | None:
         """The offset to commit: the lowest unfinished one, else one past the last delivered."""
+        if self.released:
+            return min(self.released | self.inflight)
         return min(self.inflight) if self.inflight else self.next
 
 
@@ -557,6 +574,13 @@ class KafkaConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         self._dirty.add(delivery.tp)
         self._settled.set()
         self._wake.set()
+
+    def release(self, delivery: KafkaDelivery) -> None:
+        part = delivery.partition
+        if self._parts.get(delivery.tp) is part:
+            part.inflight.discard(delivery.offset)
+            part.released.add(delivery.offset)
+            self._settled.set()
 
     async def _commit_loop(self) -> None:
         while True:
@@ -760,6 +784,12 @@ class KafkaDelivery:
             await self.dead_letter(record)
             return
         await self.retry_later(self._consumer.broker.nack_delay)
+
+    async def release(self) -> None:
+        """Left uncommitted: commits stop below it, and whoever next reads the partition from
+        the committed offset gets it again with the attempt it had."""
+        if self._claim():
+            self._consumer.release(self)
 
     async def retry_later(self, delay: float) -> None:
         if self._done:

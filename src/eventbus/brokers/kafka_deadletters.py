@@ -32,7 +32,7 @@ from eventbus.brokers.kafka import (
     retry_topic,
 )
 from eventbus.deadletters import DeadLetter
-from eventbus.errors import BrokerUnavailable
+from eventbus.errors import BrokerUnavailable, DeadLetterNotFound
 
 if TYPE_CHECKING:
     from eventbus.brokers.kafka import KafkaBroker
@@ -132,7 +132,7 @@ class KafkaDeadLetters:
         tombstone the dead letter."""
         entry = (await self._records(None)).get(dead_letter_id)
         if entry is None:
-            raise KeyError(f"no dead letter with id {dead_letter_id!r}")
+            raise DeadLetterNotFound(dead_letter_id)
         record, raw = entry
         headers: Headers = [(k, v) for k, v in raw.headers if not k.startswith(PREFIX)]
         headers += [

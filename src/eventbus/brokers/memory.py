@@ -4,8 +4,9 @@ It behaves like the network brokers where that matters to a handler: the payload
 JSON bytes the bus encoded on publish and is validated back into the event on delivery, every
 consumer
 group gets its own copy of each event while consumers within a group compete for them,
-unsettled deliveries come back with ``attempt + 1`` and their carried ``metadata`` (on nack,
-``retry_later``, or when their consumer closes), delayed redelivery waits on an injectable
+unsettled deliveries come back with ``attempt + 1`` and their carried ``metadata`` (on nack or
+``retry_later``; deliveries released unstarted, as when their consumer closes, keep their
+attempt and go back to the front of the queue), delayed redelivery waits on an injectable
 clock, and dead letters keep their original bytes (a replay starts again at attempt 1).
 
 ``memory://`` gives a private broker per bus; ``memory://NAME`` shares one broker between every
@@ -30,10 +31,17 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
+from eventbus.brokers._wire import check_max_message_bytes
 from eventbus.clock import SystemClock
 from eventbus.deadletters import DeadLetter, describe_failure
 from eventbus.envelope import Envelope, decode, to_binary
-from eventbus.errors import BusNotStarted, ConfigurationError, DecodeError, NoHandlerError
+from eventbus.errors import (
+    BusNotStarted,
+    ConfigurationError,
+    DeadLetterNotFound,
+    DecodeError,
+    NoHandlerError,
+)
 from eventbus.router import Subscription, topic_matches
 from eventbus.types import Capabilities, Clock
 
@@ -83,6 +91,41 @@ class _Message:
         )
 
 
+class _Queue(asyncio.Queue[_Message]):
+    """A FIFO queue that takes released messages back at the front, in the order released.
+
+    Released messages were taken from the front and never handled, so putting them back there
+    (behind the ones released just before them) restores the order they were published in.
+    It uses the ``_put``/``_get`` hooks ``asyncio.Queue`` offers its subclasses.
+    """
+
+    _queue: collections.deque[_Message]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._front = 0  # how many released messages lead the queue
+        self._to_front = False
+
+    def put_front(self, message: _Message) -> None:
+        self._to_front = True
+        try:
+            self.put_nowait(message)
+        finally:
+            self._to_front = False
+
+    def _put(self, item: _Message) -> None:
+        if self._to_front:
+            self._queue.insert(self._front, item)
+            self._front += 1
+        else:
+            self._queue.append(item)
+
+    def _get(self) -> _Message:
+        if self._front:
+            self._front -= 1
+        return self._queue.popleft()
+
+
 class _GroupQueue:
     """One consumer group's queue for one topic (or pattern); kept while the broker lives."""
 
@@ -90,7 +133,7 @@ class _GroupQueue:
         self.group = group
         self.topic = topic
         self.is_pattern = is_pattern
-        self.queue: asyncio.Queue[_Message] = asyncio.Queue()
+        self.queue = _Queue()
         self.unacked = 0
 
     def matches(self, destination: str) -> bool:
@@ -99,20 +142,36 @@ class _GroupQueue:
         )
 
 
+DEFAULT_MAX_MESSAGE_BYTES = 1_000_000
+"""The memory broker's payload limit: the strictest network default (Kafka's), so that a unit
+test refuses what production would."""
+
+
 class MemoryBroker:
     """In-process broker; see the module documentation for what it models.
 
     ``clock`` drives delayed redelivery (pass a :class:`~eventbus.testing.FakeClock` to move
     time by hand). ``strict`` makes publishing an event that no subscription accepts raise
-    :class:`~eventbus.errors.NoHandlerError` instead of logging a warning. ``published`` holds
-    the last ``record`` envelopes published, in order (for :func:`eventbus.testing.published`).
+    :class:`~eventbus.errors.NoHandlerError` instead of logging a warning — for the events a
+    test publishes itself: follow-ups published by handlers (those with a ``causationid``) are
+    recorded and never refused. ``published`` holds the last ``record`` envelopes published, in
+    order (for :func:`eventbus.testing.published`). ``max_message_bytes`` is the payload limit
+    the bus applies (:data:`DEFAULT_MAX_MESSAGE_BYTES`).
     """
 
     capabilities = Capabilities(persistent=False, in_process=True)
 
-    def __init__(self, *, clock: Clock | None = None, strict: bool = False, record: int = 1_000):
+    def __init__(
+        self,
+        *,
+        clock: Clock | None = None,
+        strict: bool = False,
+        record: int = 1_000,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ):
         self.clock: Clock = clock or SystemClock()
         self.strict = strict
+        self.max_message_bytes = check_max_message_bytes(max_message_bytes)
         self.published: collections.deque[Envelope] = collections.deque(maxlen=record)
         self._queues: dict[tuple[str, str], _GroupQueue] = {}
         self._routes: dict[str, list[_GroupQueue]] = {}
@@ -155,7 +214,9 @@ class MemoryBroker:
         if not self._connected:
             raise BusNotStarted("the memory broker is not connected; start the bus first")
         backlog = self._route(
-            _Message(destination, envelope, None, envelope.partitionkey), envelope.type
+            _Message(destination, envelope, None, envelope.partitionkey),
+            envelope.type,
+            follow_up=envelope.causationid is not None,
         )
         self.published.append(envelope)
         if backlog > _YIELD_BACKLOG:
@@ -175,28 +236,29 @@ class MemoryBroker:
         """Put bytes on a destination as a foreign producer would, without any encoding."""
         self._route(_Message(destination, None, (dict(headers or {}), body), key), destination)
 
-    def _route(self, message: _Message, event_type: str) -> int:
+    def _route(self, message: _Message, event_type: str, *, follow_up: bool = False) -> int:
         """Queue ``message`` for every group it reaches; returns the longest of their queues."""
         queues = self._routes.get(message.destination)
         if queues is None:
             queues = [q for q in self._queues.values() if q.matches(message.destination)]
             self._routes[message.destination] = queues
         if not queues:
-            self._no_subscriber(message.destination, event_type)
+            self._no_subscriber(message.destination, event_type, follow_up)
         backlog = 0
         for group_queue in queues:
             group_queue.queue.put_nowait(message)
             backlog = max(backlog, group_queue.queue.qsize())
         return backlog
 
-    def _no_subscriber(self, destination: str, event_type: str) -> None:
-        if not self.strict and destination in self._warned:
+    def _no_subscriber(self, destination: str, event_type: str, follow_up: bool) -> None:
+        strict = self.strict and not follow_up
+        if not strict and destination in self._warned:
             return
         known = sorted({q.topic for q in self._queues.values()})
         close = difflib.get_close_matches(destination, known, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         message = f"no subscription accepts event type {event_type!r} on {destination!r}{hint}"
-        if self.strict:
+        if strict:
             raise NoHandlerError(message + " (the event was not published)")
         if destination not in self._warned:
             self._warned.add(destination)
@@ -262,8 +324,9 @@ class MemoryConsumer:
         return True
 
     async def close(self) -> None:
+        """Give back what was taken and not settled, uncounted (see ``MemoryDelivery.release``)."""
         for delivery in list(self._unsettled.values()):
-            await delivery.nack(requeue=True)
+            await delivery.release()
 
 
 class MemoryDelivery:
@@ -316,6 +379,12 @@ class MemoryDelivery:
         else:
             self._consumer._broker.dead_letters._add_rejected(self)
 
+    async def release(self) -> None:
+        """Back to the front of the group's queue, with the same attempt and metadata."""
+        if self._consumer._settle(self):
+            message = self._message.again(self.attempt, self.metadata)
+            self._consumer._group_queue.queue.put_front(message)
+
     async def retry_later(self, delay: float) -> None:
         if self._consumer._settle(self):
             message = self._message.again(self.attempt + 1, self.metadata)
@@ -352,10 +421,10 @@ class MemoryDeadLetters:
         return entry[0] if entry else None
 
     async def replay(self, dead_letter_id: str) -> None:
-        try:
-            record, group_queue = self._records.pop(dead_letter_id)
-        except KeyError:
-            raise KeyError(f"no dead letter with id {dead_letter_id!r}") from None
+        entry = self._records.pop(dead_letter_id, None)
+        if entry is None:
+            raise DeadLetterNotFound(dead_letter_id)
+        record, group_queue = entry
         key = record.headers.get("ce_partitionkey")
         message = _Message(record.destination, None, (record.headers, record.body), key)
         group_queue.queue.put_nowait(message)

@@ -52,6 +52,7 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
+from eventbus.brokers._wire import check_max_message_bytes
 from eventbus.deadletters import DeadLetter
 from eventbus.envelope import Envelope, decode, to_binary
 from eventbus.errors import (
@@ -71,6 +72,8 @@ __all__ = ["RabbitMQBroker", "RabbitMQConsumer", "RabbitMQDelivery", "queue_name
 
 log = logging.getLogger("eventbus.rabbitmq")
 
+DEFAULT_MAX_MESSAGE_BYTES = 128 * 1024 * 1024
+"""RabbitMQ's default ``max_message_size``."""
 ATTEMPT = "eventbus-attempt"
 """Header with the delivery attempt of a republished copy (nack, retry_later)."""
 DESTINATION = "eventbus-destination"
@@ -201,10 +204,11 @@ class RabbitMQBroker:
     a publish waits for its confirm, reconnects included. ``prefetch`` is how many
     unacknowledged messages each consumer may hold (default ``2 * concurrency``, what the
     bus's dispatcher holds at most; more keeps a fast handler busy while acks travel).
-    ``options`` go to ``aio_pika.connect_robust``.
+    ``max_message_bytes`` is the payload limit the bus applies (RabbitMQ's own
+    ``max_message_size`` default, 128 MiB). ``options`` go to ``aio_pika.connect_robust``.
     """
 
-    capabilities = Capabilities(persistent=True)
+    capabilities = Capabilities(persistent=True, uncounted_release=False)
 
     def __init__(
         self,
@@ -215,8 +219,10 @@ class RabbitMQBroker:
         quorum: bool = False,
         publish_timeout: float = 10.0,
         prefetch: int | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         **options: Any,
     ) -> None:
+        self.max_message_bytes = check_max_message_bytes(max_message_bytes)
         if not (callable(exchange) or (isinstance(exchange, str) and exchange)):
             raise ConfigurationError(
                 f"exchange must be a non-empty name or a function destination -> name, "
@@ -619,16 +625,19 @@ class RabbitMQConsumer:
                 return
         await channel.basic_ack(tag, wait=False)
 
-    async def reject(self, channel: aiormq.abc.AbstractChannel, tag: int) -> None:
-        """``basic.reject`` without requeue (RabbitMQ dead-letters it), after the held acks."""
+    async def reject(
+        self, channel: aiormq.abc.AbstractChannel, tag: int, *, requeue: bool = False
+    ) -> None:
+        """``basic.reject`` after the held acks: RabbitMQ dead-letters the message, or with
+        ``requeue`` puts it back in its place in the queue."""
         if not self._ack_batch:
-            await channel.basic_reject(tag, requeue=False)
+            await channel.basic_reject(tag, requeue=requeue)
             return
         if channel is not self._ack_channel:
             self._reset(channel)
         await self.flush()
         async with self._ack_lock:
-            await channel.basic_reject(tag, requeue=False)
+            await channel.basic_reject(tag, requeue=requeue)
         if tag == self._settled_through + 1:
             self._settled_through = tag
 
@@ -752,6 +761,18 @@ class RabbitMQDelivery:
             message = self._message
             async with _driver_errors("rejecting"):
                 await self._consumer.reject(message.channel, message.delivery_tag or 0)
+
+    async def release(self) -> None:
+        """``basic.reject`` with requeue: back in its place in the queue, so order is kept.
+
+        RabbitMQ flags the message ``redelivered`` and cannot tell this from a crash, so the
+        next delivery counts one attempt more (``Capabilities.uncounted_release`` is False).
+        """
+        if not self._take():
+            return
+        message = self._message
+        async with _driver_errors("releasing"):
+            await self._consumer.reject(message.channel, message.delivery_tag or 0, requeue=True)
 
     async def retry_later(self, delay: float) -> None:
         if not self._take():

@@ -29,7 +29,7 @@ from eventbus.brokers.rabbitmq import (
 )
 from eventbus.deadletters import DeadLetter
 from eventbus.envelope import Envelope, decode
-from eventbus.errors import DecodeError
+from eventbus.errors import DeadLetterNotFound, DecodeError
 
 if TYPE_CHECKING:
     from eventbus.brokers.rabbitmq import RabbitMQBroker
@@ -111,7 +111,7 @@ class RabbitMQDeadLetters:
                     await self._broker.send("", work_queue, _copy(message, headers))
                     await message.ack()
                     return
-        raise KeyError(f"no dead letter with id {dead_letter_id!r}")
+        raise DeadLetterNotFound(dead_letter_id)
 
     async def purge(self, *, group: str | None = None) -> int:
         count = 0

@@ -67,6 +67,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - redis-py depends on async-timeout there
     from async_timeout import timeout as _timeout
 
+from eventbus.brokers._wire import check_max_message_bytes
 from eventbus.deadletters import DeadLetter, describe_failure
 from eventbus.envelope import (
     STRUCTURED_CONTENT_TYPE,
@@ -93,6 +94,9 @@ __all__ = ["RedisBroker", "RedisConsumer", "RedisDelivery", "from_url"]
 
 log = logging.getLogger("eventbus.redis")
 
+DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+"""Redis takes values up to 512 MB, but every stream entry stays in the server's memory until it
+is trimmed, and a large one stalls the connection it travels on: 16 MiB is a sensible bound."""
 ATTEMPT = "eventbus-attempt"
 _CARRIED = "eventbus-"
 
@@ -327,7 +331,8 @@ class RedisBroker:
     seconds. Entries pending longer than ``claim_idle`` seconds are reclaimed from dead
     consumers, checked every ``claim_interval`` seconds: ``claim_idle`` must exceed your
     longest handler, or a slow handler's message is handled twice. ``delay_poll`` bounds how
-    late a delayed retry scheduled by another process is moved back.
+    late a delayed retry scheduled by another process is moved back. ``max_message_bytes`` is
+    the payload limit the bus applies (:data:`DEFAULT_MAX_MESSAGE_BYTES`).
     """
 
     capabilities = Capabilities(
@@ -352,8 +357,10 @@ class RedisBroker:
         claim_idle: float = 60.0,
         claim_interval: float = 15.0,
         delay_poll: float = 1.0,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         **options: Any,
     ) -> None:
+        self.max_message_bytes = check_max_message_bytes(max_message_bytes)
         _check_options(options, block)
         # Reconnect with backoff: redis-py retries a command on connection and timeout errors.
         options.setdefault("retry", Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=6))
@@ -645,9 +652,9 @@ def _check_options(options: Mapping[str, Any], block: float) -> None:
 class RedisConsumer:
     """One consumer, with a name of its own, in the subscription's group; reads both streams.
 
-    Entries count as unsettled from the moment they are read. ``close`` requeues those, and
-    any entry still pending under this consumer's name (a reply lost to a cancelled read), then
-    removes the consumer from the group.
+    Entries count as unsettled from the moment they are read. ``close`` releases those (requeued
+    with the attempt they had), and any entry still pending under this consumer's name (a reply
+    lost to a cancelled read), then removes the consumer from the group.
 
     A plain ack of a main-stream entry is a bare ``XACK`` (nothing has to happen atomically
     with it), and acks are batched: ``ack`` queues the entry id and returns. The task that
@@ -886,10 +893,10 @@ class RedisConsumer:
         try:
             await self._flush_acks()
             for delivery in list(self._unsettled.values()):
-                await delivery.nack(requeue=True)
+                await delivery.release()
             for stream in (self.main, self.retry):
                 for delivery in await self._claim_lost(stream):
-                    await delivery.nack(requeue=True)
+                    await delivery.release()
                 async with self.broker._io(f"leave group {self.group!r}"):
                     await self.broker.redis.xgroup_delconsumer(stream, self.group, self.name)
         except EventBusError as exc:
@@ -992,6 +999,11 @@ class RedisDelivery:
             return
         retry = self._consumer.retry
         await self._consumer.settle(self, "requeue", [retry], self._carried(self.attempt + 1))
+
+    async def release(self) -> None:
+        """Requeued to the group's retry stream with the attempt it had: not counted."""
+        retry = self._consumer.retry
+        await self._consumer.settle(self, "requeue", [retry], self._carried(self.attempt))
 
     async def retry_later(self, delay: float) -> None:
         consumer = self._consumer

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from eventbus.brokers.redis import _CARRIED, _text
 from eventbus.deadletters import DeadLetter
+from eventbus.errors import DeadLetterNotFound
 
 if TYPE_CHECKING:
     from eventbus.brokers.redis import RedisBroker
@@ -121,7 +122,7 @@ class RedisDeadLetters:
         located = await self._locate(dead_letter_id)
         record = await self.get(dead_letter_id) if located else None
         if located is None or record is None:
-            raise KeyError(f"no dead letter with id {dead_letter_id!r}")
+            raise DeadLetterNotFound(dead_letter_id)
         broker = self._broker
         target = broker.keys.retry(record.destination, record.group)
         await broker.create_group(target, record.group, "0")
@@ -135,7 +136,7 @@ class RedisDeadLetters:
                 args=[dead_letter_id, located[1], *fields],
             )
         if not done:
-            raise KeyError(f"no dead letter with id {dead_letter_id!r} (replayed meanwhile)")
+            raise DeadLetterNotFound(dead_letter_id, " (replayed meanwhile)")
 
     async def purge(self, *, group: str | None = None) -> int:
         removed = 0

@@ -2,11 +2,11 @@
 
 Each middleware is a small class whose ``__init__`` takes options and whose
 ``async __call__(ctx, call_next)`` awaits ``call_next(ctx)`` in the same task. Middleware only
-*raise*; the consume loop in :mod:`eventbus.bus` settles every delivery.
+*raise*; the consume policy in :mod:`eventbus.consume` settles every delivery.
 
-Default order (first = outermost): tracing → metrics → dead-letter → retry → idempotency →
-handler. An ``EventBus`` created without ``middleware=`` uses :func:`default_middleware`
-(``DeadLetter``, ``Retry``); ``middleware=()`` means none. ``Idempotency`` needs a store, so it
+Default order (first = outermost): dead-letter → retry → idempotency → handler. An
+``EventBus`` created without ``middleware=`` uses :func:`default_middleware` (``DeadLetter``,
+``Retry``); ``middleware=()`` means none. ``Idempotency`` needs a store, so it
 is opt-in::
 
     bus = EventBus(url, middleware=[*default_middleware(), Idempotency(store)])

@@ -1,6 +1,6 @@
 """``DeadLetter``: decides which failures are permanent and records when failing began.
 
-The bus settles every delivery (:mod:`eventbus.bus` is the only place that acks, nacks,
+The bus settles every delivery (:mod:`eventbus.consume` is the only place that acks, nacks,
 redelivers or dead-letters); this middleware prepares what the bus sees:
 
 * a pydantic ``ValidationError`` raised by the handler, or an error listed in ``permanent=`` /

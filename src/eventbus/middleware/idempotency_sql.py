@@ -14,8 +14,8 @@ claimers never both win. SQLite (``sqlite+aiosqlite``) and PostgreSQL (``postgre
 are supported. Leases compare the *application's* wall clock across processes; keep hosts in
 NTP sync and leases well above their skew.
 
-Needs ``pip install "eventbus[sql]"``. The strong form, where the claim is part of the
-handler's own transaction (the inbox), comes with the outbox.
+Needs ``pip install "eventbus[sql]"``. The claim is not part of the handler's own transaction:
+see ``docs/idempotency.md`` for the gap that leaves.
 """
 
 from __future__ import annotations

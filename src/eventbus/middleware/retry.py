@@ -20,7 +20,8 @@ already a ``PermanentError``); everything else is retried. A ``RetryLater`` rais
 handler is passed to the bus unchanged: it is the handler saying "not yet", not a failure.
 
 A subscription overrides the bus's policy with ``@router.subscribe(..., retry=Retry(...))``:
-the bus's ``Retry`` middleware then runs that policy instead of its own.
+that ``Retry`` takes the place of the bus's in the subscription's chain, or is added to a
+chain that has none.
 """
 
 from __future__ import annotations
@@ -142,11 +143,10 @@ class Retry:
         return not is_permanent(exc, self.permanent, self.is_permanent)
 
     async def __call__(self, ctx: Context, call_next: Next) -> None:
-        policy = getattr(ctx.subscription, "retry", None)
-        await (policy if isinstance(policy, Retry) else self).run(ctx, call_next)
+        await self.run(ctx, call_next)
 
     async def run(self, ctx: Context, call_next: Next) -> None:
-        """Run ``call_next`` under this policy (the subscription override calls this directly)."""
+        """Run ``call_next`` under this policy."""
         ctx.state[TRY_STATE_KEY] = 1
         try:  # the common case, a first try that succeeds, costs no tenacity machinery
             await call_next(ctx)

@@ -1,0 +1,237 @@
+"""The consume policy: how one delivery is run through its chain and settled.
+
+This module is the only place with delivery *policy*. For each delivery the middleware chain
+and handler run, and then:
+
+* the chain returns — ack;
+* it raises :class:`~eventbus.errors.RetryLater` — the broker redelivers after the delay
+  (without blocking other messages) and the original is acked;
+* it raises :class:`~eventbus.errors.PermanentError` (payload validation failures and
+  exhausted retries included) — the message goes to the dead-letter queue with provenance,
+  and is acked;
+* it raises anything else (no middleware decided) — redelivered after a minimum delay that
+  doubles with each attempt (``redelivery_delay``, at most :data:`MAX_REDELIVERY_DELAY`), so a
+  failing handler never loops hot, whatever the middleware;
+* the bytes could not be decoded — dead-lettered exactly as they arrived.
+
+No handler failure, bad message or settle error ends a consumer loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import anyio.to_thread
+from pydantic import ValidationError
+
+from eventbus.context import Context, current_envelope
+from eventbus.deadletters import describe_failure
+from eventbus.errors import DecodeError, PayloadValidationError, PermanentError, RetryLater
+from eventbus.middleware.retry import Retry
+from eventbus.router import Subscription
+from eventbus.types import Delivery, Middleware, Next
+
+if TYPE_CHECKING:
+    from eventbus.bus import EventBus
+
+__all__ = ["MAX_REDELIVERY_DELAY", "SubscriptionHandler", "build_chain", "release"]
+
+log = logging.getLogger("eventbus")
+
+MAX_REDELIVERY_DELAY = 60.0
+"""The longest wait before redelivering an error that no middleware decided about."""
+
+
+def build_chain(sub: Subscription, bus_middleware: Sequence[Middleware]) -> Next:
+    """The bus's middleware, then the subscription's, around the handler (first = outermost).
+
+    A subscription's ``retry=`` takes the place of every ``Retry`` in that chain; when there is
+    none (``middleware=()``, or a chain without one) it runs innermost of the bus's middleware,
+    so ``retry=`` always applies.
+    """
+    middleware: list[Any] = [*bus_middleware, *sub.middleware]
+    if sub.retry is not None:
+        replaced = [sub.retry if isinstance(m, Retry) else m for m in middleware]
+        if replaced == middleware:
+            replaced.insert(len(bus_middleware), sub.retry)
+        middleware = replaced
+    chain: Next = _handler_invoker(sub)
+    for layer in reversed(middleware):
+        chain = _bind(layer, chain)
+    return chain
+
+
+class SubscriptionHandler:
+    """Runs one subscription's deliveries through its chain and settles each by the policy.
+
+    ``active``, when given, holds the tasks running a delivery at this moment (what
+    ``EventBus.drain`` looks at to tell a bus waiting on a fake clock from a busy one).
+    """
+
+    __slots__ = ("_active", "_bus", "_chain", "_delay", "_sub")
+
+    def __init__(
+        self,
+        bus: EventBus,
+        sub: Subscription,
+        chain: Next,
+        redelivery_delay: float,
+        active: set[asyncio.Task[Any]] | None = None,
+    ) -> None:
+        self._bus, self._sub, self._chain = bus, sub, chain
+        self._delay = redelivery_delay
+        self._active = active
+
+    async def __call__(self, delivery: Delivery) -> None:
+        active = self._active
+        if active is None:
+            await self._settle_by_policy(delivery)
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        active.add(task)
+        try:
+            await self._settle_by_policy(delivery)
+        finally:
+            active.discard(task)
+
+    async def _settle_by_policy(self, delivery: Delivery) -> None:
+        sub, envelope = self._sub, delivery.envelope
+        if envelope is None:
+            error = delivery.decode_error or DecodeError("undecodable message")
+            await self._dead_letter(delivery, error, "undecodable")
+            return
+        if not sub.accepts(envelope.type):
+            await _settle(delivery.ack(), delivery)  # another type sharing this destination
+            return
+        ctx = Context(
+            envelope=envelope,
+            subscription=sub,
+            bus=self._bus,
+            delivery=delivery,
+            attempt=delivery.attempt,
+        )
+        token = current_envelope.set(envelope)
+        try:
+            await self._chain(ctx)
+        except RetryLater as exc:
+            await _settle(delivery.retry_later(exc.delay), delivery)
+        except PermanentError as exc:
+            await self._dead_letter(delivery, exc, "permanent failure")
+        except asyncio.CancelledError:
+            await _settle(delivery.nack(requeue=True), delivery)
+            raise
+        except Exception as exc:
+            await self._redeliver_later(delivery, exc)
+        else:
+            try:
+                await delivery.ack()
+            except Exception:
+                _settle_failed(delivery)
+        finally:
+            current_envelope.reset(token)
+
+    async def _redeliver_later(self, delivery: Delivery, exc: Exception) -> None:
+        """An error no middleware decided about: back to the broker after a growing delay."""
+        delay = min(self._delay * 2 ** min(delivery.attempt - 1, 16), MAX_REDELIVERY_DELAY)
+        log.warning(
+            "%s failed on %s (delivery %d); redelivering in %gs",
+            self._sub.name,
+            delivery.envelope.id if delivery.envelope else "message",
+            delivery.attempt,
+            delay,
+            exc_info=exc,
+        )
+        await _settle(delivery.retry_later(delay), delivery)
+
+    async def _dead_letter(self, delivery: Delivery, exc: BaseException, reason: str) -> None:
+        sub = self._sub
+        record = describe_failure(
+            delivery, group=sub.group or "", subscription=sub.name, reason=reason, exc=exc
+        )
+        log.error(
+            "%s: dead-lettered %s from %s: %s",
+            sub.name,
+            record.event_id or "message",
+            delivery.destination,
+            exc,
+        )
+        await _settle(delivery.dead_letter(record), delivery)
+
+
+async def release(delivery: Delivery) -> None:
+    """Hand a delivery that was taken but never started back to the broker, uncounted."""
+    await _settle(delivery.release(), delivery)
+
+
+async def _settle(operation: Any, delivery: Delivery) -> None:
+    """Await an ack/nack/…; a failure here is logged, and the broker will redeliver."""
+    try:
+        await operation
+    except Exception:
+        _settle_failed(delivery)
+
+
+def _settle_failed(delivery: Delivery) -> None:
+    log.exception(
+        "could not settle a delivery from %s; the broker will redeliver it", delivery.destination
+    )
+
+
+def _bind(middleware: Any, call_next: Any) -> Any:
+    """``middleware`` with its ``call_next`` filled in (cheaper to call than a partial)."""
+
+    def layer(arg: Any) -> Any:
+        return middleware(arg, call_next)
+
+    return layer
+
+
+def _handler_invoker(sub: Subscription) -> Next:
+    """The innermost link of the chain: validate the payload into the handler's model, call it.
+
+    Built once per subscription, so the per-delivery path looks nothing up.
+    """
+    spec = sub.handler
+    func, model, wants_context = spec.func, spec.model, spec.wants_context
+    validate = model.model_validate_json if model is not None else None
+
+    def argument(ctx: Context) -> Any:
+        if validate is None:
+            return ctx.envelope
+        try:
+            ctx.event = event = validate(ctx.envelope.data)
+        except ValidationError as exc:
+            raise PayloadValidationError(
+                f"event {ctx.envelope.id} of type {ctx.envelope.type!r} does not match "
+                f"{model.__name__ if model else ''}: {exc}"
+            ) from exc
+        return event
+
+    if not spec.is_async:
+        return _in_thread(func, argument, wants_context)
+    if wants_context:
+
+        async def with_context(ctx: Context) -> None:
+            await func(argument(ctx), ctx)
+
+        return with_context
+
+    async def plain(ctx: Context) -> None:
+        await func(argument(ctx))
+
+    return plain
+
+
+def _in_thread(
+    func: Callable[..., Any], argument: Callable[[Context], Any], wants_context: bool
+) -> Next:
+    async def in_thread(ctx: Context) -> None:
+        args = (argument(ctx), ctx) if wants_context else (argument(ctx),)
+        await anyio.to_thread.run_sync(functools.partial(func, *args))
+
+    return in_thread

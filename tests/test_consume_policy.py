@@ -1,0 +1,129 @@
+"""The consume policy whatever the middleware: retry= always applies, nothing loops hot."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any
+
+import pytest
+
+from eventbus import ConfigurationError, Context, Event, EventBus, Router
+from eventbus.clock import FakeClock
+from eventbus.middleware import Retry
+from eventbus.testing import wait_until
+
+pytestmark = pytest.mark.anyio
+
+
+class Job(Event):
+    n: int
+
+
+def failing(attempts: list[int]) -> Any:
+    async def handle(event: Job, ctx: Context) -> None:
+        attempts.append(ctx.attempt)
+        raise RuntimeError("down")
+
+    return handle
+
+
+class Mark:
+    """A middleware that is not a Retry, so the chain has none."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def __call__(self, ctx: Context, call_next: Any) -> None:
+        self.calls += 1
+        await call_next(ctx)
+
+
+@pytest.mark.parametrize("middleware", [(), "mark"])
+async def test_subscription_retry_applies_without_a_retry_in_the_bus_chain(
+    middleware: Any,
+) -> None:
+    chain = (Mark(),) if middleware == "mark" else ()
+    clock, router, attempts = FakeClock(), Router(), list[int]()
+    retry = Retry(tries=2, backoff=1, jitter=0, delays=(5,))
+    router.subscribe(Job, group="g", retry=retry)(failing(attempts))
+    async with EventBus("memory://", routers=[router], middleware=chain, clock=clock) as bus:
+        await bus.publish(Job(n=1))
+        await wait_until(lambda: attempts == [1])
+        await wait_until(lambda: clock.sleepers == 1)  # the in-process backoff of try 2
+        await clock.advance(1)
+        await wait_until(lambda: attempts == [1, 1])
+        await wait_until(lambda: clock.sleepers == 1)  # the delayed redelivery
+        await clock.advance(5)
+        await wait_until(lambda: attempts == [1, 1, 2] and clock.sleepers == 1)
+        await clock.advance(1)
+        await wait_until(lambda: attempts == [1, 1, 2, 2])
+        await bus.drain(advance_clock=False)
+        [record] = await bus.dead_letters.list(group="g")
+    assert record.reason == "retries exhausted after 2 deliveries"
+
+
+async def test_subscription_retry_replaces_the_bus_retry() -> None:
+    clock, router, attempts = FakeClock(), Router(), list[int]()
+    router.subscribe(Job, group="g", retry=Retry(tries=1, delays=()))(failing(attempts))
+    async with EventBus("memory://", routers=[router], clock=clock) as bus:  # default chain
+        await bus.publish(Job(n=1))
+        await bus.drain(advance_clock=False)  # no backoff, no delay: dead at once
+        assert len(await bus.dead_letters.list(group="g")) == 1
+    assert attempts == [1]
+
+
+async def test_with_no_middleware_a_failure_is_redelivered_after_a_growing_delay(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock, router, attempts = FakeClock(), Router(), list[int]()
+    router.subscribe(Job, group="g")(failing(attempts))
+    bus = EventBus("memory://", routers=[router], middleware=(), clock=clock)
+    async with bus:
+        await bus.publish(Job(n=1))
+        for attempt, delay in [(1, 1.0), (2, 2.0), (3, 4.0)]:
+            await wait_until(functools.partial(_has_runs, attempts, attempt))
+            await wait_until(lambda: clock.sleepers == 1)
+            await clock.advance(delay - 0.01)
+            assert len(attempts) == attempt, "redelivered before its delay"
+            await clock.advance(0.01)
+        await wait_until(lambda: attempts == [1, 2, 3, 4])
+    assert "redelivering in 1s" in caplog.text
+    assert "redelivering in 4s" in caplog.text
+
+
+async def test_the_bare_redelivery_delay_is_capped_at_a_minute() -> None:
+    clock, router, attempts = FakeClock(), Router(), list[int]()
+
+    @router.subscribe(Job, group="g")
+    async def handle(event: Job, ctx: Context) -> None:
+        attempts.append(ctx.attempt)
+        raise RuntimeError("down")
+
+    bus = EventBus("memory://", routers=[router], middleware=(), clock=clock, redelivery_delay=30)
+    with pytest.raises(ConfigurationError, match="hot loop"):
+        EventBus("memory://", redelivery_delay=0)
+    async with bus:
+        await bus.publish(Job(n=1))
+        for expected, delay in [(1, 30), (2, 60), (3, 60)]:
+            await wait_until(functools.partial(_has_runs, attempts, expected))
+            await wait_until(lambda: clock.sleepers == 1)
+            await clock.advance(delay - 0.01)
+            assert len(attempts) == expected
+            await clock.advance(0.01)
+        await wait_until(lambda: len(attempts) == 4)
+
+
+async def test_a_failure_is_logged_once_per_delivery(caplog: pytest.LogCaptureFixture) -> None:
+    clock, router, attempts = FakeClock(), Router(), list[int]()
+    router.subscribe(Job, group="g")(failing(attempts))
+    async with EventBus("memory://", routers=[router], middleware=(), clock=clock) as bus:
+        with caplog.at_level(logging.WARNING, logger="eventbus"):
+            await bus.publish(Job(n=1))
+            await wait_until(lambda: clock.sleepers == 1)
+    assert attempts == [1]
+    assert sum("failed on" in r.getMessage() for r in caplog.records) == 1
+
+
+def _has_runs(attempts: list[int], count: int) -> bool:
+    return len(attempts) == count
