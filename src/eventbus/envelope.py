@@ -210,7 +210,12 @@ def _parse_time(value: Any) -> datetime:
     if isinstance(value, datetime):
         return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return datetime.fromtimestamp(value / 1000, tz=timezone.utc)  # AMQP timestamps: ms
+        try:
+            return datetime.fromtimestamp(value / 1000, tz=timezone.utc)  # AMQP timestamps: ms
+        except (OverflowError, OSError, ValueError) as exc:
+            raise DecodeError(f"CloudEvents 'time' {value!r} is not a representable time") from exc
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        value = _text(value)
     if isinstance(value, str):
         text = value[:-1] + "+00:00" if value.endswith(("Z", "z")) else value
         try:
@@ -223,14 +228,26 @@ def _parse_time(value: Any) -> datetime:
 
 
 def _text(value: Any) -> str:
-    if isinstance(value, bytes):
+    """An attribute value read off the wire as text; anything that is not text is refused.
+
+    Bytes (any bytes-like type a driver hands over) must be UTF-8; numbers and Booleans are
+    written out as CloudEvents writes them; a datetime (an AMQP timestamp) becomes RFC 3339.
+    """
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        raw = bytes(value)
         try:
-            return value.decode("utf-8")
+            return raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise DecodeError(f"header value is not UTF-8: {value[:40]!r}") from exc
+            raise DecodeError(f"attribute value is not UTF-8 text: {raw[:40]!r}") from exc
     if isinstance(value, datetime):
         return _format_time(value)
-    return str(value)
+    if isinstance(value, bool):  # CloudEvents' canonical form of a Boolean
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    raise DecodeError(f"attribute value must be text, got {type(value).__name__}: {value!r:.60}")
 
 
 def _build(attrs: Mapping[str, Any], data: bytes, key: str | None = None) -> Envelope:
@@ -307,12 +324,17 @@ def from_binary(
     ``key`` is the broker's message key (Kafka); it becomes ``partitionkey`` when no
     ``partitionkey`` attribute is present, as the CloudEvents Kafka binding prescribes.
     """
-    attrs: dict[str, Any] = {}
-    for name, value in headers.items():
-        attr = _HEADER_NAMES.get(name) or _header_attribute(name)
-        if attr is not None:
-            attrs[attr] = _text(value) if type(value) is bytes else value
-    return _build(attrs, body or b"", _text(key) if key is not None else None)
+    try:
+        attrs: dict[str, Any] = {}
+        for name, value in headers.items():
+            attr = _HEADER_NAMES.get(name) or _header_attribute(name)
+            if attr is not None:
+                attrs[attr] = _text(value) if type(value) is bytes else value
+        return _build(attrs, body or b"", _text(key) if key is not None else None)
+    except DecodeError:
+        raise
+    except Exception as exc:  # decoding is total: whatever the input, a DecodeError
+        raise _undecodable(exc) from exc
 
 
 def _header_attribute(name: str) -> str | None:
@@ -341,12 +363,34 @@ def to_structured(envelope: Envelope) -> bytes:
 def from_structured(body: bytes | str, *, key: str | bytes | None = None) -> Envelope:
     """Read one structured-mode JSON document."""
     try:
-        document = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise DecodeError(f"structured CloudEvent is not valid JSON: {exc}") from exc
-    if not isinstance(document, dict):
-        raise DecodeError("structured CloudEvent must be a JSON object")
-    return _build(document, _structured_data(document), _text(key) if key is not None else None)
+        try:
+            document = json.loads(body)
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            raise DecodeError(f"structured CloudEvent is not valid JSON: {exc}") from exc
+        if not isinstance(document, dict):
+            raise DecodeError("structured CloudEvent must be a JSON object")
+        if isinstance(body, str):
+            escaped = "\\ud" in body or "\\uD" in body
+        else:
+            escaped = b"\\ud" in body or b"\\uD" in body
+        if escaped:
+            _refuse_lone_surrogates(document)
+        data = _structured_data(document)
+        return _build(document, data, _text(key) if key is not None else None)
+    except DecodeError:
+        raise
+    except Exception as exc:  # decoding is total: whatever the input, a DecodeError
+        raise _undecodable(exc) from exc
+
+
+def _refuse_lone_surrogates(document: Mapping[str, Any]) -> None:
+    """JSON may escape half a UTF-16 pair (``"\\ud800"``); such text cannot be sent on again."""
+    for name, value in document.items():
+        if isinstance(value, str) and name != "data":
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise DecodeError(f"attribute {name!r} is not valid Unicode text") from exc
 
 
 def _structured_data(document: Mapping[str, Any]) -> bytes:
@@ -358,9 +402,15 @@ def _structured_data(document: Mapping[str, Any]) -> bytes:
     if "data" not in document or document["data"] is None:
         return b""
     value = document["data"]
-    if isinstance(value, str) and not is_json_content_type(document.get("datacontenttype")):
-        return value.encode("utf-8")
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    content_type = document.get("datacontenttype")
+    if content_type is not None and not isinstance(content_type, str):
+        raise DecodeError(f"'datacontenttype' must be a string, got {content_type!r:.60}")
+    try:
+        if isinstance(value, str) and not is_json_content_type(content_type):
+            return value.encode("utf-8")
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise DecodeError(f"'data' is not valid Unicode text: {exc}") from exc
 
 
 def decode(
@@ -372,15 +422,24 @@ def decode(
     header has a CloudEvents prefix; structured if the body is a JSON object with
     ``specversion``; anything else raises :class:`~eventbus.errors.DecodeError`.
     """
-    content_type = _text(headers.get("content-type") or headers.get("content_type") or "")
-    if content_type.lower().startswith("application/cloudevents"):
-        return from_structured(body or b"", key=key)
-    if "ce_id" in headers or "ce-id" in headers:  # what eventbus writes: no prefix scan
-        return from_binary(headers, body, key=key)
-    if any(name.lower().startswith(_PREFIXES) for name in headers):
-        return from_binary(headers, body, key=key)
-    if body and body.lstrip()[:1] == b"{":
-        return from_structured(body, key=key)
+    try:
+        content_type = _text(headers.get("content-type") or headers.get("content_type") or "")
+        if content_type.lower().startswith("application/cloudevents"):
+            return from_structured(body or b"", key=key)
+        if "ce_id" in headers or "ce-id" in headers:  # what eventbus writes: no prefix scan
+            return from_binary(headers, body, key=key)
+        if any(name.lower().startswith(_PREFIXES) for name in headers):
+            return from_binary(headers, body, key=key)
+        if body and body.lstrip()[:1] == b"{":
+            return from_structured(body, key=key)
+    except DecodeError:
+        raise
+    except Exception as exc:  # decoding is total: whatever the input, a DecodeError
+        raise _undecodable(exc) from exc
     raise DecodeError(
         "message is not a CloudEvent: no ce_/ce-/cloudEvents_ headers and no structured JSON body"
     )
+
+
+def _undecodable(exc: BaseException) -> DecodeError:
+    return DecodeError(f"message cannot be decoded: {type(exc).__name__}: {exc!s:.200}")
