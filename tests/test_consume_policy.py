@@ -8,8 +8,18 @@ from typing import Any
 
 import pytest
 
-from eventbus import ConfigurationError, Context, Event, EventBus, Router
+from eventbus import (
+    BrokerUnavailable,
+    ConfigurationError,
+    Context,
+    Event,
+    EventBus,
+    PermanentError,
+    Router,
+)
+from eventbus.brokers.memory import MemoryBroker
 from eventbus.clock import FakeClock
+from eventbus.consume import SETTLE_RETRY_PAUSES
 from eventbus.middleware import Retry
 from eventbus.testing import wait_until
 
@@ -127,3 +137,114 @@ async def test_a_failure_is_logged_once_per_delivery(caplog: pytest.LogCaptureFi
 
 def _has_runs(attempts: list[int], count: int) -> bool:
     return len(attempts) == count
+
+
+class FlakyBroker(MemoryBroker):
+    """The memory broker, with settles that fail as often as ``failures`` says."""
+
+    def __init__(self, failures: dict[str, int], **options: Any) -> None:
+        super().__init__(**options)
+        self.failures = failures
+
+    async def subscribe(self, subscription: Any) -> Any:
+        return _FlakyConsumer(await super().subscribe(subscription), self.failures)
+
+
+class _FlakyConsumer:
+    def __init__(self, inner: Any, failures: dict[str, int]) -> None:
+        self.inner, self.failures = inner, failures
+
+    def __aiter__(self) -> Any:
+        return self._deliveries()
+
+    async def _deliveries(self) -> Any:
+        async for delivery in self.inner:
+            yield _FlakyDelivery(delivery, self.failures)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+class _FlakyDelivery:
+    def __init__(self, inner: Any, failures: dict[str, int]) -> None:
+        self._inner, self._failures = inner, failures
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def _fail(self, operation: str) -> None:
+        if self._failures.get(operation):
+            self._failures[operation] -= 1
+            raise BrokerUnavailable(f"{operation} failed")
+
+    async def ack(self) -> None:
+        self._fail("ack")
+        await self._inner.ack()
+
+    async def dead_letter(self, record: Any) -> None:
+        self._fail("dead_letter")
+        await self._inner.dead_letter(record)
+
+
+async def test_a_failed_ack_is_tried_again(caplog: pytest.LogCaptureFixture) -> None:
+    clock, router, runs = FakeClock(), Router(), list[int]()
+
+    @router.subscribe(Job, group="g")
+    async def handle(event: Job, ctx: Context) -> None:
+        runs.append(ctx.attempt)
+
+    broker = FlakyBroker({"ack": 2}, clock=clock)
+    async with EventBus(broker, routers=[router]) as bus:
+        await bus.publish(Job(n=1))
+        await bus.drain()
+    assert runs == [1]  # settled on the third try, not handled again
+    assert caplog.text.count("could not settle") == 2
+    assert broker.pending() == {"queued": 0, "unsettled": 0, "delayed": 0}
+
+
+async def test_a_settle_that_keeps_failing_hands_the_delivery_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock, router, runs = FakeClock(), Router(), list[int]()
+
+    @router.subscribe(Job, group="g")
+    async def refuse(event: Job, ctx: Context) -> None:
+        runs.append(ctx.attempt)
+        raise PermanentError("no")
+
+    tries = 1 + len(SETTLE_RETRY_PAUSES)
+    broker = FlakyBroker({"dead_letter": tries}, clock=clock)  # every try of the first round
+    async with EventBus(broker, routers=[router]) as bus:
+        await bus.publish(Job(n=1))
+        await bus.drain()
+        [record] = await bus.dead_letters.list(group="g")
+    assert runs == [1, 1]  # given back uncounted, then handled again and dead-lettered
+    assert record.attempts == 1
+    assert "handing it back for redelivery" in caplog.text
+
+
+async def test_an_unexpected_error_in_the_policy_loses_nothing(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from eventbus.deadletters import describe_failure as real
+
+    calls = {"n": 0}
+
+    def broken_once(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("a bug while describing the failure")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr("eventbus.consume.describe_failure", broken_once)
+    clock, router = FakeClock(), Router()
+    router.subscribe(Job, group="g")(_refuse)
+    async with EventBus("memory://", routers=[router], clock=clock) as bus:
+        await bus.publish(Job(n=1))
+        await bus.drain()
+        assert len(await bus.dead_letters.list(group="g")) == 1
+    assert "handling a delivery failed unexpectedly" in caplog.text
+
+
+async def _refuse(event: Job) -> None:
+    raise PermanentError("no")

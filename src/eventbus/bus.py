@@ -14,7 +14,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from eventbus.brokers import from_url
-from eventbus.clock import FakeClock
+from eventbus.clock import FakeClock, SystemClock
 from eventbus.consume import SubscriptionHandler, build_chain, release
 from eventbus.deadletters import DeadLetterStore
 from eventbus.dispatch import SubscriptionRunner
@@ -141,12 +141,15 @@ class EventBus:
         subscriptions = self.subscriptions
         clock = getattr(self.broker, "clock", None)
         self._active = set() if isinstance(clock, FakeClock) else None
+        settle_clock = clock if clock is not None else SystemClock()
         await self.broker.connect()
         try:
             for sub in subscriptions:
                 chain = build_chain(sub, self.middleware)
                 consumer = await self.broker.subscribe(sub)
-                handle = SubscriptionHandler(self, sub, chain, self.redelivery_delay, self._active)
+                handle = SubscriptionHandler(
+                    self, sub, chain, self.redelivery_delay, settle_clock, self._active
+                )
                 runner = SubscriptionRunner(sub.name, consumer, handle, release, sub.concurrency)
                 self._runners.append(runner)
         except BaseException:

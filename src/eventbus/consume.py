@@ -22,26 +22,35 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
 from pydantic import ValidationError
 
+from eventbus.clock import SystemClock
 from eventbus.context import Context, current_envelope
 from eventbus.deadletters import describe_failure
 from eventbus.errors import DecodeError, PayloadValidationError, PermanentError, RetryLater
 from eventbus.middleware.retry import Retry
 from eventbus.router import Subscription
-from eventbus.types import Delivery, Middleware, Next
+from eventbus.types import Clock, Delivery, Middleware, Next
 
 if TYPE_CHECKING:
     from eventbus.bus import EventBus
 
-__all__ = ["MAX_REDELIVERY_DELAY", "SubscriptionHandler", "build_chain", "release"]
+__all__ = [
+    "MAX_REDELIVERY_DELAY",
+    "SETTLE_RETRY_PAUSES",
+    "SubscriptionHandler",
+    "build_chain",
+    "release",
+    "settle",
+]
 
 log = logging.getLogger("eventbus")
 
+_SYSTEM_CLOCK = SystemClock()
 MAX_REDELIVERY_DELAY = 60.0
 """The longest wait before redelivering an error that no middleware decided about."""
 
@@ -70,9 +79,10 @@ class SubscriptionHandler:
 
     ``active``, when given, holds the tasks running a delivery at this moment (what
     ``EventBus.drain`` looks at to tell a bus waiting on a fake clock from a busy one).
+    ``clock`` paces the retries of a settle that failed.
     """
 
-    __slots__ = ("_active", "_bus", "_chain", "_delay", "_sub")
+    __slots__ = ("_active", "_bus", "_chain", "_clock", "_delay", "_sub")
 
     def __init__(
         self,
@@ -80,24 +90,27 @@ class SubscriptionHandler:
         sub: Subscription,
         chain: Next,
         redelivery_delay: float,
+        clock: Clock,
         active: set[asyncio.Task[Any]] | None = None,
     ) -> None:
         self._bus, self._sub, self._chain = bus, sub, chain
         self._delay = redelivery_delay
+        self._clock = clock
         self._active = active
 
     async def __call__(self, delivery: Delivery) -> None:
         active = self._active
-        if active is None:
-            await self._settle_by_policy(delivery)
-            return
-        task = asyncio.current_task()
-        assert task is not None
-        active.add(task)
+        task = asyncio.current_task() if active is not None else None
+        if active is not None and task is not None:
+            active.add(task)
         try:
             await self._settle_by_policy(delivery)
+        except Exception:  # a bug of ours must not lose the message or end the consumer
+            log.exception("%s: handling a delivery failed unexpectedly", self._sub.name)
+            await settle(delivery, delivery.release, self._clock)
         finally:
-            active.discard(task)
+            if active is not None and task is not None:
+                active.discard(task)
 
     async def _settle_by_policy(self, delivery: Delivery) -> None:
         sub, envelope = self._sub, delivery.envelope
@@ -106,7 +119,7 @@ class SubscriptionHandler:
             await self._dead_letter(delivery, error, "undecodable")
             return
         if not sub.accepts(envelope.type):
-            await _settle(delivery.ack(), delivery)  # another type sharing this destination
+            await settle(delivery, delivery.ack, self._clock)  # another type on this destination
             return
         ctx = Context(
             envelope=envelope,
@@ -119,19 +132,19 @@ class SubscriptionHandler:
         try:
             await self._chain(ctx)
         except RetryLater as exc:
-            await _settle(delivery.retry_later(exc.delay), delivery)
+            await settle(delivery, functools.partial(delivery.retry_later, exc.delay), self._clock)
         except PermanentError as exc:
             await self._dead_letter(delivery, exc, "permanent failure")
         except asyncio.CancelledError:
-            await _settle(delivery.nack(requeue=True), delivery)
+            await settle(delivery, delivery.nack, self._clock, retries=False)
             raise
         except Exception as exc:
             await self._redeliver_later(delivery, exc)
         else:
             try:
                 await delivery.ack()
-            except Exception:
-                _settle_failed(delivery)
+            except Exception as exc:
+                await _settle_again(delivery, delivery.ack, exc, self._clock)
         finally:
             current_envelope.reset(token)
 
@@ -146,7 +159,7 @@ class SubscriptionHandler:
             delay,
             exc_info=exc,
         )
-        await _settle(delivery.retry_later(delay), delivery)
+        await settle(delivery, functools.partial(delivery.retry_later, delay), self._clock)
 
     async def _dead_letter(self, delivery: Delivery, exc: BaseException, reason: str) -> None:
         sub = self._sub
@@ -160,26 +173,84 @@ class SubscriptionHandler:
             delivery.destination,
             exc,
         )
-        await _settle(delivery.dead_letter(record), delivery)
+        await settle(delivery, functools.partial(delivery.dead_letter, record), self._clock)
 
 
 async def release(delivery: Delivery) -> None:
     """Hand a delivery that was taken but never started back to the broker, uncounted."""
-    await _settle(delivery.release(), delivery)
+    await settle(delivery, delivery.release, _SYSTEM_CLOCK, retries=False)
 
 
-async def _settle(operation: Any, delivery: Delivery) -> None:
-    """Await an ack/nack/…; a failure here is logged, and the broker will redeliver."""
+SETTLE_RETRY_PAUSES = (0.05, 0.25, 1.0)
+"""Waits between the tries of a settle that failed; after the last, the delivery is given back."""
+
+
+async def settle(
+    delivery: Delivery,
+    operation: Callable[[], Awaitable[None]],
+    clock: Clock,
+    *,
+    retries: bool = True,
+) -> None:
+    """Run ``operation`` (an ack, a redelivery, a dead-lettering…) on ``delivery``, so that a
+    failure never leaves the message stuck: it is tried again, then handed back."""
     try:
-        await operation
-    except Exception:
-        _settle_failed(delivery)
+        await operation()
+    except Exception as exc:
+        if not retries:
+            _could_not(delivery, exc, "the broker redelivers it when the consumer reconnects")
+            return
+        await _settle_again(delivery, operation, exc, clock)
 
 
-def _settle_failed(delivery: Delivery) -> None:
-    log.exception(
-        "could not settle a delivery from %s; the broker will redeliver it", delivery.destination
+async def _settle_again(
+    delivery: Delivery, operation: Callable[[], Awaitable[None]], error: Exception, clock: Clock
+) -> None:
+    """Try a failed settle again with backoff; if it keeps failing, hand the delivery back."""
+    for pause in SETTLE_RETRY_PAUSES:
+        log.warning(
+            "could not settle %s from %s (%s); trying again in %gs",
+            _name(delivery),
+            delivery.destination,
+            _short(error),
+            pause,
+        )
+        await clock.sleep(pause)
+        try:
+            await operation()
+            return
+        except Exception as exc:
+            error = exc
+    log.error(
+        "could not settle %s from %s after %d tries (%s); handing it back for redelivery",
+        _name(delivery),
+        delivery.destination,
+        1 + len(SETTLE_RETRY_PAUSES),
+        _short(error),
     )
+    try:
+        await delivery.release()
+    except Exception as exc:
+        _could_not(delivery, exc, "the broker redelivers it when the consumer reconnects")
+
+
+def _could_not(delivery: Delivery, exc: BaseException, then: str) -> None:
+    log.error(
+        "could not hand %s from %s back (%s); %s",
+        _name(delivery),
+        delivery.destination,
+        _short(exc),
+        then,
+    )
+
+
+def _name(delivery: Delivery) -> str:
+    envelope = delivery.envelope
+    return f"event {envelope.id}" if envelope is not None else "a message"
+
+
+def _short(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc!s:.200}"
 
 
 def _bind(middleware: Any, call_next: Any) -> Any:

@@ -74,7 +74,7 @@ def describe_failure(
     excerpt = ""
     if exc is not None:
         lines = traceback.format_exception(type(exc), exc, exc.__traceback__)
-        excerpt = "\n".join("".join(lines).splitlines()[-_TRACEBACK_LINES:])
+        excerpt = _clean("\n".join("".join(lines).splitlines()[-_TRACEBACK_LINES:]))
     return DeadLetter(
         id=str(uuid.uuid4()),
         destination=delivery.destination,
@@ -82,7 +82,7 @@ def describe_failure(
         subscription=subscription,
         reason=reason,
         error_type=f"{type(shown).__module__}.{type(shown).__qualname__}" if shown else "",
-        error_message=str(shown) if shown else reason,
+        error_message=_clean(str(shown)) if shown else reason,
         attempts=delivery.attempt,
         headers=dict(delivery.headers),
         body=delivery.body,
@@ -93,6 +93,16 @@ def describe_failure(
         first_failure_at=first_failure_at or _carried_first_failure(delivery) or now,
         last_failure_at=now,
     )
+
+
+def _clean(text: str) -> str:
+    """``text`` as UTF-8 can carry it: half a surrogate pair (from a JSON escape) is written as
+    its escape, so that every adapter can store the record."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 def _reason(reason: str, exc: BaseException | None) -> tuple[str, BaseException | None]:

@@ -204,4 +204,9 @@ class SubscriptionRunner:
     async def finish(self, timeout: float) -> None:
         if self._dispatcher is not None:
             await self._dispatcher.join(timeout)
-        await self.consumer.close()
+        try:
+            await self.consumer.close()
+        except Exception:  # stopping must finish; what the consumer held, the broker redelivers
+            log.exception(
+                "consumer for %s failed to close; its unsettled messages come back", self.name
+            )

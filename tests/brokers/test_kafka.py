@@ -18,7 +18,11 @@ from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-untyped]
+from aiokafka import (  # type: ignore[import-untyped]
+    AIOKafkaConsumer,
+    AIOKafkaProducer,
+    TopicPartition,
+)
 
 from eventbus import Context, Event, EventBus, Router
 from eventbus.brokers import from_url
@@ -38,6 +42,26 @@ TEST_CONSUMER = {
     "metadata_max_age_ms": 500,
 }
 """Fast group joins and topic discovery on tansu: test settings, not library defaults."""
+
+
+async def uncommitted(url: str, group: str, topic: str) -> int:
+    """How many records of ``topic`` lie beyond ``group``'s committed offsets."""
+    reader = AIOKafkaConsumer(bootstrap_servers=url.removeprefix("kafka://"), group_id=group)
+    await reader.start()
+    try:
+        parts = reader.partitions_for_topic(topic) or set()
+        if not parts:
+            await reader.topics()  # refresh the metadata once
+            parts = reader.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in parts]
+        ends = await reader.end_offsets(tps) if tps else {}
+        left = 0
+        for tp in tps:
+            committed = await reader.committed(tp)
+            left += ends[tp] - (committed or 0)
+        return left
+    finally:
+        await reader.stop()
 
 
 def make(url: str, **options: Any) -> KafkaBroker:
@@ -61,6 +85,15 @@ class TestKafkaContract(BrokerContract):
 
     async def make_broker(self) -> Broker:
         return make(self.url, nack_delay=0.2)
+
+    def raw_header_value(self) -> Any:
+        from hypothesis import strategies as st
+
+        return st.one_of(st.text(max_size=40), st.binary(max_size=40), st.none())
+
+    async def unsettled(self, broker: Broker, group: str, destination: str) -> int:
+        """Records of the topic the group has not committed past."""
+        return await uncommitted(self.url, group, destination)
 
 
 # ---------------------------------------------------------------------------- unit level

@@ -35,6 +35,14 @@ pytestmark = [pytest.mark.anyio, pytest.mark.rabbitmq]
 _made: list[RabbitMQBroker] = []
 
 
+async def queue_depth(url: str, queue: str) -> int:
+    connection = await aio_pika.connect(url)
+    async with connection:
+        channel = await connection.channel()
+        declared = await channel.declare_queue(queue, passive=True)
+        return int(declared.declaration_result.message_count or 0)
+
+
 async def _cleanup(
     url: str, brokers: list[RabbitMQBroker], exchanges: tuple[str, ...] = ()
 ) -> None:
@@ -63,6 +71,25 @@ class TestRabbitMQContract(BrokerContract):
         broker = RabbitMQBroker(self.url)
         _made.append(broker)
         return broker
+
+    def raw_header_value(self) -> Any:
+        """What an AMQP producer can put in a header table (aio-pika cannot send ``bytes``)."""
+        from hypothesis import strategies as st
+
+        return st.one_of(
+            st.text(max_size=40),
+            st.binary(max_size=40).map(bytearray),
+            st.integers(min_value=-(2**63), max_value=2**63 - 1),
+            st.floats(allow_nan=False),
+            st.booleans(),
+            st.none(),
+            st.lists(st.text(max_size=8), max_size=3),
+            st.dictionaries(st.text(max_size=8), st.integers(0, 100), max_size=3),
+        )
+
+    async def unsettled(self, broker: Broker, group: str, destination: str) -> int:
+        """Messages left in the group's queue (unacknowledged ones are back in it by now)."""
+        return await queue_depth(self.url, queue_name(group, destination))
 
 
 # ------------------------------------------------------------------------------ helpers

@@ -59,6 +59,20 @@ class TestRedisContract(BrokerContract):
     async def make_broker(self) -> Broker:
         return fast(self.url, prefix=f"ebtest:{self.ns}:")
 
+    async def unsettled(self, broker: Broker, group: str, destination: str) -> int:
+        """Entries of the group pending (read, not acked) or not read yet, on both streams."""
+        prefix = f"ebtest:{self.ns}:"
+        client = aioredis.Redis.from_url(self.url)
+        left = 0
+        async with client:
+            for stream in (f"{prefix}{destination}", f"{prefix}{destination}~retry~{group}"):
+                if not await client.exists(stream):
+                    continue
+                for info in await client.xinfo_groups(stream):
+                    if info["name"].decode() == group:
+                        left += int(info["pending"]) + int(info.get("lag") or 0)
+        return left
+
 
 class Job(Event):
     event_type = "redis.test.job"

@@ -62,7 +62,7 @@ from aiokafka import (  # type: ignore[import-untyped]
 from aiokafka.errors import KafkaConnectionError, KafkaError  # type: ignore[import-untyped]
 from aiokafka.errors import KafkaTimeoutError as _KafkaTimeout
 
-from eventbus.brokers._wire import check_max_message_bytes
+from eventbus.brokers._wire import check_max_message_bytes, whole_number
 from eventbus.deadletters import DeadLetter, describe_failure
 from eventbus.envelope import Envelope, decode, from_binary, to_binary
 from eventbus.errors import (
@@ -256,6 +256,7 @@ class KafkaBroker:
             "max_request_size": request_size,
             **(producer_options or {}),
         }
+        self.max_request_size: int = self.producer_options["max_request_size"]
         self.consumer_options = dict(consumer_options or {})
         # Records per fetch handed to the bus: aiokafka's own setting when given.
         self.max_records: int | None = self.consumer_options.get("max_poll_records", 50)
@@ -422,18 +423,18 @@ class _Partition:
     reassigned) partition is recognised and never commits.
     """
 
-    __slots__ = ("committed", "inflight", "next", "released")
+    __slots__ = ("committed", "inflight", "next", "returned")
 
     def __init__(self) -> None:
         self.inflight: set[int] = set()
-        self.released: set[int] = set()  # handed back unhandled: never committed past
+        self.returned: set[int] = set()  # handed back to be read again: never committed past
         self.next: int | None = None
         self.committed = -1
 
     def safe(self) -> int | None:
         """The offset to commit: the lowest unfinished one, else one past the last delivered."""
-        if self.released:
-            return min(self.released | self.inflight)
+        if self.returned:
+            return min(self.returned | self.inflight)
         return min(self.inflight) if self.inflight else self.next
 
 
@@ -463,6 +464,7 @@ class KafkaConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         self._dirty: set[Any] = set()
         self._wake = asyncio.Event()
         self._committer: asyncio.Task[None] | None = None
+        self._rewound: set[Any] = set()  # partitions sought back since the last fetch
         self._closed = False
 
     async def start(self) -> None:
@@ -575,12 +577,20 @@ class KafkaConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         self._settled.set()
         self._wake.set()
 
-    def release(self, delivery: KafkaDelivery) -> None:
-        part = delivery.partition
-        if self._parts.get(delivery.tp) is part:
-            part.inflight.discard(delivery.offset)
-            part.released.add(delivery.offset)
-            self._settled.set()
+    def give_back(self, delivery: KafkaDelivery) -> None:
+        """Read ``delivery``'s record again: seek its partition back to it, and commit nothing
+        past it until it has been read again (or, when the consumer closes, by the next owner).
+        """
+        tp, part = delivery.tp, delivery.partition
+        if self._parts.get(tp) is not part:
+            return  # revoked meanwhile: the new owner reads it from the committed offset
+        part.inflight.discard(delivery.offset)
+        part.returned.add(delivery.offset)
+        self._settled.set()
+        if not self._closed:
+            with contextlib.suppress(KafkaError, KeyError, AssertionError):
+                self._kafka.seek(tp, min(part.returned))
+                self._rewound.add(tp)
 
     async def _commit_loop(self) -> None:
         while True:
@@ -614,6 +624,7 @@ class KafkaConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
     async def _deliveries(self) -> AsyncIterator[KafkaDelivery]:
         max_records = self.broker.max_records
         while not self._closed:
+            self._rewound.clear()
             try:
                 batch = await self._kafka.getmany(timeout_ms=1000, max_records=max_records)
             except KafkaError as exc:
@@ -629,6 +640,9 @@ class KafkaConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
                 for tp, record in [(tp, r) for tp, recs in batch.items() for r in recs]:
                     if generation != self._generation:
                         break  # rebalanced: positions were reset to the committed offsets
+                    if tp in self._rewound:  # sought back: the rest of it is read again
+                        skip.add(tp)
+                        rest.pop(tp, None)
                     if tp in skip:
                         continue
                     delivery = self._admit(tp, record)
@@ -642,7 +656,8 @@ class KafkaConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
             finally:
                 if not finished and generation == self._generation and not self._closed:
                     for tp, offset in rest.items():  # not handed out: fetch them again
-                        self._kafka.seek(tp, offset)
+                        if tp not in self._rewound:  # else already sought back further
+                            self._kafka.seek(tp, offset)
 
     def _admit(self, tp: Any, record: Any) -> KafkaDelivery | None:
         part = self._parts.get(tp)
@@ -651,7 +666,7 @@ class KafkaConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         headers = dict(record.headers)
         if DUE in headers:
             due = _header(headers, DUE)
-            wait = (int(due) / 1000 - time.time()) if due and due.isdigit() else 0.0
+            wait = whole_number(due, 0) / 1000 - time.time()
             if wait > 0:
                 self._kafka.seek(tp, record.offset)  # hold the head of this retry partition
                 self._kafka.pause(tp)
@@ -661,6 +676,7 @@ class KafkaConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
                 self._timers[tp] = loop.call_later(wait, self._resume, tp, part)
                 return None
         part.inflight.add(record.offset)
+        part.returned.discard(record.offset)
         part.next = record.offset + 1
         return KafkaDelivery(self, tp, part, record, headers)
 
@@ -759,7 +775,7 @@ class KafkaDelivery:
     def _carried(self, name: str) -> None:
         value = _header(self.headers, name)
         if name == ATTEMPT:
-            self.attempt = int(value) if value and value.isdigit() else 1
+            self.attempt = max(1, whole_number(value, 1))
         elif name == DESTINATION:
             self.destination = value or self.destination
         elif name not in _RESERVED and not name.startswith(DLQ):
@@ -786,10 +802,10 @@ class KafkaDelivery:
         await self.retry_later(self._consumer.broker.nack_delay)
 
     async def release(self) -> None:
-        """Left uncommitted: commits stop below it, and whoever next reads the partition from
-        the committed offset gets it again with the attempt it had."""
+        """Read again from Kafka with the attempt it had: the partition is sought back to it
+        and nothing past it is committed until then (see ``KafkaConsumer.give_back``)."""
         if self._claim():
-            self._consumer.release(self)
+            self._consumer.give_back(self)
 
     async def retry_later(self, delay: float) -> None:
         if self._done:

@@ -11,6 +11,7 @@ the same id at once may both redeliver it (at-least-once, like everything else h
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
@@ -32,12 +33,26 @@ from eventbus.brokers.kafka import (
     retry_topic,
 )
 from eventbus.deadletters import DeadLetter
-from eventbus.errors import BrokerUnavailable, DeadLetterNotFound
+from eventbus.errors import BrokerUnavailable, DeadLetterNotFound, PublishError
 
 if TYPE_CHECKING:
     from eventbus.brokers.kafka import KafkaBroker
 
-__all__ = ["KafkaDeadLetters"]
+__all__ = ["TRUNCATED", "KafkaDeadLetters"]
+
+TRUNCATED = DLQ + "original-size"
+"""Header of a dead letter stored with its body cut to fit: the body's original size."""
+_RECORD_OVERHEAD = 1024  # record, batch and request framing, with room to spare
+
+
+def _header_size(record: DeadLetter, key: bytes | None) -> int:
+    """About what the headers of ``record``'s dead letter take (provenance included)."""
+    texts = [record.error_message, record.traceback, record.reason, record.subscription]
+    size = sum(
+        len(k) + (len(v) if isinstance(v, (bytes, str)) else 16) for k, v in record.headers.items()
+    )
+    return size + sum(len(t.encode("utf-8", "replace")) for t in texts) + len(key or b"") + 1024
+
 
 _FIELDS = (
     "id",
@@ -69,7 +84,30 @@ class KafkaDeadLetters:
 
     async def add(self, record: DeadLetter, subscribed_topic: str, key: bytes | None) -> None:
         """Append ``record``; ``subscribed_topic`` (the subscription's topic or pattern) lets
-        a replay find the group's retry topic."""
+        a replay find the group's retry topic.
+
+        A message too large for one produce request (the consumer took it, the producer's
+        ``max_request_size`` refuses it) is stored with its body cut to fit, its original size
+        in ``eventbus-dlq-original-size`` and the cut named in the reason; such a dead letter
+        cannot be replayed.
+        """
+        body = record.body
+        room = self._broker.max_request_size - _RECORD_OVERHEAD - _header_size(record, key)
+        if len(body) > room:
+            body = body[: max(0, room)]
+            record = dataclasses.replace(
+                record,
+                reason=f"{record.reason} (stored cut to {len(body)} of its {len(record.body)} "
+                "bytes: larger than a produce request may be)",
+            )
+        headers = self._headers(record, subscribed_topic, key)
+        if body is not record.body:
+            headers += [(TRUNCATED, str(len(record.body)).encode())]
+        topic = dlq_topic(record.group)
+        future = await self._broker.send(topic, body, record.id.encode(), headers)
+        await self._broker._wait([future], topic)
+
+    def _headers(self, record: DeadLetter, subscribed_topic: str, key: bytes | None) -> Headers:
         provenance: dict[str, Any] = {
             DLQ + f.replace("_", "-"): getattr(record, f) for f in _FIELDS
         }
@@ -82,9 +120,7 @@ class KafkaDeadLetters:
         headers += [(k, v) for k, v in _encode(provenance) if v is not None]
         if key is not None:
             headers.append((DLQ + "key", key))
-        topic = dlq_topic(record.group)
-        future = await self._broker.send(topic, record.body, record.id.encode(), headers)
-        await self._broker._wait([future], topic)
+        return headers
 
     # ---------------------------------------------------------------- reading
     async def _records(self, group: str | None) -> dict[str, tuple[DeadLetter, Any]]:
@@ -134,6 +170,12 @@ class KafkaDeadLetters:
         if entry is None:
             raise DeadLetterNotFound(dead_letter_id)
         record, raw = entry
+        if TRUNCATED in dict(raw.headers):
+            raise PublishError(
+                f"dead letter {dead_letter_id!r} was stored cut ({record.reason}); replaying it "
+                "would deliver a cut message. Its first bytes are in the record's .body: publish "
+                "the event again from its source, then purge this dead letter"
+            )
         headers: Headers = [(k, v) for k, v in raw.headers if not k.startswith(PREFIX)]
         headers += [
             (DESTINATION, record.destination.encode()),

@@ -158,15 +158,42 @@ def queue_name(group: str, topic: str) -> str:
 
 
 def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    """A header value as text for the adapter's own headers (never raises)."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).decode("utf-8", "replace")
+    return str(value)
 
 
 def _received_headers(message: AbstractIncomingMessage) -> dict[str, Any]:
-    """The header table as it arrived, with the ``content_type`` property folded in."""
+    """The header table as it arrived, made fit to be sent again, with ``content_type`` in.
+
+    The driver hands over a long string that is not UTF-8 as ``bytes``, which it cannot encode
+    again: it becomes a ``bytearray`` (an AMQP byte array); and it writes every float as a
+    32-bit one, so a double beyond that range becomes its text. This holds everywhere in the
+    table, so a requeue or dead-lettering always republishes the message.
+    """
     headers: dict[str, Any] = dict(message.headers or {})
+    if any(type(v) in _NEEDS_A_LOOK or type(k) is not str for k, v in headers.items()):
+        headers = {_text(k): _sendable(v) for k, v in headers.items()}
     if message.content_type:
-        headers["content-type"] = message.content_type
+        headers["content-type"] = _text(message.content_type)
     return headers
+
+
+_NEEDS_A_LOOK = frozenset((bytes, memoryview, dict, list, tuple, float))
+_FLOAT32_MAX = 3.4028234663852886e38
+
+
+def _sendable(value: Any) -> Any:
+    if isinstance(value, (bytes, memoryview)):
+        return bytearray(value)
+    if isinstance(value, float):
+        return value if abs(value) <= _FLOAT32_MAX or value != value else repr(value)
+    if isinstance(value, dict):
+        return {_text(k): _sendable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_sendable(v) for v in value]
+    return value
 
 
 def _copy(
@@ -684,6 +711,7 @@ class RabbitMQDelivery:
         self._consumer = consumer
         self._message = message
         self._settled = False
+        self._copied = False  # the copy a settle sends (requeue, delay, DLQ) was confirmed
         self.headers: Mapping[str, Any] = _received_headers(message)
         carried = self.headers.get(ATTEMPT)
         try:
@@ -691,9 +719,10 @@ class RabbitMQDelivery:
         except ValueError:
             base = 1
         returned = self.headers.get("x-delivery-count")
-        self.attempt = base + (
-            returned if isinstance(returned, int) else int(bool(message.redelivered))
-        )
+        if isinstance(returned, int) and not isinstance(returned, bool) and returned >= 0:
+            self.attempt = base + returned
+        else:
+            self.attempt = base + int(bool(message.redelivered))
         self.metadata: dict[str, str] = {
             k[len(PREFIX) :]: _text(v)
             for k, v in self.headers.items()
@@ -715,20 +744,21 @@ class RabbitMQDelivery:
     def queue(self) -> str:
         return self._consumer.queue.name
 
-    def _take(self) -> bool:
-        """Claim the one settlement; raise if the message's channel was lost to a reconnect.
+    def _open(self) -> bool:
+        """Whether this delivery still needs settling; raise if its channel was lost.
 
-        Its delivery tag means nothing on the restored channel (acking it there would settle
+        Its delivery tag means nothing on a restored channel (acking it there would settle
         another message, or close the channel with PRECONDITION_FAILED), and RabbitMQ has taken
         the message back and will deliver it again: a copy republished now (nack, retry_later,
-        dead_letter) would be a duplicate of that redelivery, so nothing is sent.
+        dead_letter) would be a duplicate of that redelivery, so nothing is sent. A settle that
+        fails leaves the delivery open, so it can be settled again (or released).
         """
         if self._settled:
             return False
-        self._settled = True
         try:
             self._message.channel  # noqa: B018  # raises once its channel is gone
         except aiormq.exceptions.ChannelInvalidStateError:
+            self._settled = True
             raise BrokerUnavailable(
                 "this message was delivered on a channel that a connection loss closed; "
                 "RabbitMQ has requeued it and will deliver it again"
@@ -736,7 +766,7 @@ class RabbitMQDelivery:
         return True
 
     async def ack(self) -> None:
-        if self._take():
+        if self._open():
             await self._ack()
 
     async def _ack(self) -> None:
@@ -748,19 +778,18 @@ class RabbitMQDelivery:
             if error is None:
                 raise
             raise error from exc
+        self._settled = True
 
     async def nack(self, *, requeue: bool = True) -> None:
         """With ``requeue``, a copy with ``attempt + 1`` goes to the back of this group's queue
         (classic queues count no redeliveries), then the original is acked; without, RabbitMQ
         dead-letters it to ``{queue}.dlq`` (with ``x-death``)."""
-        if not self._take():
+        if not self._open():
             return
         if requeue:
             await self._resend("", self.queue)
         else:
-            message = self._message
-            async with _driver_errors("rejecting"):
-                await self._consumer.reject(message.channel, message.delivery_tag or 0)
+            await self._reject(requeue=False)
 
     async def release(self) -> None:
         """``basic.reject`` with requeue: back in its place in the queue, so order is kept.
@@ -768,14 +797,17 @@ class RabbitMQDelivery:
         RabbitMQ flags the message ``redelivered`` and cannot tell this from a crash, so the
         next delivery counts one attempt more (``Capabilities.uncounted_release`` is False).
         """
-        if not self._take():
-            return
+        if self._open():
+            await self._reject(requeue=True)
+
+    async def _reject(self, *, requeue: bool) -> None:
         message = self._message
-        async with _driver_errors("releasing"):
-            await self._consumer.reject(message.channel, message.delivery_tag or 0, requeue=True)
+        async with _driver_errors("rejecting" if not requeue else "releasing"):
+            await self._consumer.reject(message.channel, message.delivery_tag or 0, requeue=requeue)
+        self._settled = True
 
     async def retry_later(self, delay: float) -> None:
-        if not self._take():
+        if not self._open():
             return
         delay_ms = max(0, round(delay * 1000))
         if delay_ms == 0:
@@ -785,22 +817,28 @@ class RabbitMQDelivery:
         await self._resend("", wait_queue)
 
     async def _resend(self, exchange: str, routing_key: str) -> None:
-        headers = _without_ours(self.headers)
-        headers.update({PREFIX + k: v for k, v in self.metadata.items()})
-        headers[ATTEMPT] = str(self.attempt + 1)
-        headers[DESTINATION] = self.destination
-        message = _copy(self._message, headers)
-        await self._consumer.broker.send(exchange, routing_key, message, mandatory=False)
+        """A copy with the next attempt to ``routing_key``, then ack the original. Tried again
+        after a failure, a copy already confirmed is not sent twice."""
+        if not self._copied:
+            headers = _without_ours(self.headers)
+            headers.update({PREFIX + k: v for k, v in self.metadata.items()})
+            headers[ATTEMPT] = str(self.attempt + 1)
+            headers[DESTINATION] = self.destination
+            message = _copy(self._message, headers)
+            await self._consumer.broker.send(exchange, routing_key, message, mandatory=False)
+            self._copied = True
         await self._ack()
 
     async def dead_letter(self, record: DeadLetter) -> None:
         """Publish the original message with provenance headers to ``{queue}.dlq``, then ack."""
-        if not self._take():
+        if not self._open():
             return
-        headers = dict(self.headers)
-        headers.update(_provenance(record))
-        message = _copy(self._message, headers)
-        await self._consumer.broker.send("", f"{self.queue}.dlq", message, mandatory=False)
+        if not self._copied:
+            headers = dict(self.headers)
+            headers.update(_provenance(record))
+            message = _copy(self._message, headers)
+            await self._consumer.broker.send("", f"{self.queue}.dlq", message, mandatory=False)
+            self._copied = True
         await self._ack()
 
 

@@ -830,10 +830,11 @@ class RedisConsumer:
         class documentation).
         """
         stream, entry_id = delivery.stream, delivery.entry_id
-        if self._unsettled.pop((stream, entry_id), None) is None:
+        if (stream, entry_id) not in self._unsettled:
             return
         if stream == self.main:
             if script == "ack":
+                del self._unsettled[(stream, entry_id)]
                 self._acks.append(entry_id)
                 if self._acker is None and asyncio.current_task() is not self._reader:
                     # The reader may be waiting in a blocking read: send it now, not after.
@@ -848,6 +849,13 @@ class RedisConsumer:
             await self.broker.scripts[script](
                 keys=[stream, *keys], args=[self.group, entry_id, drop, *args]
             )
+        self._unsettled.pop((stream, entry_id), None)  # only now: a failed settle may be retried
+
+    def leave_pending(self, delivery: RedisDelivery) -> None:
+        """Give up on settling ``delivery`` here: it stays pending in Redis and is read again
+        with this consumer's other lost entries (the next read re-reads them)."""
+        if self._unsettled.pop((delivery.stream, delivery.entry_id), None) is not None:
+            self._reread = True
 
     async def _xack_queued(self) -> None:
         """``XACK`` every queued entry in one command.
@@ -1001,9 +1009,22 @@ class RedisDelivery:
         await self._consumer.settle(self, "requeue", [retry], self._carried(self.attempt + 1))
 
     async def release(self) -> None:
-        """Requeued to the group's retry stream with the attempt it had: not counted."""
+        """Requeued to the group's retry stream with the attempt it had: not counted.
+
+        When Redis cannot be reached the entry stays pending, and the consumer claims it back
+        on its next read (counted then, as any redelivery of a pending entry).
+        """
         retry = self._consumer.retry
-        await self._consumer.settle(self, "requeue", [retry], self._carried(self.attempt))
+        try:
+            await self._consumer.settle(self, "requeue", [retry], self._carried(self.attempt))
+        except EventBusError as exc:
+            log.warning(
+                "%s: %s; %s stays pending and is read again",
+                self._consumer.name,
+                exc,
+                self.entry_id,
+            )
+            self._consumer.leave_pending(self)
 
     async def retry_later(self, delay: float) -> None:
         consumer = self._consumer

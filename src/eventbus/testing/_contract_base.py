@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, ClassVar
 
 import pytest
@@ -55,12 +55,33 @@ class ContractBase:
         """A fake clock the adapter's delays run on, if it takes one (``None``: real time)."""
         return None
 
-    async def send_raw(self, broker: Broker, destination: str, body: bytes) -> None:
-        """Put raw bytes on ``destination`` the way a foreign producer would."""
+    async def send_raw(
+        self,
+        broker: Broker,
+        destination: str,
+        body: bytes,
+        headers: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Put raw bytes (and headers) on ``destination`` the way a foreign producer would."""
         send = getattr(broker, "send_raw", None)
         if send is None:
             pytest.fail(f"{type(broker).__name__} has no send_raw(); override send_raw()")
-        await send(destination, body)
+        await send(destination, body, headers)
+
+    def raw_header_value(self) -> Any:
+        """A Hypothesis strategy for header values this broker's raw producer can send."""
+        from hypothesis import strategies as st
+
+        return st.one_of(st.text(max_size=40), st.binary(max_size=40))
+
+    async def unsettled(self, broker: Broker, group: str, destination: str) -> int:
+        """How many messages of ``group`` on ``destination`` the broker still holds unsettled
+        (pending, unacknowledged, uncommitted), read after the bus stopped. Adapters without
+        a ``pending()`` method override it with their raw client."""
+        pending = getattr(broker, "pending", None)
+        if pending is None:
+            pytest.fail(f"override unsettled() for {type(broker).__name__}")
+        return sum(pending().values())
 
     # ---------------------------------------------------------------- plumbing
     @pytest.fixture(autouse=True)

@@ -27,11 +27,12 @@ from eventbus.errors import DeadLetterNotFound, PermanentError, RetryLater
 from eventbus.router import Router
 from eventbus.testing._contract_base import Ping, collect, collect_envelopes, refuse
 from eventbus.testing.contract_lifecycle import LifecycleContract
+from eventbus.testing.contract_malformed import MalformedInputContract
 
 __all__ = ["BrokerContract"]
 
 
-class BrokerContract(LifecycleContract):
+class BrokerContract(LifecycleContract, MalformedInputContract):
     """The conformance suite. Override :meth:`make_broker`; optionally the class settings."""
 
     async def test_round_trip_keeps_every_attribute(self) -> None:
