@@ -19,8 +19,8 @@ import logging
 import tempfile
 from pathlib import Path
 
-from eventbus import Context, Envelope, Event, EventBus, PermanentError, Router
-from eventbus.middleware import DeadLetter, Idempotency, Retry
+from eventbus import Context, Envelope, Event, EventBus, Middleware, PermanentError, Router
+from eventbus.middleware import Idempotency, Retry
 from eventbus.middleware.idempotency_sql import SqlIdempotencyStore
 
 
@@ -70,7 +70,7 @@ async def main() -> None:
     database = Path(tempfile.mkdtemp()) / "eventbus-example.sqlite3"
     store = SqlIdempotencyStore(f"sqlite+aiosqlite:///{database}")
     await store.create_table()
-    middleware = [DeadLetter(), Retry(tries=3, backoff=0.05, delays=(0.2,)), Idempotency(store)]
+    middleware: list[Middleware] = [Retry(tries=3, backoff=0.05, delays=(0.2,)), Idempotency(store)]
     bus = EventBus("memory://", service="auth", routers=[email], middleware=middleware)
 
     async with bus:

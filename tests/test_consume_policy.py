@@ -226,7 +226,7 @@ async def test_a_settle_that_keeps_failing_hands_the_delivery_back(
 async def test_an_unexpected_error_in_the_policy_loses_nothing(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from eventbus.deadletters import describe_failure as real
+    from eventbus.consume import describe_failure as real
 
     calls = {"n": 0}
 

@@ -48,7 +48,7 @@ async def test_a_tight_publish_loop_lets_consumers_keep_up() -> None:
     async with EventBus("memory://", routers=[router]) as bus:
         for n in range(3000):
             await bus.publish(Tick(n=n))
-            backlog.append(bus.broker.pending()["queued"])  # type: ignore[attr-defined]
+            backlog.append((bus.broker.pending() or {})["queued"])
         await bus.drain()
     assert max(backlog) <= 300  # consumers ran during the loop: memory stays bounded
     assert handled == list(range(3000))
@@ -108,20 +108,6 @@ async def test_closing_a_consumer_returns_its_unsettled_deliveries() -> None:
     again = await anext(aiter(await broker.subscribe(subscription)))
     assert again.attempt == 1  # handed back unstarted: not counted
     assert again.body == b"not json"
-
-
-async def test_nack_without_requeue_dead_letters_the_original_bytes() -> None:
-    broker = MemoryBroker()
-    router = Router()
-    router.subscribe(Tick, group="g")(_ignore)
-    [subscription] = EventBus(broker, routers=[router]).subscriptions
-    await broker.connect()
-    consumer = await broker.subscribe(subscription)
-    await broker.send_raw("Tick", b"raw", {"ce_id": "x"})
-    delivery = await anext(aiter(consumer))
-    await delivery.nack(requeue=False)
-    [record] = await broker.dead_letters.list(group="g")
-    assert (record.body, record.reason) == (b"raw", "rejected by the consumer")
 
 
 async def _ignore(event: Tick) -> None: ...

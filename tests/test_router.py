@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from eventbus import ConfigurationError, Context, Envelope, Event, EventBus, Router
-from eventbus.router import is_pattern, topic_matches
+from eventbus.topics import is_pattern, topic_matches
 
 
 class UserRegistered(Event):

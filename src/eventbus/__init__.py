@@ -5,9 +5,8 @@ the same code runs on Kafka, RabbitMQ, Redis Streams or the in-memory broker.
 """
 
 from eventbus.bus import EventBus
-from eventbus.clock import FakeClock, SystemClock
-from eventbus.context import Context
-from eventbus.deadletters import DeadLetter, DeadLetterStore
+from eventbus.context import Context, Middleware, Next
+from eventbus.deadletters import DeadLetterRecord, DeadLetterStore
 from eventbus.envelope import Envelope
 from eventbus.errors import (
     BrokerUnavailable,
@@ -28,8 +27,17 @@ from eventbus.errors import (
     TransientError,
 )
 from eventbus.event import Event
-from eventbus.router import Router, Subscription
-from eventbus.types import Broker, Capabilities, Delivery, Middleware, Next, PublishMiddleware
+from eventbus.router import Router
+from eventbus.types import (
+    Broker,
+    Capabilities,
+    Clock,
+    Consumer,
+    Delivery,
+    PublishMiddleware,
+    PublishNext,
+    SubscriptionView,
+)
 
 __version__ = "0.1.0"
 
@@ -38,11 +46,13 @@ __all__ = [
     "BrokerUnavailable",
     "BusNotStarted",
     "Capabilities",
+    "Clock",
     "ConcurrencyError",
     "ConfigurationError",
+    "Consumer",
     "Context",
-    "DeadLetter",
     "DeadLetterNotFound",
+    "DeadLetterRecord",
     "DeadLetterStore",
     "DecodeError",
     "Delivery",
@@ -50,7 +60,6 @@ __all__ = [
     "Event",
     "EventBus",
     "EventBusError",
-    "FakeClock",
     "HandlerTimeout",
     "Middleware",
     "Next",
@@ -60,10 +69,10 @@ __all__ = [
     "PermanentError",
     "PublishError",
     "PublishMiddleware",
+    "PublishNext",
     "RetriesExhausted",
     "RetryLater",
     "Router",
-    "Subscription",
-    "SystemClock",
+    "SubscriptionView",
     "TransientError",
 ]

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from eventbus.brokers import from_url
 from eventbus.clock import FakeClock, SystemClock
 from eventbus.consume import SubscriptionHandler, build_chain, release
+from eventbus.context import Middleware
 from eventbus.deadletters import DeadLetterStore
 from eventbus.dispatch import SubscriptionRunner
 from eventbus.envelope import Envelope
@@ -24,7 +25,7 @@ from eventbus.event import Event
 from eventbus.middleware import Retry, default_middleware
 from eventbus.publishing import EnvelopeFactory
 from eventbus.router import Router, Subscription
-from eventbus.types import Broker, Middleware, PublishMiddleware, PublishNext
+from eventbus.types import Broker, PublishMiddleware, PublishNext
 
 __all__ = ["EventBus"]
 

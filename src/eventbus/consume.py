@@ -22,28 +22,41 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import traceback
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from datetime import datetime, timezone
+from typing import Any
 
 import anyio.to_thread
 from pydantic import ValidationError
 
 from eventbus.clock import SystemClock
-from eventbus.context import Context, current_envelope
-from eventbus.deadletters import describe_failure
-from eventbus.errors import DecodeError, PayloadValidationError, PermanentError, RetryLater
+from eventbus.context import Context, Middleware, Next, Publisher, current_envelope
+from eventbus.deadletters import (
+    FIRST_FAILURE_AT,
+    MAX_ERROR_MESSAGE,
+    MAX_TRACEBACK,
+    DeadLetterRecord,
+)
+from eventbus.errors import (
+    DecodeError,
+    NonRetryableError,
+    PayloadValidationError,
+    PermanentError,
+    RetriesExhausted,
+    RetryLater,
+)
 from eventbus.middleware.retry import Retry
 from eventbus.router import Subscription
-from eventbus.types import Clock, Delivery, Middleware, Next
-
-if TYPE_CHECKING:
-    from eventbus.bus import EventBus
+from eventbus.types import Clock, Delivery
 
 __all__ = [
     "MAX_REDELIVERY_DELAY",
     "SETTLE_RETRY_PAUSES",
     "SubscriptionHandler",
     "build_chain",
+    "describe_failure",
     "release",
     "settle",
 ]
@@ -86,7 +99,7 @@ class SubscriptionHandler:
 
     def __init__(
         self,
-        bus: EventBus,
+        bus: Publisher,
         sub: Subscription,
         chain: Next,
         redelivery_delay: float,
@@ -127,18 +140,24 @@ class SubscriptionHandler:
             bus=self._bus,
             delivery=delivery,
             attempt=delivery.attempt,
+            clock=self._clock,
         )
         token = current_envelope.set(envelope)
         try:
             await self._chain(ctx)
         except RetryLater as exc:
+            if exc.__cause__ is not None:  # a policy gave this delivery up; bare means "not yet"
+                _stamp_first_failure(delivery)
             await settle(delivery, functools.partial(delivery.retry_later, exc.delay), self._clock)
         except PermanentError as exc:
             await self._dead_letter(delivery, exc, "permanent failure")
+        except ValidationError as exc:  # the handler's own validation: retrying cannot help
+            await self._dead_letter(delivery, NonRetryableError(exc), "permanent failure")
         except asyncio.CancelledError:
             await settle(delivery, delivery.nack, self._clock, retries=False)
             raise
         except Exception as exc:
+            _stamp_first_failure(delivery)
             await self._redeliver_later(delivery, exc)
         else:
             try:
@@ -174,6 +193,84 @@ class SubscriptionHandler:
             exc,
         )
         await settle(delivery, functools.partial(delivery.dead_letter, record), self._clock)
+
+
+def _stamp_first_failure(delivery: Delivery) -> None:
+    """Record when the message first failed; the broker carries it to every redelivery."""
+    if FIRST_FAILURE_AT not in delivery.metadata:
+        delivery.metadata[FIRST_FAILURE_AT] = datetime.now(timezone.utc).isoformat()
+
+
+def describe_failure(
+    delivery: Delivery,
+    *,
+    group: str,
+    subscription: str,
+    reason: str,
+    exc: BaseException | None = None,
+) -> DeadLetterRecord:
+    """The dead-letter record for ``delivery``, which failed with ``exc`` (if any).
+
+    For :class:`~eventbus.errors.RetriesExhausted` and
+    :class:`~eventbus.errors.NonRetryableError` the record names the error they wrap (its type
+    and message) and says why it was not retried. ``first_failure_at`` is the time carried in
+    ``delivery.metadata`` (:data:`~eventbus.deadletters.FIRST_FAILURE_AT`), else now. The error
+    message and traceback are cut here, once, to what every adapter stores.
+    """
+    now = datetime.now(timezone.utc)
+    envelope = delivery.envelope
+    reason, shown = _reason(reason, exc)
+    excerpt = ""
+    if exc is not None:
+        lines = traceback.format_exception(type(exc), exc, exc.__traceback__)
+        excerpt = _clean("".join(lines).rstrip("\n"))[-MAX_TRACEBACK:]
+    return DeadLetterRecord(
+        id=str(uuid.uuid4()),
+        destination=delivery.destination,
+        group=group,
+        subscription=subscription,
+        reason=reason,
+        error_type=f"{type(shown).__module__}.{type(shown).__qualname__}" if shown else "",
+        error_message=_clean(str(shown))[:MAX_ERROR_MESSAGE] if shown else reason,
+        attempts=delivery.attempt,
+        headers=dict(delivery.headers),
+        body=delivery.body,
+        event_id=envelope.id if envelope else None,
+        event_type=envelope.type if envelope else None,
+        traceparent=envelope.traceparent if envelope else None,
+        traceback=excerpt,
+        first_failure_at=_carried_first_failure(delivery) or now,
+        last_failure_at=now,
+    )
+
+
+def _clean(text: str) -> str:
+    """``text`` as UTF-8 can carry it: half a surrogate pair (from a JSON escape) is written as
+    its escape, so that every adapter can store the record."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+def _reason(reason: str, exc: BaseException | None) -> tuple[str, BaseException | None]:
+    """The reason to record and the error to report (the wrapped one, for policy wrappers)."""
+    if isinstance(exc, RetriesExhausted):
+        return f"retries exhausted after {exc.attempts} deliveries", exc.last_error
+    if isinstance(exc, NonRetryableError):
+        return f"not retryable ({type(exc.error).__name__})", exc.error
+    return reason, exc
+
+
+def _carried_first_failure(delivery: Delivery) -> datetime | None:
+    value = delivery.metadata.get(FIRST_FAILURE_AT)
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:  # written by something else; the record falls back to "now"
+        return None
 
 
 async def release(delivery: Delivery) -> None:

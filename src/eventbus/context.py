@@ -1,56 +1,113 @@
-"""The ``Context`` handed to middleware and handlers, and the causal chain of publishes.
+"""The ``Context`` handed to middleware and handlers, the middleware shape, and causation.
 
 While a handler runs, the envelope it handles is the *current* envelope (a context variable),
 so any publish made during the handler — through ``ctx.publish`` or ``bus.publish`` — copies
 its ``correlationid`` and sets ``causationid`` to its id, without user code.
+
+The consume-side middleware protocol lives here, next to the ``Context`` it is typed by;
+middleware depend on this module and the contract only.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import Awaitable, Coroutine, Generator, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Mapping
+from typing import Any, Protocol
 
+from eventbus.clock import SystemClock
+from eventbus.deadletters import DeadLetterStore
+from eventbus.envelope import Envelope
 from eventbus.errors import BusNotStarted
+from eventbus.event import Event
+from eventbus.types import Clock, Delivery, SubscriptionView
 
-if TYPE_CHECKING:
-    from eventbus.bus import EventBus
-    from eventbus.envelope import Envelope
-    from eventbus.event import Event
-    from eventbus.router import Subscription
-    from eventbus.types import Delivery
+__all__ = [
+    "Context",
+    "Middleware",
+    "Next",
+    "Publisher",
+    "Publishing",
+    "current_envelope",
+]
 
-__all__ = ["Context", "Publishing", "current_envelope"]
+_SYSTEM_CLOCK = SystemClock()
 
 current_envelope: contextvars.ContextVar[Envelope | None] = contextvars.ContextVar(
     "eventbus_current_envelope", default=None
 )
 
 
+class Publisher(Protocol):
+    """What a context publishes through: the bus (``EventBus`` is one)."""
+
+    @property
+    def service(self) -> str: ...
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None: ...
+
+    @property
+    def dead_letters(self) -> DeadLetterStore: ...
+
+    async def publish(
+        self,
+        event: Event,
+        *,
+        key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        subject: str | None = None,
+        correlation_id: str | None = None,
+    ) -> Envelope: ...
+
+    async def publish_many(
+        self,
+        events: Iterable[Event | tuple[Event, str | None]],
+        *,
+        correlation_id: str | None = None,
+    ) -> list[Envelope]: ...
+
+    async def publish_envelope(
+        self, envelope: Envelope, destination: str | None = None
+    ) -> Envelope: ...
+
+
 class Context:
     """Everything a handler or middleware knows about the delivery being handled.
 
-    ``state`` is a dict for middleware to pass values inward (for example a database session).
-    ``event`` is the validated model once the handler's model has been applied.
+    ``subscription`` names the handler, its group and topic; ``clock`` is the time the bus's
+    delays run on (a test's fake clock on the memory broker). ``state`` is a dict for
+    middleware to pass values inward (for example a database session). ``event`` is the
+    validated model once the handler's model has been applied.
     """
 
-    __slots__ = ("attempt", "bus", "delivery", "envelope", "event", "state", "subscription")
+    __slots__ = (
+        "attempt",
+        "bus",
+        "clock",
+        "delivery",
+        "envelope",
+        "event",
+        "state",
+        "subscription",
+    )
 
     def __init__(
         self,
         *,
         envelope: Envelope,
-        subscription: Subscription,
-        bus: EventBus,
+        subscription: SubscriptionView,
+        bus: Publisher,
         delivery: Delivery | None = None,
         attempt: int = 1,
+        clock: Clock = _SYSTEM_CLOCK,
     ) -> None:
         self.envelope = envelope
         self.subscription = subscription
         self.bus = bus
         self.delivery = delivery
         self.attempt = attempt
+        self.clock = clock
         self.event: Event | None = None
         self.state: dict[str, Any] = {}
 
@@ -136,3 +193,16 @@ class Publishing(Awaitable["Envelope"]):
             return self.result()
         self._envelope = yield from self._coroutine.__await__()
         return self._envelope
+
+
+Next = Callable[[Context], Awaitable[None]]
+"""What a consume-side middleware calls to run the rest of the chain."""
+
+
+class Middleware(Protocol):
+    """Consume side: ``async def __call__(ctx, call_next)``; the first in the list is outermost.
+
+    Await ``call_next(ctx)`` in the same task, so context variables (and tracing) flow through.
+    """
+
+    async def __call__(self, ctx: Context, call_next: Next) -> None: ...

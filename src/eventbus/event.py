@@ -10,29 +10,14 @@ type has a destination of its own, named after the type.
 
 from __future__ import annotations
 
-import re
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
 from eventbus.errors import ConfigurationError
+from eventbus.topics import validate_type_name
 
-__all__ = ["Event", "validate_type_name"]
-
-_TYPE_NAME = re.compile(r"^[A-Za-z0-9_\-:]+(\.[A-Za-z0-9_\-:]+)*$")
-
-
-def validate_type_name(name: str, what: str = "event type") -> str:
-    """Check a type or topic name: dot-separated words of letters, digits, ``_``, ``-`` or ``:``.
-
-    Dots separate the words that subscription patterns (``auth.user.*``, ``auth.#``) match.
-    """
-    if not isinstance(name, str) or not _TYPE_NAME.match(name):
-        raise ConfigurationError(
-            f"invalid {what} {name!r}: use dot-separated words of letters, digits, '_', '-' or ':'"
-            " (for example 'UserRegistered' or 'auth.user.created')"
-        )
-    return name
+__all__ = ["Event"]
 
 
 class Event(BaseModel):

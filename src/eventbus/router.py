@@ -10,64 +10,21 @@ cannot be called fails at import time with :class:`~eventbus.errors.Configuratio
 from __future__ import annotations
 
 import dataclasses
-import functools
 import inspect
 import typing
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
-from eventbus.context import Context
+from eventbus.context import Context, Middleware
 from eventbus.envelope import Envelope
 from eventbus.errors import ConfigurationError
-from eventbus.event import Event, validate_type_name
-from eventbus.types import Middleware
+from eventbus.event import Event
+from eventbus.middleware.retry import Retry
+from eventbus.topics import is_pattern, topic_matches, validate_type_name
 
-if TYPE_CHECKING:
-    from eventbus.middleware.retry import Retry
-
-__all__ = ["HandlerSpec", "Router", "Subscription", "is_pattern", "topic_matches"]
+__all__ = ["HandlerSpec", "Router", "Subscription"]
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def is_pattern(target: str) -> bool:
-    """True when ``target`` contains a ``*`` or ``#`` word."""
-    return any(word in ("*", "#") for word in target.split("."))
-
-
-@functools.lru_cache(maxsize=4096)
-def topic_matches(pattern: str, topic: str) -> bool:
-    """AMQP topic matching of ``topic`` against ``pattern`` (``*`` one word, ``#`` any number)."""
-    if pattern == topic:
-        return True
-    return _match(tuple(pattern.split(".")), tuple(topic.split(".")))
-
-
-def _match(pattern: tuple[str, ...], words: tuple[str, ...]) -> bool:
-    # Positions in the pattern reachable after consuming each word (an NFA walk; no backtracking).
-    states = _close(pattern, {0})
-    for word in words:
-        following: set[int] = set()
-        for i in states:
-            if i < len(pattern) and pattern[i] == "#":
-                following.add(i)  # '#' swallows this word and may swallow more
-            elif i < len(pattern) and pattern[i] in ("*", word):
-                following.add(i + 1)
-        states = _close(pattern, following)
-        if not states:
-            return False
-    return len(pattern) in states
-
-
-def _close(pattern: tuple[str, ...], states: set[int]) -> set[int]:
-    """Add the positions reachable by letting a '#' match zero words."""
-    stack = list(states)
-    while stack:
-        i = stack.pop()
-        if i < len(pattern) and pattern[i] == "#" and i + 1 not in states:
-            states.add(i + 1)
-            stack.append(i + 1)
-    return states
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,8 +138,6 @@ class Router:
 
 
 def _check_retry(retry: object) -> None:
-    from eventbus.middleware.retry import Retry  # here: the middleware package imports us
-
     if retry is not None and not isinstance(retry, Retry):
         raise ConfigurationError(
             f"subscribe(retry=...) takes an eventbus.middleware.Retry, not {retry!r}"

@@ -1,23 +1,21 @@
-"""The seams between the bus and its parts: broker adapters, deliveries, middleware, clocks.
+"""The seams between the bus and broker adapters: brokers, consumers, deliveries, clocks.
 
 A broker adapter *translates* and never decides: it moves envelopes to and from its broker and
-does what the consume policy in :mod:`eventbus.consume` tells it (ack, nack, redeliver later,
-dead-letter). The contract every adapter meets is checked by
-:class:`eventbus.testing.BrokerContract`.
+does what the consume policy in :mod:`eventbus.consume` tells it (ack, redeliver now or later,
+dead-letter, hand back). The contract every adapter meets is checked by
+:class:`eventbus.testing.BrokerContract`. This module is part of the contract: it imports
+nothing of eventbus above it, so adapters depend on nothing but the contract.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
-if TYPE_CHECKING:
-    from eventbus.context import Context
-    from eventbus.deadletters import DeadLetter, DeadLetterStore
-    from eventbus.envelope import Envelope
-    from eventbus.errors import DecodeError
-    from eventbus.router import Subscription
+from eventbus.deadletters import DeadLetterRecord, DeadLetterStore
+from eventbus.envelope import Envelope
+from eventbus.errors import DecodeError
 
 __all__ = [
     "Broker",
@@ -25,33 +23,38 @@ __all__ = [
     "Clock",
     "Consumer",
     "Delivery",
-    "Middleware",
-    "Next",
     "PublishMiddleware",
     "PublishNext",
+    "SubscriptionView",
 ]
 
 
 @dataclasses.dataclass(frozen=True)
 class Capabilities:
-    """What an adapter can do; the conformance suite skips by capability, never by adapter name."""
+    """What an adapter claims; the conformance suite skips by capability, never by adapter name.
+
+    Every flag is a claim the adapter opts into (all default to False), and each is read by
+    the suite: a test that needs it is skipped, or checks less, without it.
+    """
 
     persistent: bool = False
-    """Published events survive a restart of the broker."""
-    consumer_groups: bool = True
+    """Events published while a group's consumer is stopped reach it when it starts again on a
+    new adapter instance (and, with the broker's own persistence on, survive its restart)."""
+    consumer_groups: bool = False
     """Competing consumers within a group, a copy per group."""
-    ordered_per_key: bool = True
+    ordered_per_key: bool = False
     """Events with the same ``partitionkey`` reach one consumer in publish order."""
-    delayed_redelivery: bool = True
+    delayed_redelivery: bool = False
     """``Delivery.retry_later(delay)`` hands the message back without blocking the others."""
-    dead_letters: bool = True
+    dead_letters: bool = False
     """The adapter keeps a dead-letter queue that can be listed, replayed and purged."""
-    pattern_subscriptions: bool = True
+    pattern_subscriptions: bool = False
     """Subscriptions may use ``*`` and ``#`` patterns over type names."""
-    uncounted_release: bool = True
+    uncounted_release: bool = False
     """``Delivery.release()`` hands a message back without counting a delivery attempt."""
-    in_process: bool = False
-    """Every producer and consumer lives in this process (the memory broker)."""
+    counts_crash_redeliveries: bool = False
+    """A message whose consumer went away without settling it comes back counted as a further
+    attempt. Without it, such a redelivery keeps the attempt it had (Kafka cannot know)."""
 
 
 class Clock(Protocol):
@@ -62,25 +65,50 @@ class Clock(Protocol):
     async def sleep(self, seconds: float) -> None: ...
 
 
+class SubscriptionView(Protocol):
+    """What an adapter learns of a subscription: never the user's handler or middleware."""
+
+    @property
+    def name(self) -> str:
+        """The handler's qualified name, for logs and dead-letter records."""
+
+    @property
+    def group(self) -> str | None:
+        """The consumer group (filled in by the bus before it subscribes)."""
+
+    @property
+    def topic(self) -> str:
+        """The destination subscribed to, or a pattern over destinations."""
+
+    @property
+    def is_pattern(self) -> bool: ...
+
+    @property
+    def concurrency(self) -> int:
+        """How many of its deliveries the bus handles at once."""
+
+
 @runtime_checkable
 class Delivery(Protocol):
     """One message handed to a consumer, with the operations that settle it.
 
-    Exactly one of ``ack``, ``nack``, ``retry_later``, ``dead_letter`` or ``release`` is called
-    for each delivery, by the consume loop. ``headers`` and ``body`` are the message exactly as it
-    arrived; ``envelope`` is ``None`` when those bytes could not be decoded, and then
-    ``decode_error`` says why.
+    Exactly one of ``ack``, ``nack``, ``retry_later``, ``dead_letter`` or ``release`` completes
+    each delivery, called by the consume policy. A settle that raises leaves the delivery
+    unsettled, so it can be tried again (or released). ``headers`` and ``body`` are the message
+    as it arrived (header values made fit to be sent again); ``envelope`` is ``None`` when
+    those bytes could not be decoded, and then ``decode_error`` says why.
 
-    **Carried state.** ``attempt`` and ``metadata`` travel with the message across
-    redeliveries. ``metadata`` is a small mutable mapping of short lowercase keys
-    (``[a-z0-9-]``) to strings that middleware writes while handling (the dead-letter
-    middleware records ``first-failure-at`` there, an ISO-8601 UTC time). Whatever it holds
-    when ``retry_later`` is called must arrive on the redelivery; a network adapter that
-    republishes for a delayed retry writes it as headers ``eventbus-<key>`` next to
-    ``eventbus-attempt`` and reads both back (stripping the prefix) on delivery. ``nack`` with
-    requeue carries it too where the broker can (the memory broker does; a broker that
-    requeues the original bytes may lose it, which only costs provenance). A replayed dead
-    letter starts again at ``attempt == 1`` with empty ``metadata``.
+    **Attempts.** ``attempt`` is 1 plus the earlier deliveries of this message to this group:
+    redeliveries, delayed retries and handler cancellations count; a release does not (where
+    ``Capabilities.uncounted_release``), nor does a crash where the adapter cannot know of it
+    (without ``Capabilities.counts_crash_redeliveries``). A replayed dead letter starts again
+    at 1.
+
+    **Carried state.** ``metadata`` is a small mutable mapping of short lowercase keys
+    (``[a-z0-9-]``) to strings that middleware writes while handling; whatever it holds when
+    the delivery is redelivered (``nack``, ``retry_later``) arrives with the redelivery. Network
+    adapters carry it, with the attempt, in ``eventbus-*`` headers
+    (:mod:`eventbus.brokers._wire`).
     """
 
     @property
@@ -96,45 +124,39 @@ class Delivery(Protocol):
     def body(self) -> bytes: ...
 
     @property
-    def attempt(self) -> int:
-        """1 on first delivery; counted across redeliveries, delays and processes."""
+    def attempt(self) -> int: ...
 
     @property
     def destination(self) -> str: ...
 
     @property
-    def metadata(self) -> MutableMapping[str, str]:
-        """State carried to the redelivery (see the class documentation); ``{}`` when fresh."""
+    def metadata(self) -> MutableMapping[str, str]: ...
 
     async def ack(self) -> None:
         """Done: the broker forgets the message for this group."""
 
-    async def nack(self, *, requeue: bool = True) -> None:
-        """Not done: with ``requeue`` the broker delivers it again, with ``attempt + 1``
-        (and ``metadata``, where the broker can carry it)."""
-
-    async def release(self) -> None:
-        """Never started: give the message back for delivery as if it had not been taken.
-
-        Called for deliveries that were fetched but not handled when the consumer stops. The
-        message keeps its ``attempt`` (where ``Capabilities.uncounted_release``) and its place
-        in order, as far as the broker allows.
-        """
+    async def nack(self) -> None:
+        """Not done (the handler was cancelled): deliver it again, with ``attempt + 1``."""
 
     async def retry_later(self, delay: float) -> None:
-        """Deliver again after ``delay`` seconds without blocking the others.
+        """Deliver again after ``delay`` seconds without blocking the others, ``attempt + 1``."""
 
-        The redelivery has ``attempt + 1`` and the ``metadata`` as it is now.
-        """
-
-    async def dead_letter(self, record: DeadLetter) -> None:
+    async def dead_letter(self, record: DeadLetterRecord) -> None:
         """Move the message, original bytes kept, to this group's dead-letter queue."""
+
+    async def release(self) -> None:
+        """Not handled here: give the message back for delivery as if it had not been taken.
+
+        For deliveries fetched but not started when the consumer stops, and for a delivery
+        whose settling kept failing. It keeps its ``attempt`` (see the class documentation) and
+        its place in order, as far as the broker allows.
+        """
 
 
 class Consumer(Protocol):
     """An open subscription: iterate for deliveries, ``close`` to stop fetching.
 
-    Closing returns unsettled deliveries to the broker so no message is lost.
+    Closing hands unsettled deliveries back to the broker so no message is lost.
     """
 
     def __aiter__(self) -> AsyncIterator[Delivery]: ...
@@ -146,13 +168,19 @@ class Broker(Protocol):
     """A broker adapter.
 
     ``connect`` and ``close`` are idempotent; ``close`` flushes what is pending. ``publish``
-    returns once the broker has the event (or raises :class:`~eventbus.errors.PublishError`).
-    Driver exceptions are mapped to :mod:`eventbus.errors` at the adapter's edge.
+    returns once the broker has the event (or raises :class:`~eventbus.errors.PublishError`);
+    before ``connect`` it raises :class:`~eventbus.errors.BusNotStarted`. Driver exceptions are
+    mapped to :mod:`eventbus.errors` at the adapter's edge. ``clock`` is the time its delays
+    run on. ``pending()`` counts what is queued, unsettled and delayed where the adapter can
+    know it exactly (the memory broker), else returns ``None``.
     """
 
     capabilities: Capabilities
     max_message_bytes: int
     """The largest payload (``Envelope.data``) the bus lets through to this adapter."""
+
+    @property
+    def clock(self) -> Clock: ...
 
     async def connect(self) -> None: ...
 
@@ -162,26 +190,16 @@ class Broker(Protocol):
 
     async def publish_batch(self, messages: Sequence[tuple[str, Envelope]]) -> None: ...
 
-    async def subscribe(self, subscription: Subscription) -> Consumer: ...
+    async def subscribe(self, subscription: SubscriptionView) -> Consumer: ...
 
     @property
     def dead_letters(self) -> DeadLetterStore: ...
 
+    def pending(self) -> Mapping[str, int] | None: ...
 
-Next = Callable[["Context"], Awaitable[None]]
-"""What a consume-side middleware calls to run the rest of the chain."""
 
-PublishNext = Callable[["Envelope"], Awaitable["Envelope"]]
+PublishNext = Callable[[Envelope], Awaitable[Envelope]]
 """What a publish-side middleware calls to run the rest of the chain; returns what was sent."""
-
-
-class Middleware(Protocol):
-    """Consume side: ``async def __call__(ctx, call_next)``; the first in the list is outermost.
-
-    Await ``call_next(ctx)`` in the same task, so context variables (and tracing) flow through.
-    """
-
-    async def __call__(self, ctx: Context, call_next: Next) -> None: ...
 
 
 class PublishMiddleware(Protocol):

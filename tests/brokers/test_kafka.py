@@ -29,8 +29,8 @@ from eventbus.brokers import from_url
 from eventbus.brokers.kafka import KafkaBroker, KafkaConsumer, pattern_regex
 from eventbus.envelope import Envelope, decode, to_binary, to_structured
 from eventbus.errors import ConfigurationError, RetryLater
-from eventbus.router import topic_matches
 from eventbus.testing import BrokerContract, wait_until
+from eventbus.topics import topic_matches
 from eventbus.types import Broker
 
 pytestmark = [pytest.mark.anyio, pytest.mark.kafka]

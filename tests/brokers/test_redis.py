@@ -25,13 +25,13 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from eventbus import Context, Event, EventBus, Router
+from eventbus import Context, Event, EventBus, Next, Router
 from eventbus.brokers import from_url
 from eventbus.brokers.redis import RedisBroker
 from eventbus.envelope import Envelope
 from eventbus.errors import BrokerUnavailable, ConfigurationError, PublishError, RetryLater
 from eventbus.testing import BrokerContract, wait_until
-from eventbus.types import Broker, Next
+from eventbus.types import Broker
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 

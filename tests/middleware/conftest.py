@@ -15,7 +15,8 @@ import pytest
 import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from eventbus import Context, Envelope, EventBus, Router, Subscription
+from eventbus import Context, Envelope, EventBus, Router
+from eventbus.router import Subscription
 from tests.middleware.mwsupport import MakeContext, RecordingClock
 
 
@@ -44,7 +45,11 @@ def make_ctx(clock: RecordingClock, subscription: Subscription) -> MakeContext:
     def make(attempt: int = 1, sub: Subscription | None = None, event_id: str = "e-1") -> Context:
         envelope = Envelope(id=event_id, type="OrderPlaced", source="test", data=b"{}")
         return Context(
-            envelope=envelope, subscription=sub or subscription, bus=bus, attempt=attempt
+            envelope=envelope,
+            subscription=sub or subscription,
+            bus=bus,
+            attempt=attempt,
+            clock=clock,
         )
 
     return make

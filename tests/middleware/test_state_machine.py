@@ -19,11 +19,19 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from eventbus import Context, Envelope, Event, EventBus, PermanentError, Router, TransientError
+from eventbus import (
+    Context,
+    Envelope,
+    Event,
+    EventBus,
+    Middleware,
+    PermanentError,
+    Router,
+    TransientError,
+)
 from eventbus.brokers.memory import MemoryBroker
 from eventbus.clock import FakeClock
-from eventbus.middleware import DeadLetter, Idempotency, MemoryIdempotencyStore, Retry
-from eventbus.types import Middleware
+from eventbus.middleware import Idempotency, MemoryIdempotencyStore, Retry
 from tests.middleware.mwsupport import settle
 
 T = TypeVar("T")
@@ -48,7 +56,6 @@ class DeliveryMachine(RuleBasedStateMachine):
         self.raw = 0
         self.ids = itertools.count()
         middleware: list[Middleware] = [
-            DeadLetter(),
             Retry(tries=TRIES, delays=DELAYS, backoff=0.5, jitter=0.5),
             Idempotency(MemoryIdempotencyStore(clock=self.clock), lease=30),
         ]

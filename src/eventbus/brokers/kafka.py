@@ -63,7 +63,8 @@ from aiokafka.errors import KafkaConnectionError, KafkaError  # type: ignore[imp
 from aiokafka.errors import KafkaTimeoutError as _KafkaTimeout
 
 from eventbus.brokers._wire import check_max_message_bytes, whole_number
-from eventbus.deadletters import DeadLetter, describe_failure
+from eventbus.clock import SystemClock
+from eventbus.deadletters import DeadLetterRecord
 from eventbus.envelope import Envelope, decode, from_binary, to_binary
 from eventbus.errors import (
     BrokerUnavailable,
@@ -73,8 +74,7 @@ from eventbus.errors import (
     EventBusError,
     PublishError,
 )
-from eventbus.router import Subscription
-from eventbus.types import Capabilities
+from eventbus.types import Capabilities, SubscriptionView
 
 __all__ = ["KafkaBroker", "KafkaConsumer", "KafkaDelivery", "from_url", "pattern_regex"]
 
@@ -202,7 +202,16 @@ class KafkaBroker:
     group join; ``revoke_timeout`` how long a rebalance waits for in-flight work.
     """
 
-    capabilities = Capabilities(persistent=True)
+    capabilities = Capabilities(
+        persistent=True,
+        consumer_groups=True,
+        ordered_per_key=True,
+        delayed_redelivery=True,
+        dead_letters=True,
+        pattern_subscriptions=True,
+        uncounted_release=True,
+    )
+    clock = SystemClock()
 
     def __init__(
         self,
@@ -306,6 +315,10 @@ class KafkaBroker:
     def dead_letters(self) -> Any:
         return self._dead
 
+    def pending(self) -> None:
+        """Not known exactly on a network broker (``bus.drain()`` waits for idle handlers)."""
+        return
+
     def consumer_config(self, **overrides: Any) -> dict[str, Any]:
         return {
             "bootstrap_servers": self.bootstrap_servers,
@@ -406,7 +419,7 @@ class KafkaBroker:
     def tier(self, delay: float) -> float:
         return max(t for t in self.retry_tiers if t <= max(delay, 0.0))
 
-    async def subscribe(self, subscription: Subscription) -> KafkaConsumer:
+    async def subscribe(self, subscription: SubscriptionView) -> KafkaConsumer:
         if subscription.group is None:
             raise ValueError("subscription has no group; include it into a bus first")
         self._require_producer()
@@ -441,7 +454,7 @@ class _Partition:
 class KafkaConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
     """One subscription's consumer: the main topic(s) and the group's retry topics."""
 
-    def __init__(self, broker: KafkaBroker, sub: Subscription) -> None:
+    def __init__(self, broker: KafkaBroker, sub: SubscriptionView) -> None:
         self.broker = broker
         self.sub = sub
         self.group: str = sub.group or ""
@@ -789,16 +802,7 @@ class KafkaDelivery:
         if self._claim():
             self._consumer.settle(self)
 
-    async def nack(self, *, requeue: bool = True) -> None:
-        if not requeue:
-            record = describe_failure(
-                self,
-                group=self._consumer.group,
-                subscription=self._consumer.sub.name,
-                reason="rejected by the consumer",
-            )
-            await self.dead_letter(record)
-            return
+    async def nack(self) -> None:
         await self.retry_later(self._consumer.broker.nack_delay)
 
     async def release(self) -> None:
@@ -814,7 +818,7 @@ class KafkaDelivery:
         if self._claim():
             self._consumer.settle(self)
 
-    async def dead_letter(self, record: DeadLetter) -> None:
+    async def dead_letter(self, record: DeadLetterRecord) -> None:
         if self._done:
             return
         await self._consumer.broker._dead.add(record, self._consumer.sub.topic, self.key)

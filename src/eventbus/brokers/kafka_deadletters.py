@@ -32,7 +32,7 @@ from eventbus.brokers.kafka import (
     driver_errors,
     retry_topic,
 )
-from eventbus.deadletters import DeadLetter
+from eventbus.deadletters import DeadLetterRecord
 from eventbus.errors import BrokerUnavailable, DeadLetterNotFound, PublishError
 
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ TRUNCATED = DLQ + "original-size"
 _RECORD_OVERHEAD = 1024  # record, batch and request framing, with room to spare
 
 
-def _header_size(record: DeadLetter, key: bytes | None) -> int:
+def _header_size(record: DeadLetterRecord, key: bytes | None) -> int:
     """About what the headers of ``record``'s dead letter take (provenance included)."""
     texts = [record.error_message, record.traceback, record.reason, record.subscription]
     size = sum(
@@ -82,7 +82,7 @@ class KafkaDeadLetters:
         if reader is not None:
             await reader.stop()
 
-    async def add(self, record: DeadLetter, subscribed_topic: str, key: bytes | None) -> None:
+    async def add(self, record: DeadLetterRecord, subscribed_topic: str, key: bytes | None) -> None:
         """Append ``record``; ``subscribed_topic`` (the subscription's topic or pattern) lets
         a replay find the group's retry topic.
 
@@ -107,7 +107,9 @@ class KafkaDeadLetters:
         future = await self._broker.send(topic, body, record.id.encode(), headers)
         await self._broker._wait([future], topic)
 
-    def _headers(self, record: DeadLetter, subscribed_topic: str, key: bytes | None) -> Headers:
+    def _headers(
+        self, record: DeadLetterRecord, subscribed_topic: str, key: bytes | None
+    ) -> Headers:
         provenance: dict[str, Any] = {
             DLQ + f.replace("_", "-"): getattr(record, f) for f in _FIELDS
         }
@@ -123,11 +125,11 @@ class KafkaDeadLetters:
         return headers
 
     # ---------------------------------------------------------------- reading
-    async def _records(self, group: str | None) -> dict[str, tuple[DeadLetter, Any]]:
+    async def _records(self, group: str | None) -> dict[str, tuple[DeadLetterRecord, Any]]:
         """Live dead letters by id (oldest first) with the record each was read from."""
         async with self._lock:
             records = await self._read_all(group)
-        live: dict[str, tuple[DeadLetter, Any]] = {}
+        live: dict[str, tuple[DeadLetterRecord, Any]] = {}
         for record in records:  # offset order within a partition; one id, one partition
             dead_id = (record.key or b"").decode("utf-8", "replace")
             if record.value is None:
@@ -156,10 +158,10 @@ class KafkaDeadLetters:
             await reader.seek_to_beginning(*tps)
             return await _read_to_end(reader, tps)
 
-    async def list(self, *, group: str | None = None, limit: int = 100) -> list[DeadLetter]:
+    async def list(self, *, group: str | None = None, limit: int = 100) -> list[DeadLetterRecord]:
         return [record for record, _ in (await self._records(group)).values()][:limit]
 
-    async def get(self, dead_letter_id: str) -> DeadLetter | None:
+    async def get(self, dead_letter_id: str) -> DeadLetterRecord | None:
         entry = (await self._records(None)).get(dead_letter_id)
         return entry[0] if entry else None
 
@@ -213,7 +215,7 @@ async def _read_to_end(reader: Any, tps: Sequence[Any], timeout: float = 30.0) -
     return records
 
 
-def _dead_letter(record: Any) -> DeadLetter:
+def _dead_letter(record: Any) -> DeadLetterRecord:
     headers: Mapping[str, Any] = dict(record.headers)
 
     def text(name: str) -> str | None:
@@ -224,7 +226,7 @@ def _dead_letter(record: Any) -> DeadLetter:
         return datetime.fromisoformat(value) if value else None
 
     fields = {f: text(f.replace("_", "-")) for f in _FIELDS}
-    return DeadLetter(
+    return DeadLetterRecord(
         **{f: fields[f] or "" for f in _FIELDS[:7]},
         attempts=int(text("attempts") or 1),
         headers={k: v for k, v in headers.items() if not k.startswith(DLQ)},

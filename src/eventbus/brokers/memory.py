@@ -33,7 +33,7 @@ from typing import Any
 
 from eventbus.brokers._wire import check_max_message_bytes
 from eventbus.clock import SystemClock
-from eventbus.deadletters import DeadLetter, describe_failure
+from eventbus.deadletters import DeadLetterRecord, from_provenance, provenance
 from eventbus.envelope import Envelope, decode, to_binary
 from eventbus.errors import (
     BusNotStarted,
@@ -42,8 +42,8 @@ from eventbus.errors import (
     DecodeError,
     NoHandlerError,
 )
-from eventbus.router import Subscription, topic_matches
-from eventbus.types import Capabilities, Clock
+from eventbus.topics import topic_matches
+from eventbus.types import Capabilities, Clock, SubscriptionView
 
 __all__ = ["MemoryBroker", "MemoryDeadLetters"]
 
@@ -159,7 +159,14 @@ class MemoryBroker:
     the bus applies (:data:`DEFAULT_MAX_MESSAGE_BYTES`).
     """
 
-    capabilities = Capabilities(persistent=False, in_process=True)
+    capabilities = Capabilities(
+        consumer_groups=True,
+        ordered_per_key=True,
+        delayed_redelivery=True,
+        dead_letters=True,
+        pattern_subscriptions=True,
+        uncounted_release=True,
+    )
 
     def __init__(
         self,
@@ -271,7 +278,7 @@ class MemoryBroker:
             self._routes.clear()
         return group_queue
 
-    async def subscribe(self, subscription: Subscription) -> MemoryConsumer:
+    async def subscribe(self, subscription: SubscriptionView) -> MemoryConsumer:
         if subscription.group is None:
             raise ValueError("subscription has no group; include it into a bus first")
         group_queue = self._queue_for(
@@ -370,14 +377,10 @@ class MemoryDelivery:
     async def ack(self) -> None:
         self._consumer._settle(self)
 
-    async def nack(self, *, requeue: bool = True) -> None:
-        if not self._consumer._settle(self):
-            return
-        if requeue:
+    async def nack(self) -> None:
+        if self._consumer._settle(self):
             message = self._message.again(self.attempt + 1, self.metadata)
             self._consumer._group_queue.queue.put_nowait(message)
-        else:
-            self._consumer._broker.dead_letters._add_rejected(self)
 
     async def release(self) -> None:
         """Back to the front of the group's queue, with the same attempt and metadata."""
@@ -390,47 +393,57 @@ class MemoryDelivery:
             message = self._message.again(self.attempt + 1, self.metadata)
             self._consumer._broker._schedule(self._consumer._group_queue, message, delay)
 
-    async def dead_letter(self, record: DeadLetter) -> None:
+    async def dead_letter(self, record: DeadLetterRecord) -> None:
         if self._consumer._settle(self):
             self._consumer._broker.dead_letters._add(record, self._consumer._group_queue)
 
 
 class MemoryDeadLetters:
-    """The memory broker's dead-letter store (``bus.dead_letters``)."""
+    """The memory broker's dead-letter store (``bus.dead_letters``).
+
+    Records are kept as every network adapter keeps them (provenance written by
+    :func:`eventbus.deadletters.provenance`, original headers and bytes) and read back the same
+    way, so what a unit test sees of a dead letter is what production stores.
+    """
 
     def __init__(self, broker: MemoryBroker) -> None:
         self._broker = broker
-        self._records: dict[str, tuple[DeadLetter, _GroupQueue]] = {}
+        self._records: dict[str, tuple[dict[str, str], Mapping[str, Any], bytes, _GroupQueue]] = {}
 
-    def _add(self, record: DeadLetter, group_queue: _GroupQueue) -> None:
-        self._records[record.id] = (record, group_queue)
-
-    def _add_rejected(self, delivery: MemoryDelivery) -> None:
-        group_queue = delivery._consumer._group_queue
-        record = describe_failure(
-            delivery, group=group_queue.group, subscription="", reason="rejected by the consumer"
+    def _add(self, record: DeadLetterRecord, group_queue: _GroupQueue) -> None:
+        self._records[record.id] = (
+            provenance(record),
+            dict(record.headers),
+            record.body,
+            group_queue,
         )
-        self._add(record, group_queue)
 
-    async def list(self, *, group: str | None = None, limit: int = 100) -> list[DeadLetter]:
-        records = [r for r, _ in self._records.values() if group is None or r.group == group]
+    def _record(self, dead_letter_id: str) -> DeadLetterRecord | None:
+        entry = self._records.get(dead_letter_id)
+        return from_provenance(entry[0], entry[1], entry[2]) if entry else None
+
+    async def list(self, *, group: str | None = None, limit: int = 100) -> list[DeadLetterRecord]:
+        records = [
+            from_provenance(values, headers, body)
+            for values, headers, body, queue in self._records.values()
+            if group is None or queue.group == group
+        ]
         return records[:limit]
 
-    async def get(self, dead_letter_id: str) -> DeadLetter | None:
-        entry = self._records.get(dead_letter_id)
-        return entry[0] if entry else None
+    async def get(self, dead_letter_id: str) -> DeadLetterRecord | None:
+        return self._record(dead_letter_id)
 
     async def replay(self, dead_letter_id: str) -> None:
         entry = self._records.pop(dead_letter_id, None)
         if entry is None:
             raise DeadLetterNotFound(dead_letter_id)
-        record, group_queue = entry
-        key = record.headers.get("ce_partitionkey")
-        message = _Message(record.destination, None, (record.headers, record.body), key)
-        group_queue.queue.put_nowait(message)
+        values, headers, body, group_queue = entry
+        destination = from_provenance(values, headers, body).destination
+        key = headers.get("ce_partitionkey")
+        group_queue.queue.put_nowait(_Message(destination, None, (headers, body), key))
 
     async def purge(self, *, group: str | None = None) -> int:
-        doomed = [i for i, (r, _) in self._records.items() if group is None or r.group == group]
+        doomed = [i for i, e in self._records.items() if group is None or e[3].group == group]
         for dead_letter_id in doomed:
             del self._records[dead_letter_id]
         return len(doomed)

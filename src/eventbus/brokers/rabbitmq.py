@@ -53,7 +53,8 @@ from aio_pika.abc import (
 )
 
 from eventbus.brokers._wire import check_max_message_bytes
-from eventbus.deadletters import DeadLetter
+from eventbus.clock import SystemClock
+from eventbus.deadletters import DeadLetterRecord
 from eventbus.envelope import Envelope, decode, to_binary
 from eventbus.errors import (
     BrokerUnavailable,
@@ -62,8 +63,7 @@ from eventbus.errors import (
     EventBusError,
     PublishError,
 )
-from eventbus.router import Subscription
-from eventbus.types import Capabilities
+from eventbus.types import Capabilities, SubscriptionView
 
 if TYPE_CHECKING:
     from eventbus.brokers.rabbitmq_deadletters import RabbitMQDeadLetters
@@ -235,7 +235,16 @@ class RabbitMQBroker:
     ``max_message_size`` default, 128 MiB). ``options`` go to ``aio_pika.connect_robust``.
     """
 
-    capabilities = Capabilities(persistent=True, uncounted_release=False)
+    capabilities = Capabilities(
+        persistent=True,
+        consumer_groups=True,
+        ordered_per_key=True,
+        delayed_redelivery=True,
+        dead_letters=True,
+        pattern_subscriptions=True,
+        counts_crash_redeliveries=True,
+    )
+    clock = SystemClock()
 
     def __init__(
         self,
@@ -329,6 +338,10 @@ class RabbitMQBroker:
     @property
     def dead_letters(self) -> RabbitMQDeadLetters:
         return self._dead
+
+    def pending(self) -> None:
+        """Not known exactly on a network broker (``bus.drain()`` waits for idle handlers)."""
+        return
 
     def exchange_for(self, destination: str) -> str:
         """The exchange a destination (or subscription pattern) is published to / bound on."""
@@ -532,7 +545,7 @@ class RabbitMQBroker:
         return name
 
     # ---------------------------------------------------------------- consuming
-    async def subscribe(self, subscription: Subscription) -> RabbitMQConsumer:
+    async def subscribe(self, subscription: SubscriptionView) -> RabbitMQConsumer:
         """Declare the group's queue, its DLQ and binding, then start consuming.
 
         Returns once the queue is bound, so nothing published afterwards is missed. Prefetch
@@ -584,7 +597,7 @@ class RabbitMQConsumer:
         broker: RabbitMQBroker,
         channel: AbstractChannel,
         queue: AbstractQueue,
-        subscription: Subscription,
+        subscription: SubscriptionView,
     ) -> None:
         self.broker = broker
         self.channel = channel
@@ -780,16 +793,11 @@ class RabbitMQDelivery:
             raise error from exc
         self._settled = True
 
-    async def nack(self, *, requeue: bool = True) -> None:
-        """With ``requeue``, a copy with ``attempt + 1`` goes to the back of this group's queue
-        (classic queues count no redeliveries), then the original is acked; without, RabbitMQ
-        dead-letters it to ``{queue}.dlq`` (with ``x-death``)."""
-        if not self._open():
-            return
-        if requeue:
+    async def nack(self) -> None:
+        """A copy with ``attempt + 1`` goes to the back of this group's queue (classic queues
+        count no redeliveries), then the original is acked."""
+        if self._open():
             await self._resend("", self.queue)
-        else:
-            await self._reject(requeue=False)
 
     async def release(self) -> None:
         """``basic.reject`` with requeue: back in its place in the queue, so order is kept.
@@ -829,7 +837,7 @@ class RabbitMQDelivery:
             self._copied = True
         await self._ack()
 
-    async def dead_letter(self, record: DeadLetter) -> None:
+    async def dead_letter(self, record: DeadLetterRecord) -> None:
         """Publish the original message with provenance headers to ``{queue}.dlq``, then ack."""
         if not self._open():
             return
@@ -842,7 +850,7 @@ class RabbitMQDelivery:
         await self._ack()
 
 
-def _provenance(record: DeadLetter) -> dict[str, str]:
+def _provenance(record: DeadLetterRecord) -> dict[str, str]:
     fields = {
         "id": record.id,
         "reason": record.reason,

@@ -27,7 +27,7 @@ from eventbus.brokers.rabbitmq import (
     _text,
     _without_ours,
 )
-from eventbus.deadletters import DeadLetter
+from eventbus.deadletters import DeadLetterRecord
 from eventbus.envelope import Envelope, decode
 from eventbus.errors import DeadLetterNotFound, DecodeError
 
@@ -78,8 +78,8 @@ class RabbitMQDeadLetters:
                 with contextlib.suppress(Exception):
                     await channel.close()  # hands back every message not acked
 
-    async def list(self, *, group: str | None = None, limit: int = 100) -> list[DeadLetter]:
-        records: list[DeadLetter] = []
+    async def list(self, *, group: str | None = None, limit: int = 100) -> list[DeadLetterRecord]:
+        records: list[DeadLetterRecord] = []
         for dlq in self._selected(group):
             async with self._browse(dlq) as messages:
                 records.extend(self._record(dlq, m) for m in messages)
@@ -87,7 +87,7 @@ class RabbitMQDeadLetters:
                 break
         return records[:limit]
 
-    async def get(self, dead_letter_id: str) -> DeadLetter | None:
+    async def get(self, dead_letter_id: str) -> DeadLetterRecord | None:
         for dlq in self._selected(None):
             async with self._browse(dlq) as messages:
                 for message in messages:
@@ -126,7 +126,7 @@ class RabbitMQDeadLetters:
                     await channel.close()
         return count
 
-    def _record(self, dlq: str, message: AbstractIncomingMessage) -> DeadLetter:
+    def _record(self, dlq: str, message: AbstractIncomingMessage) -> DeadLetterRecord:
         headers = _received_headers(message)
         ours = {k[len(DLQ) :]: _text(v) for k, v in headers.items() if k.startswith(DLQ)}
         original = {k: v for k, v in headers.items() if not k.startswith(DLQ)}
@@ -151,9 +151,9 @@ def _time(value: str | None) -> datetime | None:
 
 def _record_from(
     dlq: str, ours: Mapping[str, str], headers: dict[str, Any], body: bytes, group: str
-) -> DeadLetter:
+) -> DeadLetterRecord:
     envelope = _event_of(headers, body)
-    return DeadLetter(
+    return DeadLetterRecord(
         id=ours["id"],
         destination=ours.get("destination", ""),
         group=ours.get("group", group),
@@ -175,7 +175,7 @@ def _record_from(
 
 def _native_record(
     dlq: str, headers: dict[str, Any], message: AbstractIncomingMessage, group: str
-) -> DeadLetter:
+) -> DeadLetterRecord:
     """A message RabbitMQ dead-lettered itself: provenance from its first ``x-death`` entry."""
     deaths = headers.get("x-death") or [{}]
     death = deaths[0] if isinstance(deaths, list) and deaths else {}
@@ -187,7 +187,7 @@ def _native_record(
     when = at.replace(tzinfo=at.tzinfo or timezone.utc) if isinstance(at, datetime) else None
     envelope = _event_of(headers, message.body)
     attempt = headers.get(ATTEMPT)
-    return DeadLetter(
+    return DeadLetterRecord(
         id=f"x-death-{digest[:32]}",
         destination=_text(headers.get(DESTINATION) or keys[0]),
         group=group,

@@ -68,7 +68,8 @@ else:  # pragma: no cover - redis-py depends on async-timeout there
     from async_timeout import timeout as _timeout
 
 from eventbus.brokers._wire import check_max_message_bytes
-from eventbus.deadletters import DeadLetter, describe_failure
+from eventbus.clock import SystemClock
+from eventbus.deadletters import DeadLetterRecord
 from eventbus.envelope import (
     STRUCTURED_CONTENT_TYPE,
     Envelope,
@@ -84,8 +85,7 @@ from eventbus.errors import (
     EventBusError,
     PublishError,
 )
-from eventbus.router import Subscription
-from eventbus.types import Capabilities
+from eventbus.types import Capabilities, SubscriptionView
 
 if TYPE_CHECKING:
     from eventbus.brokers.redis_deadletters import RedisDeadLetters
@@ -342,7 +342,10 @@ class RedisBroker:
         delayed_redelivery=True,
         dead_letters=True,
         pattern_subscriptions=False,  # Redis has no topic routing: refused at subscribe time
+        uncounted_release=True,
+        counts_crash_redeliveries=True,  # Redis' delivery count of a claimed entry
     )
+    clock = SystemClock()
 
     def __init__(
         self,
@@ -468,6 +471,10 @@ class RedisBroker:
     def dead_letters(self) -> RedisDeadLetters:
         return self._dead
 
+    def pending(self) -> None:
+        """Not known exactly on a network broker (``bus.drain()`` waits for idle handlers)."""
+        return
+
     # ---------------------------------------------------------------- publishing
     async def publish(self, destination: str, envelope: Envelope) -> None:
         """``XADD`` the event; returns once Redis has replied to this very ``XADD``.
@@ -579,7 +586,7 @@ class RedisBroker:
             await self.redis.xadd(self.keys.stream(destination), fields, maxlen=self.maxlen)
 
     # ---------------------------------------------------------------- consuming
-    async def subscribe(self, subscription: Subscription) -> RedisConsumer:
+    async def subscribe(self, subscription: SubscriptionView) -> RedisConsumer:
         if subscription.group is None:
             raise ValueError("subscription has no group; include it into a bus first")
         if subscription.is_pattern:
@@ -667,7 +674,7 @@ class RedisConsumer:
     """
 
     def __init__(
-        self, broker: RedisBroker, subscription: Subscription, main: str, retry: str
+        self, broker: RedisBroker, subscription: SubscriptionView, main: str, retry: str
     ) -> None:
         self.broker = broker
         self.subscription = subscription
@@ -994,17 +1001,7 @@ class RedisDelivery:
     async def ack(self) -> None:
         await self._consumer.settle(self, "ack", [], [])
 
-    async def nack(self, *, requeue: bool = True) -> None:
-        if not requeue:
-            consumer = self._consumer
-            record = describe_failure(
-                self,
-                group=consumer.group,
-                subscription=consumer.subscription.name,
-                reason="rejected by the consumer",
-            )
-            await self.dead_letter(record)
-            return
+    async def nack(self) -> None:
         retry = self._consumer.retry
         await self._consumer.settle(self, "requeue", [retry], self._carried(self.attempt + 1))
 
@@ -1032,7 +1029,7 @@ class RedisDelivery:
         await consumer.settle(self, "delay", [consumer.broker.keys.delayed], args)
         consumer.broker.wake_mover()
 
-    async def dead_letter(self, record: DeadLetter) -> None:
+    async def dead_letter(self, record: DeadLetterRecord) -> None:
         from eventbus.brokers.redis_deadletters import dlq_fields
 
         consumer = self._consumer

@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from eventbus.brokers.redis import _CARRIED, _text
-from eventbus.deadletters import DeadLetter
+from eventbus.deadletters import DeadLetterRecord
 from eventbus.errors import DeadLetterNotFound
 
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ _PROVENANCE = (
 )
 
 
-def dlq_fields(record: DeadLetter) -> list[Any]:
+def dlq_fields(record: DeadLetterRecord) -> list[Any]:
     """The fields of a dead-letter entry: id, the original bytes, headers and provenance."""
     provenance: dict[str, Any] = {name: getattr(record, name) for name in _PROVENANCE}
     for name in ("first_failure_at", "last_failure_at"):
@@ -64,13 +64,13 @@ def dlq_fields(record: DeadLetter) -> list[Any]:
     ]
 
 
-def _record(fields: Mapping[bytes, bytes]) -> DeadLetter:
+def _record(fields: Mapping[bytes, bytes]) -> DeadLetterRecord:
     provenance = json.loads(fields[b"record"])
     for name in ("first_failure_at", "last_failure_at"):
         moment = provenance.get(name)
         provenance[name] = datetime.fromisoformat(moment) if moment else None
     headers = json.loads(fields[b"headers"])
-    return DeadLetter(headers=headers, body=fields.get(b"data", b""), **provenance)
+    return DeadLetterRecord(headers=headers, body=fields.get(b"data", b""), **provenance)
 
 
 def _stream_id(entry_id: str) -> tuple[int, int]:
@@ -99,8 +99,8 @@ class RedisDeadLetters:
             where = await self._broker.redis.hvals(self._broker.keys.dlq_index)
         return sorted({_text(w).partition(" ")[2] for w in where})
 
-    async def list(self, *, group: str | None = None, limit: int = 100) -> list[DeadLetter]:
-        found: list[tuple[tuple[int, int], DeadLetter]] = []
+    async def list(self, *, group: str | None = None, limit: int = 100) -> list[DeadLetterRecord]:
+        found: list[tuple[tuple[int, int], DeadLetterRecord]] = []
         for stream in await self._streams(group):
             async with self._broker._io(f"read dead letters from {stream!r}"):
                 entries: Any = await self._broker.redis.xrange(stream, count=limit)
@@ -108,7 +108,7 @@ class RedisDeadLetters:
         found.sort(key=lambda item: item[0])
         return [record for _, record in found[:limit]]
 
-    async def get(self, dead_letter_id: str) -> DeadLetter | None:
+    async def get(self, dead_letter_id: str) -> DeadLetterRecord | None:
         located = await self._locate(dead_letter_id)
         if located is None:
             return None

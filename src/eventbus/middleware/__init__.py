@@ -4,10 +4,10 @@ Each middleware is a small class whose ``__init__`` takes options and whose
 ``async __call__(ctx, call_next)`` awaits ``call_next(ctx)`` in the same task. Middleware only
 *raise*; the consume policy in :mod:`eventbus.consume` settles every delivery.
 
-Default order (first = outermost): dead-letter → retry → idempotency → handler. An
-``EventBus`` created without ``middleware=`` uses :func:`default_middleware` (``DeadLetter``,
-``Retry``); ``middleware=()`` means none. ``Idempotency`` needs a store, so it
-is opt-in::
+Default order (first = outermost): retry → idempotency → handler. An ``EventBus`` created
+without ``middleware=`` uses :func:`default_middleware` (``Retry``); ``middleware=()`` means
+none (the consume policy still dead-letters permanent failures and redelivers the rest after a
+growing delay). ``Idempotency`` needs a store, so it is opt-in::
 
     bus = EventBus(url, middleware=[*default_middleware(), Idempotency(store)])
 
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from eventbus.middleware.deadletter import DeadLetter
 from eventbus.middleware.idempotency import (
     Claim,
     ClaimStatus,
@@ -31,14 +30,13 @@ from eventbus.middleware.retry import Retry, current_try
 from eventbus.middleware.timeout import Timeout
 
 if TYPE_CHECKING:
+    from eventbus.context import Middleware
     from eventbus.middleware.idempotency_redis import RedisIdempotencyStore
     from eventbus.middleware.idempotency_sql import SqlIdempotencyStore
-    from eventbus.types import Middleware
 
 __all__ = [
     "Claim",
     "ClaimStatus",
-    "DeadLetter",
     "Idempotency",
     "IdempotencyStore",
     "MemoryIdempotencyStore",
@@ -57,12 +55,12 @@ _LAZY = {
 
 
 def default_middleware() -> list[Middleware]:
-    """What a bus gets when ``middleware=`` is not given: ``[DeadLetter(), Retry()]``.
+    """What a bus gets when ``middleware=`` is not given: ``[Retry()]``.
 
     Three quick tries per delivery, then redeliveries after 1 s, 10 s and 60 s, then the
     dead-letter queue. Build on it: ``[*default_middleware(), Idempotency(store)]``.
     """
-    return [DeadLetter(), Retry()]
+    return [Retry()]
 
 
 def __getattr__(name: str) -> Any:

@@ -34,8 +34,8 @@ from eventbus.clock import SystemClock
 from eventbus.errors import ConfigurationError, RetryLater
 
 if TYPE_CHECKING:
-    from eventbus.context import Context
-    from eventbus.types import Clock, Next
+    from eventbus.context import Context, Next
+    from eventbus.types import Clock
 
 __all__ = [
     "DUPLICATE_STATE_KEY",

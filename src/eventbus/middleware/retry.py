@@ -40,7 +40,6 @@ from tenacity import (
     wait_random,
 )
 
-from eventbus.clock import SystemClock
 from eventbus.errors import (
     ConfigurationError,
     NonRetryableError,
@@ -51,17 +50,15 @@ from eventbus.errors import (
 )
 
 if TYPE_CHECKING:
-    from eventbus.context import Context
-    from eventbus.types import Clock, Next
+    from eventbus.context import Context, Next
+    from eventbus.types import Clock
 
-__all__ = ["TRY_STATE_KEY", "Retry", "clock_for", "current_try", "is_permanent"]
+__all__ = ["TRY_STATE_KEY", "Retry", "current_try", "is_permanent"]
 
 log = logging.getLogger("eventbus.retry")
 
 TRY_STATE_KEY = "eventbus.retry.try"
 """``ctx.state`` key holding the in-process try number (1-based) within the current delivery."""
-
-_SYSTEM_CLOCK = SystemClock()
 
 
 def current_try(ctx: Context) -> int:
@@ -71,17 +68,6 @@ def current_try(ctx: Context) -> int:
     """
     value = ctx.state.get(TRY_STATE_KEY, 1)
     return value if isinstance(value, int) else 1
-
-
-def clock_for(ctx: Context) -> Clock:
-    """The clock of the bus's broker when it has one (the memory broker does), else real time.
-
-    So a test that gives the memory broker a ``FakeClock`` drives backoff and timeouts too.
-    """
-    clock = getattr(ctx.bus.broker, "clock", None)
-    if clock is not None and callable(getattr(clock, "sleep", None)):
-        return clock  # type: ignore[no-any-return]
-    return _SYSTEM_CLOCK
 
 
 def is_permanent(
@@ -103,7 +89,7 @@ class Retry:
     ``tries`` in-process tries per delivery (>= 1) with backoff ``backoff * 2**n`` seconds,
     capped at ``max_backoff``, plus up to ``jitter`` seconds at random; then one delayed
     redelivery per entry of ``delays``; then give up. ``permanent`` and ``is_permanent`` add
-    errors that are never retried. ``clock`` defaults to :func:`clock_for`.
+    errors that are never retried. ``clock`` defaults to the bus's (``ctx.clock``).
     """
 
     def __init__(
@@ -159,7 +145,7 @@ class Retry:
 
     async def _retry(self, ctx: Context, call_next: Next, first_error: Exception) -> None:
         """Tries 2..``tries`` under tenacity; try 1 is replayed from ``first_error``."""
-        clock = self.clock or clock_for(ctx)
+        clock = self.clock or ctx.clock
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.tries),
             wait=wait_exponential(multiplier=self.backoff, max=self.max_backoff)

@@ -19,11 +19,10 @@ from typing import TYPE_CHECKING
 import anyio
 
 from eventbus.errors import ConfigurationError, HandlerTimeout
-from eventbus.middleware.retry import clock_for
 
 if TYPE_CHECKING:
-    from eventbus.context import Context
-    from eventbus.types import Clock, Next
+    from eventbus.context import Context, Next
+    from eventbus.types import Clock
 
 __all__ = ["Timeout"]
 
@@ -38,7 +37,7 @@ class Timeout:
         self.clock = clock
 
     async def __call__(self, ctx: Context, call_next: Next) -> None:
-        clock = self.clock or clock_for(ctx)
+        clock = self.clock or ctx.clock
         with anyio.CancelScope() as scope:
             watchdog = asyncio.get_running_loop().create_task(self._expire(clock, scope))
             try:

@@ -13,12 +13,12 @@ import pytest
 
 from eventbus.bus import EventBus
 from eventbus.clock import FakeClock
-from eventbus.context import Context
+from eventbus.context import Context, Middleware
 from eventbus.envelope import Envelope
 from eventbus.errors import PermanentError
 from eventbus.event import Event
 from eventbus.router import Router
-from eventbus.types import Broker, Middleware
+from eventbus.types import Broker
 
 __all__ = ["ContractBase", "Ping", "collect", "collect_envelopes", "ping_type", "refuse"]
 

@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import datetime, timezone
 from typing import Any
 
 import pytest
 
 from eventbus.context import Context
+from eventbus.deadletters import MAX_ERROR_MESSAGE, MAX_TRACEBACK
 from eventbus.envelope import Envelope, decode
 from eventbus.errors import DeadLetterNotFound, PermanentError, RetryLater
+from eventbus.middleware.retry import Retry
 from eventbus.router import Router
 from eventbus.testing._contract_base import Ping, collect, collect_envelopes, refuse
 from eventbus.testing.contract_lifecycle import LifecycleContract
@@ -158,6 +161,51 @@ class BrokerContract(LifecycleContract, MalformedInputContract):
         assert "refuse" in record.subscription
         assert "PermanentError" in record.traceback
         assert decode(record.headers, record.body).data == sent.data
+
+    async def test_every_field_of_a_dead_letter_survives_the_round_trip(self) -> None:
+        event_cls, router, group = self.event(), Router(), f"{self.ns}-fields"
+        message = "ünïcødé failure " + "x" * 9000  # longer than a record keeps, in both fields
+
+        @router.subscribe(event_cls, group=group)
+        async def always_fails(event: Ping) -> None:
+            raise RuntimeError(message)
+
+        traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        envelope = Envelope(
+            id=f"{self.ns}-e1",
+            type=event_cls.event_type,
+            source="producer",
+            data=b'{"n":1}',
+            time=datetime.now(timezone.utc),
+            traceparent=traceparent,
+            partitionkey="k-1",
+        )
+        retry = Retry(tries=1, delays=(self.retry_delay,))
+        async with self.bus(router, middleware=(retry,)) as bus:
+            self.capability(bus.broker, "dead_letters")
+            await bus.publish_envelope(envelope, event_cls.destination())
+            if self.clock is not None:
+                clock = self.clock
+                await self.wait(lambda: clock.sleepers > 0, "the retry is scheduled")
+                await clock.advance(self.retry_delay)
+            [record] = await self._dead_letters(bus, group, 1)
+            assert await bus.dead_letters.get(record.id) == record
+        assert record.id
+        assert (record.destination, record.group) == (event_cls.destination(), group)
+        assert record.subscription.endswith("always_fails")
+        assert record.reason == "retries exhausted after 2 deliveries"
+        assert (record.error_type, record.attempts) == ("builtins.RuntimeError", 2)
+        assert record.error_message == message[:MAX_ERROR_MESSAGE]
+        assert len(record.traceback) == MAX_TRACEBACK
+        assert record.traceback.endswith("replay it with bus.dead_letters.replay(id)")  # its tail
+        assert (record.event_id, record.event_type) == (envelope.id, envelope.type)
+        assert record.traceparent == traceparent
+        assert decode(record.headers, record.body) == envelope
+        first, last = record.first_failure_at, record.last_failure_at
+        assert first is not None
+        assert last is not None
+        assert first.tzinfo is not None
+        assert first < last  # the first delivery's failure, carried to the second
 
     async def test_replay_redelivers_the_same_event_id(self) -> None:
         event_cls, router = self.event(), Router()
