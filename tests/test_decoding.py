@@ -14,7 +14,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from eventbus.brokers.kafka import KafkaDelivery, _Partition
-from eventbus.brokers.memory import MemoryBroker, MemoryConsumer, MemoryDelivery, _Message
+from eventbus.brokers.memory import MemoryBroker, MemoryConsumer, MemoryDelivery
+from eventbus.brokers.memory.queues import Message
 from eventbus.brokers.rabbitmq import RabbitMQDelivery
 from eventbus.brokers.redis import RedisDelivery
 from eventbus.envelope import STRUCTURED_CONTENT_TYPE, Envelope, decode
@@ -74,7 +75,7 @@ def test_the_memory_adapter_decodes_anything(
 ) -> None:
     broker = MemoryBroker()
     consumer = MemoryConsumer(broker, broker._queue_for("g", "t", False))
-    delivery = MemoryDelivery(consumer, 0, _Message("t", None, (headers, body), key))
+    delivery = MemoryDelivery(consumer, 0, Message("t", None, (headers, body), key))
     _outcome(delivery.envelope, delivery.decode_error)
     assert delivery.body == body
 

@@ -10,9 +10,13 @@ Each trial deletes its keys when it stops. Every client keeps redis-py's default
 timeout (eventbus applies it itself, see its adapter).
 
 * ``raw``: one ``redis.asyncio.Redis`` client (its connection pool, hiredis parser). The
-  consumer task reads a batch, then per entry: ``decode`` → ``on_event`` → ``XACK``. An entry
-  whose handler raises stays pending (redelivery would need ``XAUTOCLAIM``). Concurrent
-  publishers each take a pool connection, so 100 of them use 100 connections.
+  consumer task reads a batch, runs ``decode`` → ``on_event`` for each entry, then
+  acknowledges every entry of the batch whose handler returned with one ``XACK`` (all their
+  ids in one command, as eventbus sends them). An entry whose handler raises stays pending
+  (redelivery would need ``XAUTOCLAIM``). Batched publishes are one pipeline, as eventbus
+  sends them. redis-py has no automatic pipelining, so concurrent publishers each send their
+  own ``XADD`` on a pool connection of their own (100 of them use 100 connections); eventbus
+  pipelines what concurrent publishers queue up while one round trip is in flight.
 * ``eventbus``: ``EventBus(url, service="bench", routers=[router], ...)`` with the default
   middleware chain (dead-letter, retry) and ``batch_size=PREFETCH``, ``start_from="earliest"``.
   Events go to their class's ``event_topic`` (the public way to pick a destination), so
@@ -96,13 +100,16 @@ class RawRedis(Workload):
             )
             items = response.items() if isinstance(response, dict) else (response or [])
             for _, entries in items:
+                handled = []
                 for entry_id, fields in entries:
                     try:
                         on_event(decode(fields[b"data"]))
                     except Exception:
                         log.exception("handler failed on %s; left pending", entry_id)
                         continue
-                    await redis.xack(stream, GROUP, entry_id)
+                    handled.append(entry_id)
+                if handled:  # one XACK for the whole batch, each id only after its handler
+                    await redis.xack(stream, GROUP, *handled)
 
     async def publish(self, event: UserCreated) -> None:
         await self.redis.xadd(self.stream, {"data": encode(event)})

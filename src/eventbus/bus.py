@@ -14,7 +14,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from eventbus.brokers import from_url
-from eventbus.clock import FakeClock, SystemClock
+from eventbus.clock import FakeClock
 from eventbus.consume import SubscriptionHandler, build_chain, release
 from eventbus.context import Middleware
 from eventbus.deadletters import DeadLetterStore
@@ -140,16 +140,15 @@ class EventBus:
         if self._started:
             return
         subscriptions = self.subscriptions
-        clock = getattr(self.broker, "clock", None)
+        clock = self.broker.clock
         self._active = set() if isinstance(clock, FakeClock) else None
-        settle_clock = clock if clock is not None else SystemClock()
         await self.broker.connect()
         try:
             for sub in subscriptions:
                 chain = build_chain(sub, self.middleware)
                 consumer = await self.broker.subscribe(sub)
                 handle = SubscriptionHandler(
-                    self, sub, chain, self.redelivery_delay, settle_clock, self._active
+                    self, sub, chain, self.redelivery_delay, clock, self._active
                 )
                 runner = SubscriptionRunner(sub.name, consumer, handle, release, sub.concurrency)
                 self._runners.append(runner)
@@ -301,14 +300,13 @@ class EventBus:
         ``TimeoutError`` after ``timeout`` real seconds, naming what is left.
         """
         deadline = time.monotonic() + timeout
-        pending = getattr(self.broker, "pending", None)
-        clock = getattr(self.broker, "clock", None)
+        clock = self.broker.clock
         fake = clock if isinstance(clock, FakeClock) else None
         while True:
-            left = pending() if pending else {}
+            left = self.broker.pending() or {}
             if not self.busy and not any(left.values()):
                 await asyncio.sleep(0)  # let a just-woken consumer take what arrived
-                left = pending() if pending else {}
+                left = self.broker.pending() or {}
                 if not self.busy and not any(left.values()):
                     return
             if advance_clock and fake is not None and await self._only_waiting_on(fake):
@@ -320,9 +318,8 @@ class EventBus:
 
     async def _only_waiting_on(self, clock: FakeClock) -> bool:
         """True when nothing is queued and every running handler sleeps on ``clock``."""
-        pending = getattr(self.broker, "pending", None)
         for _ in range(3):  # a clock that stays the only thing to wait on, across loop turns
-            if not clock.sleepers or (pending is not None and pending().get("queued")):
+            if not clock.sleepers or (self.broker.pending() or {}).get("queued"):
                 return False
             if any(not clock.is_sleeping(task) for task in self._active or ()):
                 return False

@@ -26,11 +26,11 @@ from aiokafka import (  # type: ignore[import-untyped]
 
 from eventbus import Context, Event, EventBus, Router
 from eventbus.brokers import from_url
-from eventbus.brokers.kafka import KafkaBroker, KafkaConsumer, pattern_regex
+from eventbus.brokers.kafka import KafkaBroker, KafkaConsumer
 from eventbus.envelope import Envelope, decode, to_binary, to_structured
-from eventbus.errors import ConfigurationError, RetryLater
+from eventbus.errors import ConfigurationError, PermanentError, RetryLater
 from eventbus.testing import BrokerContract, wait_until
-from eventbus.topics import topic_matches
+from eventbus.topics import pattern_regex, topic_matches
 from eventbus.types import Broker
 
 pytestmark = [pytest.mark.anyio, pytest.mark.kafka]
@@ -104,7 +104,7 @@ class TestKafkaContract(BrokerContract):
 def test_pattern_regex_matches_like_the_router(pattern: str) -> None:
     import re
 
-    regex = re.compile(pattern_regex(pattern))
+    regex = re.compile(pattern_regex(pattern, exclude_prefix="__"))
     topics = ["a", "b", "a.b", "a.c", "a.b.c", "x.b", "x.y.b", "a.x.y.b", "c", "a-b.x", "ab.c"]
     for topic in topics:
         assert bool(regex.match(topic)) == topic_matches(pattern, topic), (pattern, topic)
@@ -510,14 +510,17 @@ async def test_dead_letters_keep_provenance_and_key(kafka_url: str) -> None:
     router = Router()
 
     @router.subscribe(event_cls, group=f"d{ns}-g")
-    async def refuse(event: Aggregate, ctx: Context) -> None:
-        await ctx.delivery.nack(requeue=False)  # type: ignore[union-attr]
+    async def refuse(event: Aggregate) -> None:
+        raise PermanentError("rejected by the consumer")
 
     async with EventBus(make(kafka_url), service="d", routers=[router], middleware=()) as bus:
         sent = await bus.publish(event_cls(n=3), key="the-key")
         await wait_until(lambda: _count(bus, f"d{ns}-g", 1), timeout=15)
         (record,) = await bus.dead_letters.list(group=f"d{ns}-g")
-        assert record.reason == "rejected by the consumer"
+        assert (record.reason, record.error_message) == (
+            "permanent failure",
+            "rejected by the consumer",
+        )
         assert record.event_id == sent.id
         assert decode(record.headers, record.body).id == sent.id
         assert await bus.dead_letters.get(record.id) == record

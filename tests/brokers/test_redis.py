@@ -28,8 +28,15 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from eventbus import Context, Event, EventBus, Next, Router
 from eventbus.brokers import from_url
 from eventbus.brokers.redis import RedisBroker
+from eventbus.deadletters import FIRST_FAILURE_AT
 from eventbus.envelope import Envelope
-from eventbus.errors import BrokerUnavailable, ConfigurationError, PublishError, RetryLater
+from eventbus.errors import (
+    BrokerUnavailable,
+    ConfigurationError,
+    PermanentError,
+    PublishError,
+    RetryLater,
+)
 from eventbus.testing import BrokerContract, wait_until
 from eventbus.types import Broker
 
@@ -57,7 +64,8 @@ class TestRedisContract(BrokerContract):
         await _delete_prefix(redis_url, f"ebtest:{self.ns}:")
 
     async def make_broker(self) -> Broker:
-        return fast(self.url, prefix=f"ebtest:{self.ns}:")
+        # claim_idle: a message whose consumer died comes back within the suite's wait.
+        return fast(self.url, prefix=f"ebtest:{self.ns}:", claim_idle=2.0)
 
     async def unsettled(self, broker: Broker, group: str, destination: str) -> int:
         """Entries of the group pending (read, not acked) or not read yet, on both streams."""
@@ -139,6 +147,44 @@ def test_bad_options_fail_at_construction() -> None:
         RedisBroker(start_from="beginning")
 
 
+async def test_calls_are_bounded_by_redis_py_default_socket_timeout(redis_url: str) -> None:
+    broker = RedisBroker(redis_url)
+    await broker.connect()
+    try:
+        assert broker.socket_timeout == 5.0  # redis-py's default, applied by the adapter
+        assert broker.redis.connection_pool.connection_kwargs["socket_timeout"] is None
+    finally:
+        await broker.close()
+
+
+async def test_a_dead_letter_is_the_entry_with_its_provenance_as_fields(
+    redis_url: str, prefix: str, raw: aioredis.Redis
+) -> None:
+    router = Router()
+
+    @router.subscribe(Job, group="dead")
+    async def refuse(event: Job) -> None:
+        raise PermanentError("refused")
+
+    dlq = f"{prefix}~dlq~dead"
+
+    async def dead_lettered() -> bool:
+        return await raw.xlen(dlq) == 1
+
+    async with EventBus(fast(redis_url, prefix=prefix), routers=[router]) as bus:
+        sent = await bus.publish(Job(n=1))
+        await wait_until(dead_lettered, timeout=10)
+        [record] = await bus.dead_letters.list(group="dead")
+    entries: Any = await raw.xrange(dlq)
+    [(_, fields)] = entries
+    assert fields[b"content-type"] == b"application/cloudevents+json"  # the original fields
+    assert json.loads(fields[b"data"])["id"] == sent.id  # and bytes
+    assert fields[b"eventbus-dlq-id"] == record.id.encode()
+    assert fields[b"eventbus-dlq-event-id"] == sent.id.encode()
+    assert fields[b"eventbus-dlq-attempts"] == b"1"
+    assert not {b"record", b"headers"} & set(fields)  # no JSON provenance
+
+
 # ---------------------------------------------------------------- groups, nack, delays
 async def test_two_consumers_in_a_group_split_the_work(redis_url: str, prefix: str) -> None:
     got: dict[str, list[int]] = {"a": [], "b": []}
@@ -193,6 +239,8 @@ async def test_nack_and_delay_carry_attempt_and_metadata_and_leave_nothing_pendi
         await bus.publish(Job(n=1))
         await wait_until(lambda: len(seen) == 3, timeout=10)
         assert await _pending(raw, prefix, "carry") == 0
+    first_failure = seen[1][1].pop(FIRST_FAILURE_AT)  # the bus stamps the first failure...
+    assert seen[2][1].pop(FIRST_FAILURE_AT) == first_failure  # ...and Redis carries it on
     assert seen == [(1, {}), (2, {"first": "1"}), (3, {"first": "1"})]
     assert await raw.xlen(f"{prefix}{Job.event_type}~retry~carry") == 0  # copies deleted on ack
     assert await raw.zcard(f"{prefix}~delayed") == 0

@@ -100,8 +100,8 @@ def read_carried(headers: Mapping[str, Any]) -> Carried:
     due: int | None = None
     metadata: dict[str, str] = {}
     for name, value in headers.items():
-        if not isinstance(name, str) or not name.startswith(CARRIED_PREFIX):
-            continue
+        if not isinstance(name, str) or not name.startswith(CARRIED_PREFIX) or value is None:
+            continue  # a null header value (Kafka allows them) is an absent one
         if name == ATTEMPT:
             attempt = max(1, whole_number(text(value), 1))
         elif name == DESTINATION:

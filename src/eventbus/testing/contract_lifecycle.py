@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any
 
 import pytest
 
 from eventbus.context import Context
+from eventbus.envelope import Envelope
 from eventbus.errors import PublishError
 from eventbus.router import Router
 from eventbus.testing._contract_base import ContractBase, Ping, collect
@@ -136,3 +138,49 @@ class LifecycleContract(ContractBase):
             await bus.publish(event_cls(n=5))
             await self.wait(lambda: any(e.n == 5 for e in got), "a small event is handled")
         assert sorted(e.n for e in got) == ([4, 5] if limit <= _LARGEST_SENT else [5])
+
+    async def test_events_wait_for_a_group_whose_consumer_is_stopped(self) -> None:
+        self.capability(await self.make_broker(), "persistent")
+        event_cls, router, got = self.event(), Router(), list[Any]()
+        router.subscribe(event_cls, group=f"{self.ns}-later")(collect(got))
+        async with self.bus(router):  # the group exists from here on
+            pass
+        async with self.bus(service="producer") as producer:  # no consumer runs meanwhile
+            await producer.publish(event_cls(n=1))
+        async with self.bus(router):  # a new adapter instance
+            await self.wait(lambda: len(got) == 1, "the waiting event is handled")
+        assert got[0].n == 1
+
+    async def test_a_message_whose_consumer_died_is_delivered_again(self) -> None:
+        broker = await self.make_broker()
+        self.capability(broker, "persistent")  # an in-process broker dies with its consumer
+        event_cls = self.event()
+        view = _View(f"{self.ns}-crash", event_cls.destination())
+        await broker.connect()
+        consumer = await broker.subscribe(view)
+        sent = Envelope(id=f"{self.ns}-1", type=event_cls.event_type, source="p", data=b'{"n":1}')
+        await broker.publish(event_cls.destination(), sent)
+        taken = await asyncio.wait_for(anext(aiter(consumer)), self.timeout)
+        assert (taken.envelope and taken.envelope.id) == sent.id
+        await broker.close()  # the process is gone: nothing settled, the consumer not closed
+        router, seen = Router(), list[int]()
+
+        @router.subscribe(event_cls, group=view.group)
+        async def again(event: Ping, ctx: Context) -> None:
+            seen.append(ctx.attempt)
+
+        async with self.bus(router):
+            await self.wait(lambda: len(seen) >= 1, "the message is delivered again")
+        counted = broker.capabilities.counts_crash_redeliveries
+        assert seen[0] == (2 if counted else 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class _View:
+    """A subscription as an adapter sees it, for tests that drive an adapter directly."""
+
+    group: str
+    topic: str
+    name: str = "contract.direct"
+    is_pattern: bool = False
+    concurrency: int = 1

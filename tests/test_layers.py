@@ -1,0 +1,155 @@
+"""The dependency rule, read off the source: the contract imports nothing above it, adapters
+import only the contract, middleware only the contract and the context, and no module of
+eventbus imports itself in a circle — counting imports inside functions and under
+``TYPE_CHECKING``, which break a cycle at run time but not in the design."""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).parent.parent / "src"
+PACKAGE = SRC / "eventbus"
+
+CONTRACT = {
+    "eventbus.errors",
+    "eventbus.envelope",
+    "eventbus.event",
+    "eventbus.topics",
+    "eventbus.types",
+    "eventbus.deadletters",
+    "eventbus.clock",
+}
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(SRC).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+MODULES = {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def _resolve(name: str) -> str:
+    """The eventbus module an import names (``from a.b import c`` may name module ``a.b.c``)."""
+    while name not in MODULES and "." in name:
+        name = name.rsplit(".", 1)[0]
+    return name
+
+
+def imports(module: str) -> Iterator[tuple[str, int, bool]]:
+    """(imported eventbus module, line, inside a function) for every import in ``module``."""
+    tree = ast.parse(MODULES[module].read_text())
+    functions = {
+        id(inner)
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        for inner in ast.walk(node)
+    }
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names = [f"{node.module}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        for name in names:
+            if name == "eventbus" or name.startswith("eventbus."):
+                yield _resolve(name), node.lineno, id(node) in functions
+
+
+def _edges() -> dict[str, set[str]]:
+    return {m: {target for target, _, _ in imports(m) if target != m} for m in MODULES}
+
+
+def _violations(allowed: set[str], prefix: str) -> list[str]:
+    found = []
+    for module in MODULES:
+        if module != prefix and not module.startswith(prefix + "."):
+            continue
+        for target, line, _ in imports(module):
+            own = target == prefix or target.startswith(prefix + ".")
+            if not own and target not in allowed:
+                found.append(f"{module}:{line} imports {target}")
+    return found
+
+
+def test_the_contract_imports_nothing_above_it() -> None:
+    found = [
+        f"{module}:{line} imports {target}"
+        for module in sorted(CONTRACT)
+        for target, line, _ in imports(module)
+        if target not in CONTRACT
+    ]
+    assert found == []
+
+
+def test_adapters_import_only_the_contract() -> None:
+    assert _violations(CONTRACT, "eventbus.brokers") == []
+
+
+def test_middleware_imports_only_the_contract_and_the_context() -> None:
+    assert _violations(CONTRACT | {"eventbus.context"}, "eventbus.middleware") == []
+
+
+def test_no_module_imports_eventbus_inside_a_function() -> None:
+    """A function-level import of our own code is how a cycle hides: there is none."""
+    found = [
+        f"{module}:{line} imports {target}"
+        for module in MODULES
+        for target, line, inside in imports(module)
+        if inside
+    ]
+    assert found == []
+
+
+def test_there_is_no_import_cycle() -> None:
+    edges = _edges()
+    cycles = [cycle for cycle in _cycles(edges) if len(cycle) > 1]
+    assert cycles == [], "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+def _cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of the import graph (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    components: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in edges.get(node, ()):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            components.append(sorted(component))
+
+    for node in sorted(edges):
+        if node not in index:
+            visit(node)
+    return components
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_every_module_stays_readable(module: str) -> None:
+    """Around 400 lines a module (450 at most): what a reader can hold in mind at once."""
+    lines = len(MODULES[module].read_text().splitlines())
+    assert lines <= 450, f"{module} has {lines} lines: split it by concern"
