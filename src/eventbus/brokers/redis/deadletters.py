@@ -81,7 +81,7 @@ class RedisDeadLetters:
         if not (record.destination and record.group):  # it would go to a stream nobody reads
             raise EventBusError(
                 f"dead letter {dead_letter_id!r} does not say which destination and group it "
-                f"failed in (written by an older eventbus?), so it cannot be replayed; read it "
+                f"failed in (eventbus did not write it), so it cannot be replayed; read it "
                 f"with XRANGE {located[0]} {located[1]} {located[1]}"
             )
         link, keys = self._link, self._keys
