@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from eventbus.brokers import from_url
 from eventbus.clock import FakeClock
 from eventbus.consume import SubscriptionHandler, build_chain, release
-from eventbus.context import Middleware
+from eventbus.context import Middleware, staging_session
 from eventbus.deadletters import DeadLetterStore
 from eventbus.dispatch import SubscriptionRunner
 from eventbus.envelope import Envelope
@@ -25,7 +25,7 @@ from eventbus.event import Event
 from eventbus.middleware import Retry, default_middleware
 from eventbus.publishing import EnvelopeFactory
 from eventbus.router import Router, Subscription
-from eventbus.types import Broker, PublishMiddleware, PublishNext
+from eventbus.types import Broker, OutboxStage, PublishMiddleware, PublishNext
 
 __all__ = ["EventBus"]
 
@@ -44,7 +44,8 @@ class EventBus:
     ``stop`` waits for running handlers. ``redelivery_delay`` is the first wait before a
     failure that no middleware decided about is delivered again (doubling per attempt, at
     most a minute). ``max_message_bytes`` refuses larger payloads at publish; it defaults to
-    the adapter's (see ``docs/events.md``).
+    the adapter's (see ``docs/events.md``). ``outbox`` (an ``eventbus.outbox.Outbox``) lets
+    ``publish(..., session=s)`` stage events in the caller's transaction.
     """
 
     def __init__(
@@ -58,6 +59,7 @@ class EventBus:
         shutdown_timeout: float = 30.0,
         redelivery_delay: float = 1.0,
         max_message_bytes: int | None = None,
+        outbox: OutboxStage | None = None,
         **broker_options: Any,
     ) -> None:
         if not service or not isinstance(service, str):
@@ -73,6 +75,8 @@ class EventBus:
         self.publish_middleware = tuple(publish_middleware)
         self.shutdown_timeout = shutdown_timeout
         self.redelivery_delay = float(redelivery_delay)
+        self.outbox = outbox
+        """Where ``publish(..., session=s)`` stages events (``eventbus.outbox.Outbox``)."""
         self.max_message_bytes: int = self.broker.max_message_bytes
         self.router = Router()
         self._routers: list[Router] = [self.router, *routers]
@@ -220,6 +224,7 @@ class EventBus:
         headers: Mapping[str, str] | None = None,
         subject: str | None = None,
         correlation_id: str | None = None,
+        session: Any = None,
     ) -> Envelope:
         """Publish ``event``; returns once the broker has it, with the envelope that was sent.
 
@@ -230,28 +235,47 @@ class EventBus:
         id, say), and every event published while handling this one then carries it too.
         Raises :class:`~eventbus.errors.PublishError`, with nothing sent, for a payload that
         cannot be JSON or is larger than ``max_message_bytes``.
+
+        With ``session`` (the application's ``AsyncSession``, with the bus's ``outbox``) the
+        event is *staged*: the same envelope is inserted in that transaction, and an
+        ``OutboxRelay`` publishes it once the transaction commits (never, if it rolls back).
+        Inside an ``Inbox`` handler every publish is staged in the handler's transaction.
         """
-        return await self._send(self._envelope(event, key, headers, subject, correlation_id))
+        envelope = self._envelope(event, key, headers, subject, correlation_id)
+        if session is None:
+            return await self._send(envelope)
+        token = staging_session.set(session)
+        try:
+            return await self._send(envelope)
+        finally:
+            staging_session.reset(token)
 
     async def publish_many(
         self,
         events: Iterable[Event | tuple[Event, str | None]],
         *,
         correlation_id: str | None = None,
+        session: Any = None,
     ) -> list[Envelope]:
         """Publish several events in one broker round trip; items are events or ``(event, key)``.
 
         Every event is checked before any is sent: one that cannot be published fails the whole
-        batch with nothing sent. ``correlation_id`` is given to all of them.
+        batch with nothing sent. ``correlation_id`` is given to all of them; ``session``
+        stages them all in that transaction (see :meth:`publish`).
         """
         envelopes = []
         for item in events:
             event, key = item if isinstance(item, tuple) else (item, None)
             envelope = self._envelope(event, key, None, None, correlation_id)
             envelopes.append(self._envelope.check_size(await self._prepare(envelope)))
-        self._require_started()
         destination = self._envelope.destination
-        await self.broker.publish_batch([(destination(e), e) for e in envelopes])
+        messages = [(destination(e), e) for e in envelopes]
+        staging = session if session is not None else staging_session.get()
+        if staging is not None:
+            await self._outbox().stage(staging, messages)
+            return envelopes
+        self._require_started()
+        await self.broker.publish_batch(messages)
         return envelopes
 
     async def publish_envelope(
@@ -275,12 +299,26 @@ class EventBus:
             )
 
     async def _send_to_broker(self, envelope: Envelope) -> Envelope:
-        self._require_started()
+        """The innermost link of the publish chain: to the broker, or into the outbox."""
         factory = self._envelope
         if len(envelope.data) > factory.max_message_bytes:
             factory.check_size(envelope)
+        staging = staging_session.get()
+        if staging is not None:
+            await self._outbox().stage(staging, [(factory.destination(envelope), envelope)])
+            return envelope
+        self._require_started()
         await self.broker.publish(factory.destination(envelope), envelope)
         return envelope
+
+    def _outbox(self) -> OutboxStage:
+        if self.outbox is None:
+            raise ConfigurationError(
+                "publishing with a session (publish(..., session=...), or inside an Inbox "
+                "handler) stages the event in the outbox, and this bus has none: create it "
+                "with EventBus(..., outbox=Outbox()) (from eventbus.outbox import Outbox)"
+            )
+        return self.outbox
 
     def _build_publish_chain(self, innermost: PublishNext) -> PublishNext:
         chain = innermost

@@ -29,6 +29,7 @@ __all__ = [
     "Publisher",
     "Publishing",
     "current_envelope",
+    "staging_session",
 ]
 
 _SYSTEM_CLOCK = SystemClock()
@@ -36,6 +37,12 @@ _SYSTEM_CLOCK = SystemClock()
 current_envelope: contextvars.ContextVar[Envelope | None] = contextvars.ContextVar(
     "eventbus_current_envelope", default=None
 )
+staging_session: contextvars.ContextVar[Any] = contextvars.ContextVar(
+    "eventbus_staging_session", default=None
+)
+"""The database session publishes are staged in (an ``AsyncSession``), while one is set: by
+``bus.publish(..., session=s)`` for its own call, and by the ``Inbox`` middleware for the
+whole handler, so that ``ctx.publish`` commits together with the handler's writes."""
 
 
 class Publisher(Protocol):
@@ -58,6 +65,7 @@ class Publisher(Protocol):
         headers: Mapping[str, str] | None = None,
         subject: str | None = None,
         correlation_id: str | None = None,
+        session: Any = None,
     ) -> Envelope: ...
 
     async def publish_many(
@@ -65,6 +73,7 @@ class Publisher(Protocol):
         events: Iterable[Event | tuple[Event, str | None]],
         *,
         correlation_id: str | None = None,
+        session: Any = None,
     ) -> list[Envelope]: ...
 
     async def publish_envelope(
@@ -88,6 +97,7 @@ class Context:
         "delivery",
         "envelope",
         "event",
+        "session",
         "state",
         "subscription",
     )
@@ -109,6 +119,8 @@ class Context:
         self.attempt = attempt
         self.clock = clock
         self.event: Event | None = None
+        self.session: Any = None
+        """The handler's database session, where a middleware opened one (``Inbox``)."""
         self.state: dict[str, Any] = {}
 
     def publish(
@@ -145,7 +157,12 @@ class Context:
         token = current_envelope.set(self.envelope)
         try:
             return await self.bus.publish(
-                event, key=key, headers=headers, subject=subject, correlation_id=correlation_id
+                event,
+                key=key,
+                headers=headers,
+                subject=subject,
+                correlation_id=correlation_id,
+                session=self.session,  # explicit: a worker thread's publish runs in another task
             )
         finally:
             current_envelope.reset(token)

@@ -23,6 +23,7 @@ __all__ = [
     "Clock",
     "Consumer",
     "Delivery",
+    "OutboxStage",
     "PublishMiddleware",
     "PublishNext",
     "SubscriptionView",
@@ -196,6 +197,15 @@ class Broker(Protocol):
     def dead_letters(self) -> DeadLetterStore: ...
 
     def pending(self) -> Mapping[str, int] | None: ...
+
+
+class OutboxStage(Protocol):
+    """Where ``bus.publish(..., session=s)`` puts events instead of sending them: rows in the
+    caller's transaction, which a relay publishes once it has committed (``eventbus.outbox``).
+    """
+
+    async def stage(self, session: Any, messages: Sequence[tuple[str, Envelope]]) -> None:
+        """Add ``(destination, envelope)`` rows in ``session``'s transaction; never commit."""
 
 
 PublishNext = Callable[[Envelope], Awaitable[Envelope]]
