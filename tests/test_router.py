@@ -196,3 +196,25 @@ async def test_a_router_in_a_running_bus_refuses_new_subscriptions() -> None:
 
 
 async def _handled(event: UserRegistered) -> None: ...
+
+
+class _CallableHandler:
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    async def __call__(self, event: UserRegistered, ctx: Context) -> None:
+        self.seen.append(event.user_id)
+
+
+@pytest.mark.anyio
+async def test_a_callable_object_is_a_handler() -> None:
+    router, handler = Router(), _CallableHandler()
+    router.subscribe(UserRegistered)(handler)
+    [subscription] = router.subscriptions
+    assert subscription.handler.wants_context
+    assert subscription.name.endswith("_CallableHandler")
+    async with EventBus("memory://", service="svc", routers=[router]) as bus:
+        assert [s.group for s in bus.subscriptions] == ["svc._callablehandler"]
+        await bus.publish(UserRegistered(user_id="u1"))
+        await bus.drain()
+    assert handler.seen == ["u1"]

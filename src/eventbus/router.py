@@ -39,7 +39,7 @@ class HandlerSpec:
 
     @property
     def name(self) -> str:
-        return f"{self.func.__module__}.{self.func.__qualname__}"
+        return f"{self.func.__module__}.{_name_of(self.func)}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +68,8 @@ class Subscription:
 
     @property
     def handler_name(self) -> str:
-        return self.handler.func.__name__
+        name = getattr(self.handler.func, "__name__", None)
+        return name if isinstance(name, str) else _name_of(self.handler.func).lower()
 
     def accepts(self, event_type: str) -> bool:
         if self.types is not None:
@@ -186,13 +187,15 @@ def resolve_handler(
     An unannotated first parameter takes ``model``, the class subscribed to; with a type name
     or a pattern there is none, so the parameter must be annotated.
     """
-    qualname = f"{getattr(func, '__module__', '?')}.{getattr(func, '__qualname__', func)!s}"
+    qualname = f"{getattr(func, '__module__', '?')}.{_name_of(func)}"
     if not callable(func):
         raise ConfigurationError(f"handler {func!r} is not callable")
     if inspect.isasyncgenfunction(func) or inspect.isgeneratorfunction(func):
         raise ConfigurationError(f"handler {qualname} is a generator; handlers return None")
+    call = getattr(func, "__call__", func)  # noqa: B004 - a callable object: its method
+    target: Any = func if inspect.isroutine(func) else call
     try:
-        hints = typing.get_type_hints(func)
+        hints = typing.get_type_hints(target)
     except Exception as exc:  # NameError for unresolvable forward references, and friends
         raise ConfigurationError(
             f"cannot resolve the annotations of handler {qualname}: {exc}; import the types it "
@@ -255,3 +258,9 @@ def _event_model(
         f"(an Event subclass) or with Envelope (it may be left unannotated only when "
         f"subscribing to an Event class); got {first!r}"
     )
+
+
+def _name_of(func: Callable[..., Any]) -> str:
+    """A handler's name: a function's qualified name, or a callable object's class."""
+    name = getattr(func, "__qualname__", None)
+    return name if isinstance(name, str) else type(func).__qualname__
