@@ -23,13 +23,16 @@ def documented() -> dict[str, set[str]]:
     return sections
 
 
-@pytest.mark.parametrize("module", ["eventbus", "eventbus.middleware", "eventbus.testing"])
+MODULES = ["eventbus", "eventbus.middleware", "eventbus.outbox", "eventbus.testing"]
+
+
+@pytest.mark.parametrize("module", MODULES)
 def test_all_matches_the_documented_names(module: str) -> None:
     names = set(importlib.import_module(module).__all__)
     assert names == documented()[module]
 
 
-@pytest.mark.parametrize("module", ["eventbus", "eventbus.middleware", "eventbus.testing"])
+@pytest.mark.parametrize("module", MODULES)
 def test_every_public_name_exists(module: str) -> None:
     imported = importlib.import_module(module)
     for name in imported.__all__:
