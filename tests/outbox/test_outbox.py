@@ -12,7 +12,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from eventbus import ConfigurationError, Envelope, Event, EventBus, PublishError
+from eventbus import BrokerUnavailable, ConfigurationError, Envelope, Event, EventBus, PublishError
+from eventbus.brokers.memory import MemoryBroker
 from eventbus.outbox import Outbox, OutboxRelay
 from eventbus.testing import published, wait_until
 
@@ -258,3 +259,28 @@ async def test_the_relay_takes_only_an_outbox(engine: AsyncEngine) -> None:
             OutboxRelay(engine, bus)
         with pytest.raises(ConfigurationError, match="ordering must be"):
             OutboxRelay(engine, bus, outbox=Outbox(), ordering="fifo")
+
+
+async def test_an_unreachable_broker_is_not_the_rows_fault(
+    engine: AsyncEngine, outbox: Outbox
+) -> None:
+    class Down(MemoryBroker):
+        outage = 1
+
+        async def publish_batch(self, messages: Any) -> None:
+            if self.outage:
+                self.outage -= 1
+                raise BrokerUnavailable("the broker is restarting")
+            await super().publish_batch(messages)
+
+    bus = EventBus(Down(), service="shop", outbox=outbox)
+    async with bus:
+        await stage(engine, bus, (1, "a"))
+        relay = OutboxRelay(engine, bus, outbox=outbox)
+        with pytest.raises(BrokerUnavailable):
+            await relay.run_once()
+        async with engine.connect() as connection:
+            row = (await connection.execute(sa.select(outbox.table))).one()
+        assert (row.attempts, row.lease_token) == (0, None)  # given back untried, at once
+        assert await relay.run_once() == 1
+    assert sent(bus) == [("a", 1)]

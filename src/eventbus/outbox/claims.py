@@ -67,9 +67,12 @@ class Statements:
         candidates = candidates.order_by(c.c.position).limit(limit)
         if self.skip_locked:
             candidates = candidates.with_for_update(skip_locked=True)
+        # A CTE, evaluated once: PostgreSQL may rescan a locking subquery under ``IN`` for
+        # every outer row, and so claim far more than ``limit`` rows.
+        chosen = candidates.cte("chosen")
         return (
             sa.update(t)
-            .where(t.c.position.in_(candidates.scalar_subquery()), self._claimable(t, now))
+            .where(t.c.position.in_(sa.select(chosen.c.position)), self._claimable(t, now))
             .values(lease_token=token, lease_expires_at=until)
             .returning(*t.c)
         )

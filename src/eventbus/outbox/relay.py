@@ -155,7 +155,11 @@ class OutboxRelay:
             rows = [r for r in rows if r not in held_back]
         if not rows:
             return 0, len(held_back)
-        done, failed, untried = await self._publish(rows)
+        try:
+            done, failed, untried = await self._publish(rows)
+        except BrokerUnavailable:  # not the rows' fault: give them back untried, at once
+            await self._write(self._sql.release(token, [r.position for r in rows]))
+            raise
         await self._settle(token, done, failed, untried)
         await self._expire()
         return len(done), len(rows) + len(held_back)
