@@ -197,13 +197,14 @@ async def test_a_poison_row_is_retried_then_dead_and_stops_only_its_key(
         relay = OutboxRelay(engine, bus, outbox=outbox, max_attempts=2, retry_delays=(5,))
         with caplog.at_level(logging.WARNING, logger="eventbus.outbox"):
             assert await relay.run_once() == 2  # the others go; row 2 waits behind row 1
+            assert (await outbox.backlog(engine)).held_keys == 1  # visibly
             clock["now"] += 6
             assert await relay.run_once() == 0  # the second and last attempt: dead
         assert set(sent(bus)) == {("fine", 3), (None, 4)}
         assert "failed attempt 1" in caplog.text
         assert "failed its last attempt and is dead (key 'poison': its later rows" in caplog.text
         backlog = await outbox.backlog(engine)
-        assert (backlog.pending, backlog.dead) == (1, 1)
+        assert (backlog.pending, backlog.dead, backlog.held_keys) == (1, 1, 1)
         dead = outbox.dead_letters(engine)
         [record] = await dead.list()
         assert record.attempts == 2
@@ -217,6 +218,7 @@ async def test_a_poison_row_is_retried_then_dead_and_stops_only_its_key(
             )
         await dead.replay(record.id)
         assert await relay.run_once() == 2
+        assert (await outbox.backlog(engine)).held_keys == 0
     assert [n for key, n in sent(bus) if key == "poison"] == [1, 2]
     assert await dead.list() == []
 

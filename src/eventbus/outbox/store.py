@@ -43,6 +43,9 @@ class Backlog:
     """Rows that failed their last attempt (see ``Outbox.dead_letters``)."""
     oldest_age: float | None
     """Seconds since the oldest pending row was staged (None when there is none)."""
+    held_keys: int = 0
+    """Keys whose later pending rows wait behind a dead or retrying row of the key: in
+    ordered mode those rows go only once it is published (or purged)."""
 
 
 class Outbox:
@@ -114,8 +117,21 @@ class Outbox:
         )
         async with engine.connect() as connection:
             pending, dead, oldest = (await connection.execute(query)).one()
+            held = (await connection.execute(self._held_keys())).scalar_one()
         age = None if oldest is None else max(0.0, self.now() - oldest)
-        return Backlog(pending=int(pending), dead=int(dead), oldest_age=age)
+        return Backlog(pending=int(pending), dead=int(dead), oldest_age=age, held_keys=int(held))
+
+    def _held_keys(self) -> sa.Select[Any]:
+        t, later = self.table, self.table.alias("later")
+        failing = sa.or_(t.c.state == DEAD, sa.and_(t.c.state == PENDING, t.c.attempts > 0))
+        waiting = sa.exists().where(
+            later.c.aggregateid == t.c.aggregateid,
+            later.c.position > t.c.position,
+            later.c.state == PENDING,
+        )
+        return sa.select(sa.func.count(sa.distinct(t.c.aggregateid))).where(
+            t.c.aggregateid.is_not(None), failing, waiting
+        )
 
     def dead_letters(self, engine: AsyncEngine) -> OutboxDeadLetters:
         """The rows no attempt could publish, as a dead-letter store (list, replay, purge)."""
