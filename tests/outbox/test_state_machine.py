@@ -249,7 +249,7 @@ class OutboxMachine(RuleBasedStateMachine):
 
 
 def check(url: str, ordering: str, examples: int) -> None:
-    machine = type(
+    machine: type[OutboxMachine] = type(
         "Machine", (OutboxMachine,), {"url": url, "ordering": ordering, "__module__": __name__}
     )
     machine.TestCase.settings = settings(
