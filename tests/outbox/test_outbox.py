@@ -168,8 +168,8 @@ async def test_a_relay_that_died_loses_its_lease_and_changes_nothing_after(
         await stage(engine, bus, (1, "a"), (2, "a"))
         dead = OutboxRelay(engine, bus, outbox=outbox, lease=10, now=now)
         async with engine.begin() as connection:  # it claims, then dies before publishing
-            claim = dead._sql.claim("dead-relay", now(), now() + 10, 10)
-            assert len((await connection.execute(claim)).fetchall()) == 2
+            claim, parameters = dead._sql.claim("dead-relay", now(), now() + 10, 10, None)
+            assert len((await connection.execute(claim, parameters)).fetchall()) == 2
         alive = OutboxRelay(engine, bus, outbox=outbox, lease=10, now=now)
         assert await alive.run_once() == 0  # leased: not taken
         clock["now"] += 11

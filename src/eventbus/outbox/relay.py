@@ -42,13 +42,16 @@ __all__ = ["OutboxRelay"]
 log = logging.getLogger("eventbus.outbox")
 
 DEFAULT_RETRY_DELAYS = (1.0, 5.0, 30.0, 120.0, 600.0)
+CLAIM_WINDOW = 4
+"""A claim looks first at the ``CLAIM_WINDOW * batch_size`` positions after the first pending
+row: its cost then follows the batch, not the backlog (see :mod:`eventbus.outbox.claims`)."""
 
 
 class OutboxRelay:
     """Publishes committed outbox rows through ``bus`` (which must be running).
 
     ``ordering`` is ``"key"`` (rows of one key in commit order, one batch in flight per key) or
-    ``"none"`` (any order; on PostgreSQL several relays split the work with ``SKIP LOCKED``).
+    ``"none"`` (any order). On PostgreSQL several relays split the work with ``SKIP LOCKED``.
     ``batch_size`` rows are claimed at a time, for ``lease`` seconds. An idle relay looks again
     every ``poll_interval`` seconds, or at once on PostgreSQL when a commit signals it.
     """
@@ -144,12 +147,7 @@ class OutboxRelay:
     async def _round(self) -> tuple[int, int]:
         """Claim, publish, settle one batch: (rows published, rows claimed)."""
         token, now = str(uuid.uuid4()), self.now()
-        async with self.engine.begin() as connection:
-            result = await connection.execute(
-                self._sql.claim(token, now, now + self.lease, self.batch_size)
-            )
-            rows = sorted(result.fetchall(), key=lambda row: row.position)
-            held_back = await self._held_back(connection, token, rows)
+        rows, held_back = await self._claim(token, now)
         if held_back:
             await self._write(self._sql.release(token, [r.position for r in held_back]))
             rows = [r for r in rows if r not in held_back]
@@ -164,6 +162,29 @@ class OutboxRelay:
         await self._expire()
         return len(done), len(rows) + len(held_back)
 
+    async def _claim(self, token: str, now: float) -> tuple[list[Any], list[Any]]:
+        """Lease a batch, in position order: (the rows claimed, those of them held back).
+
+        The claim looks at the ``CLAIM_WINDOW`` batches of positions after the first pending
+        row; when those held too few rows that may go (the end of the backlog, rows leased by
+        other relays or held back), a second claim looks at every row. Each claim has its own
+        transaction: a relay never waits for rows while it holds others."""
+        limit = self.batch_size
+        async with self.engine.begin() as connection:
+            rows = await self._lease(connection, token, now, limit, CLAIM_WINDOW * limit)
+            if len(rows) == limit:
+                return rows, await self._held_back(connection, token, rows)
+        async with self.engine.begin() as connection:
+            rows += await self._lease(connection, token, now, limit - len(rows), None)
+            rows.sort(key=_position)
+            return rows, await self._held_back(connection, token, rows)
+
+    async def _lease(
+        self, connection: Any, token: str, now: float, limit: int, window: int | None
+    ) -> list[Any]:
+        statement, parameters = self._sql.claim(token, now, now + self.lease, limit, window)
+        return sorted((await connection.execute(statement, parameters)).all(), key=_position)
+
     async def _held_back(self, connection: Any, token: str, rows: list[Any]) -> list[Any]:
         """Ordered mode: claimed rows whose key has an earlier row this claim does not hold."""
         if self.ordering != "key":
@@ -171,7 +192,8 @@ class OutboxRelay:
         keys = sorted({r.aggregateid for r in rows if r.aggregateid is not None})
         if not keys:
             return []
-        first = dict((await connection.execute(self._sql.first_unclaimed(token, keys))).all())
+        query = self._sql.first_unclaimed(token, keys, rows[-1].position)
+        first = dict((await connection.execute(query)).all())
         return [r for r in rows if r.aggregateid in first and r.position > first[r.aggregateid]]
 
     async def _publish(self, rows: list[Any]) -> tuple[list[Any], list[tuple[Any, str]], list[Any]]:
@@ -266,6 +288,10 @@ class OutboxRelay:
     async def _write(self, statement: Any) -> None:
         async with self.engine.begin() as connection:
             await connection.execute(statement)
+
+
+def _position(row: Any) -> int:
+    return int(row.position)
 
 
 def _log_failure(row: Any, error: str, dead: bool, delay: float, ordered: bool) -> None:
