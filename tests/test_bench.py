@@ -1,4 +1,5 @@
-"""The benchmark workloads still run: every implementation on every broker, a few events each.
+"""The benchmark workloads still run: every implementation on every broker, a few events each,
+and the outbox relay benchmark on every database and broker, a few hundred rows each.
 
 These are not measurements (docs/benchmarks.md has those); they keep ``bench/`` from rotting
 and check that each implementation delivers every event once its warm-up is through.
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.outbox.common import has_baseline
 from bench.run import implementations
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,3 +62,60 @@ def test_network_workloads_deliver_every_event(
     for impl in implementations(broker):
         result = trial(broker, impl, "concurrent", env)
         assert result["e2e_per_s"] > 0, impl
+
+
+OUTBOX_CASES = [
+    pytest.param("sqlite", "memory", id="sqlite-memory"),
+    pytest.param("sqlite", "redis", marks=pytest.mark.redis, id="sqlite-redis"),
+    pytest.param("sqlite", "rabbitmq", marks=pytest.mark.rabbitmq, id="sqlite-rabbitmq"),
+    pytest.param("sqlite", "kafka", marks=pytest.mark.kafka, id="sqlite-kafka"),
+    pytest.param("postgresql", "memory", marks=pytest.mark.postgres, id="postgresql-memory"),
+    pytest.param(
+        "postgresql", "redis", marks=[pytest.mark.postgres, pytest.mark.redis], id="pg-redis"
+    ),
+    pytest.param(
+        "postgresql", "rabbitmq", marks=[pytest.mark.postgres, pytest.mark.rabbitmq], id="pg-amqp"
+    ),
+    pytest.param(
+        "postgresql", "kafka", marks=[pytest.mark.postgres, pytest.mark.kafka], id="pg-kafka"
+    ),
+]
+
+
+@pytest.mark.parametrize(("db", "broker"), OUTBOX_CASES)
+def test_outbox_trials_relay_every_row(
+    db: str, broker: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """A tiny run of ``bench.outbox`` per database and broker, into a temporary results file:
+    one ordered relay (and the baseline where it runs); on the memory broker also four relays,
+    both orderings, and the staging trial."""
+    env = {}
+    for server in {db, broker} - {"sqlite", "memory"}:
+        kind = "postgres" if server == "postgresql" else server
+        env[f"EVENTBUS_TEST_{kind.upper()}_URL"] = request.getfixturevalue(f"{kind}_url")
+    out = tmp_path / "outbox.json"
+    command = [sys.executable, "-m", "bench.outbox", "--reps", "1", "--scale", "0.03"]
+    command += ["--dbs", db, "--brokers", broker, "--no-docs", "--out", str(out)]
+    if broker == "memory":
+        command += ["--relays", "1,4"]
+    else:
+        command += ["--relays", "1", "--orderings", "key", "--no-staging"]
+    done = subprocess.run(
+        command, cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True,
+        timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads(out.read_text())
+    assert results["failures"] == []
+    trials = results["trials"]
+    assert {t["impl"] for t in trials} == (
+        {"eventbus", "baseline"} if has_baseline(db, broker, "key", 1) else {"eventbus"}
+    )
+    for trial in trials:
+        assert trial["events_per_s"] > 0
+        assert sum(trial["published"]) == trial["events"]
+    if broker == "memory":
+        assert {(t["ordering"], t["relays"]) for t in trials} == {
+            (o, r) for o in ("key", "none") for r in (1, 4)
+        }
+        assert set(results["staging"][db]) == {"publish", "publish_many"}

@@ -1,0 +1,3 @@
+from bench.outbox.run import main
+
+main()
