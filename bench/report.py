@@ -100,13 +100,14 @@ def render_markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def update_docs(page: Path, table: str) -> None:
-    """Replace what lies between the results markers of ``page`` with ``table``."""
+def update_docs(page: Path, table: str, markers: tuple[str, str] = (START, END)) -> None:
+    """Replace what lies between the ``markers`` (the results ones) of ``page`` with ``table``."""
+    start, end = markers
     text = page.read_text()
-    if START not in text or END not in text:
-        raise SystemExit(f"{page} has no {START} … {END} markers to put the results between")
-    pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.DOTALL)
-    page.write_text(pattern.sub(lambda _: f"{START}\n{table}\n{END}", text))
+    if start not in text or end not in text:
+        raise SystemExit(f"{page} has no {start} … {end} markers to put the results between")
+    pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.DOTALL)
+    page.write_text(pattern.sub(lambda _: f"{start}\n{table}\n{end}", text))
 
 
 def render_chart(results: dict[str, Any], path: Path) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
 import pytest
@@ -22,6 +23,15 @@ DEFAULT_URLS = {
     "kafka": "kafka://127.0.0.1:9092",
 }
 DEFAULT_PORTS = {"redis": 6379, "rabbitmq": 5672, "postgres": 5432, "kafka": 9092}
+
+
+@pytest.fixture
+async def prefix(redis_url: str) -> AsyncIterator[str]:
+    """A fresh Redis key prefix for this test, its keys deleted afterwards."""
+    from tests.redissupport import fresh_prefix  # redis is only imported by tests that use it
+
+    async for name in fresh_prefix(redis_url):
+        yield name
 
 
 @pytest.fixture

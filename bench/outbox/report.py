@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import statistics
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from bench.outbox.common import (
     Cell,
     has_baseline,
 )
+from bench.report import update_docs as write_between
 
 START, END = "<!-- outbox:start -->", "<!-- outbox:end -->"
 NAMES = {
@@ -257,8 +257,4 @@ def target_table(results: dict[str, Any]) -> list[str]:
 
 def update_docs(page: Path, table: str) -> None:
     """Replace what lies between the outbox markers of ``page`` with ``table``."""
-    text = page.read_text()
-    if START not in text or END not in text:
-        raise SystemExit(f"{page} has no {START} … {END} markers to put the results between")
-    pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.DOTALL)
-    page.write_text(pattern.sub(lambda _: f"{START}\n{table}\n{END}", text))
+    write_between(page, table, (START, END))

@@ -39,6 +39,7 @@ from eventbus.errors import (
 )
 from eventbus.testing import BrokerContract, wait_until
 from eventbus.types import Broker
+from tests.redissupport import delete_prefix
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
@@ -48,20 +49,12 @@ def fast(url: str, **options: Any) -> RedisBroker:
     return RedisBroker(url, block=0.2, claim_interval=0.2, **options)
 
 
-async def _delete_prefix(url: str, prefix: str) -> None:
-    client = aioredis.Redis.from_url(url)
-    async with client:
-        keys = [key async for key in client.scan_iter(match=f"{prefix}*", count=500)]
-        if keys:
-            await client.delete(*keys)
-
-
 class TestRedisContract(BrokerContract):
     @pytest.fixture(autouse=True)
     async def _redis(self, redis_url: str) -> AsyncIterator[None]:
         self.url = redis_url
         yield
-        await _delete_prefix(redis_url, f"ebtest:{self.ns}:")
+        await delete_prefix(redis_url, f"ebtest:{self.ns}:")
 
     async def make_broker(self) -> Broker:
         # claim_idle: a message whose consumer died comes back within the suite's wait.
@@ -85,13 +78,6 @@ class TestRedisContract(BrokerContract):
 class Job(Event):
     event_type = "redis.test.job"
     n: int
-
-
-@pytest.fixture
-async def prefix(redis_url: str) -> AsyncIterator[str]:
-    name = f"ebtest:{uuid.uuid4().hex[:10]}:"
-    yield name
-    await _delete_prefix(redis_url, name)
 
 
 @pytest.fixture

@@ -15,8 +15,7 @@ import json
 import signal
 import sys
 import time
-import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,17 +39,6 @@ VICTIM_BATCH = 50
 class Staged(Event):
     event_type = "outbox.crash.staged"
     n: int
-
-
-@pytest.fixture
-async def prefix(redis_url: str) -> AsyncIterator[str]:
-    name = f"ebtest:{uuid.uuid4().hex[:10]}:"
-    yield name
-    client = aioredis.Redis.from_url(redis_url)
-    async with client:
-        keys = [key async for key in client.scan_iter(match=f"{name}*", count=500)]
-        if keys:
-            await client.delete(*keys)
 
 
 async def stage_all(engine: AsyncEngine, bus: EventBus) -> dict[str, list[str]]:

@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -19,6 +18,7 @@ from eventbus.middleware import Retry
 from eventbus.outbox import Inbox, Outbox, OutboxRelay
 from eventbus.outbox.inbox import DUPLICATE
 from eventbus.testing import published, wait_until
+from tests.redissupport import delete_prefix
 
 pytestmark = pytest.mark.anyio
 
@@ -174,12 +174,4 @@ async def test_the_inbox_on_redis_streams(
         assert seen.duplicates == [False, True]
         assert await _count(engine, invoices) == 1
     finally:
-        await _delete_prefix(redis_url, prefix)
-
-
-async def _delete_prefix(url: str, prefix: str) -> None:
-    client = aioredis.Redis.from_url(url)
-    async with client:
-        keys = [key async for key in client.scan_iter(match=f"{prefix}*", count=500)]
-        if keys:
-            await client.delete(*keys)
+        await delete_prefix(redis_url, prefix)
