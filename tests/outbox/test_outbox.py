@@ -110,6 +110,13 @@ async def test_a_slow_transaction_is_published_after_a_later_one_never_skipped(
     assert [n for key, n in sent(bus) if key == "a"] == [1, 3]
 
 
+async def waiting_for_a_lock(engine: AsyncEngine) -> bool:
+    """Some session of this database waits for an advisory lock."""
+    waiting = sa.text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+    async with engine.connect() as connection:
+        return bool((await connection.execute(waiting)).scalar())
+
+
 @pytest.mark.parametrize("engine", ["postgresql"], indirect=True)  # SQLite: one writer
 async def test_rows_of_one_key_are_published_in_commit_order(
     engine: AsyncEngine, outbox: Outbox
@@ -123,7 +130,7 @@ async def test_rows_of_one_key_are_published_in_commit_order(
         await first.execute(sa.select(1))
         await bus.publish(Made(n=1), key="k", session=first)
         staging = asyncio.ensure_future(bus.publish(Made(n=2), key="k", session=second))
-        await asyncio.sleep(0.2)
+        await wait_until(lambda: waiting_for_a_lock(engine), message="staging did not wait")
         assert not staging.done(), "the second transaction must wait for the first's key"
         await first.commit()
         await staging
@@ -249,8 +256,8 @@ async def test_a_background_relay_publishes_soon_after_a_commit(
     """On PostgreSQL the commit wakes the relay (its poll interval here is a minute)."""
     interval = 60.0 if engine.dialect.name == "postgresql" else 0.05
     bus = bus_for(outbox)
-    async with bus, OutboxRelay(engine, bus, outbox=outbox, poll_interval=interval):
-        await asyncio.sleep(0.1)  # the relay is idle, waiting
+    async with bus, OutboxRelay(engine, bus, outbox=outbox, poll_interval=interval) as relay:
+        await wait_until(lambda: relay.rounds >= 1)  # it looked, found nothing: now it waits
         await stage(engine, bus, (1, None))
         await wait_until(lambda: len(published(bus)) == 1, timeout=5)
 

@@ -88,6 +88,8 @@ class OutboxRelay:
         self._wakeup = Wakeup(engine, found.channel)
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        self.rounds = 0
+        """Background rounds finished, successful or not (a health check can watch it grow)."""
 
     # ---------------------------------------------------------------- running
     async def run_once(self) -> int:
@@ -141,6 +143,7 @@ class OutboxRelay:
             except Exception:  # the database went away, say: never end the relay for it
                 log.exception("outbox relay round failed; trying again in %.1fs", pause)
                 pause = min(pause * 2, 30.0)
+            self.rounds += 1
             await self._wakeup.wait(pause)
 
     # ---------------------------------------------------------------- one round
