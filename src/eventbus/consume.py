@@ -28,7 +28,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-import anyio.to_thread
 from pydantic import ValidationError
 
 from eventbus.clock import SystemClock
@@ -42,11 +41,11 @@ from eventbus.deadletters import (
 from eventbus.errors import (
     DecodeError,
     NonRetryableError,
-    PayloadValidationError,
     PermanentError,
     RetriesExhausted,
     RetryLater,
 )
+from eventbus.invoker import handler_invoker
 from eventbus.middleware.retry import Retry
 from eventbus.router import Subscription
 from eventbus.types import Clock, Delivery
@@ -81,7 +80,7 @@ def build_chain(sub: Subscription, bus_middleware: Sequence[Middleware]) -> Next
         if replaced == middleware:
             replaced.insert(len(bus_middleware), sub.retry)
         middleware = replaced
-    chain: Next = _handler_invoker(sub)
+    chain: Next = handler_invoker(sub)
     for layer in reversed(middleware):
         chain = _bind(layer, chain)
     return chain
@@ -357,49 +356,3 @@ def _bind(middleware: Any, call_next: Any) -> Any:
         return middleware(arg, call_next)
 
     return layer
-
-
-def _handler_invoker(sub: Subscription) -> Next:
-    """The innermost link of the chain: validate the payload into the handler's model, call it.
-
-    Built once per subscription, so the per-delivery path looks nothing up.
-    """
-    spec = sub.handler
-    func, model, wants_context = spec.func, spec.model, spec.wants_context
-    validate = model.model_validate_json if model is not None else None
-
-    def argument(ctx: Context) -> Any:
-        if validate is None:
-            return ctx.envelope
-        try:
-            ctx.event = event = validate(ctx.envelope.data)
-        except ValidationError as exc:
-            raise PayloadValidationError(
-                f"event {ctx.envelope.id} of type {ctx.envelope.type!r} does not match "
-                f"{model.__name__ if model else ''}: {exc}"
-            ) from exc
-        return event
-
-    if not spec.is_async:
-        return _in_thread(func, argument, wants_context)
-    if wants_context:
-
-        async def with_context(ctx: Context) -> None:
-            await func(argument(ctx), ctx)
-
-        return with_context
-
-    async def plain(ctx: Context) -> None:
-        await func(argument(ctx))
-
-    return plain
-
-
-def _in_thread(
-    func: Callable[..., Any], argument: Callable[[Context], Any], wants_context: bool
-) -> Next:
-    async def in_thread(ctx: Context) -> None:
-        args = (argument(ctx), ctx) if wants_context else (argument(ctx),)
-        await anyio.to_thread.run_sync(functools.partial(func, *args))
-
-    return in_thread

@@ -1,0 +1,67 @@
+"""The innermost link of every subscription's chain: the payload validated, the handler called.
+
+A handler's signature is resolved once, when it is subscribed (:mod:`eventbus.router`); the
+invoker built from it here looks nothing up per delivery. A plain ``def`` handler runs in a
+worker thread.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import anyio.to_thread
+from pydantic import ValidationError
+
+from eventbus.context import Context, Next
+from eventbus.errors import PayloadValidationError
+from eventbus.router import Subscription
+
+__all__ = ["handler_invoker"]
+
+
+def handler_invoker(sub: Subscription) -> Next:
+    """The innermost link of the chain: validate the payload into the handler's model, call it.
+
+    Built once per subscription, so the per-delivery path looks nothing up.
+    """
+    spec = sub.handler
+    func, model, wants_context = spec.func, spec.model, spec.wants_context
+    validate = model.model_validate_json if model is not None else None
+
+    def argument(ctx: Context) -> Any:
+        if validate is None:
+            return ctx.envelope
+        try:
+            ctx.event = event = validate(ctx.envelope.data)
+        except ValidationError as exc:
+            raise PayloadValidationError(
+                f"event {ctx.envelope.id} of type {ctx.envelope.type!r} does not match "
+                f"{model.__name__ if model else ''}: {exc}"
+            ) from exc
+        return event
+
+    if not spec.is_async:
+        return _in_thread(func, argument, wants_context)
+    if wants_context:
+
+        async def with_context(ctx: Context) -> None:
+            await func(argument(ctx), ctx)
+
+        return with_context
+
+    async def plain(ctx: Context) -> None:
+        await func(argument(ctx))
+
+    return plain
+
+
+def _in_thread(
+    func: Callable[..., Any], argument: Callable[[Context], Any], wants_context: bool
+) -> Next:
+    async def in_thread(ctx: Context) -> None:
+        args = (argument(ctx), ctx) if wants_context else (argument(ctx),)
+        await anyio.to_thread.run_sync(functools.partial(func, *args))
+
+    return in_thread
