@@ -46,9 +46,10 @@ from eventbus.errors import (
     RetryLater,
 )
 from eventbus.invoker import handler_invoker
+from eventbus.logfields import delivery_fields
 from eventbus.middleware.retry import Retry
 from eventbus.router import Subscription
-from eventbus.types import Clock, Delivery
+from eventbus.types import Clock, Delivery, SubscriptionView
 
 __all__ = [
     "MAX_REDELIVERY_DELAY",
@@ -118,8 +119,12 @@ class SubscriptionHandler:
         try:
             await self._settle_by_policy(delivery)
         except Exception:  # a bug of ours must not lose the message or end the consumer
-            log.exception("%s: handling a delivery failed unexpectedly", self._sub.name)
-            await settle(delivery, delivery.release, self._clock)
+            log.exception(
+                "%s: handling a delivery failed unexpectedly; handing it back",
+                self._sub.name,
+                extra=delivery_fields(delivery, self._sub, "released"),
+            )
+            await self._settle(delivery, delivery.release)
         finally:
             if active is not None and task is not None:
                 active.discard(task)
@@ -131,7 +136,7 @@ class SubscriptionHandler:
             await self._dead_letter(delivery, error, "undecodable")
             return
         if not sub.accepts(envelope.type):
-            await settle(delivery, delivery.ack, self._clock)  # another type on this destination
+            await self._settle(delivery, delivery.ack)  # another type on this destination
             return
         ctx = Context(
             envelope=envelope,
@@ -147,13 +152,13 @@ class SubscriptionHandler:
         except RetryLater as exc:
             if exc.__cause__ is not None:  # a policy gave this delivery up; bare means "not yet"
                 _stamp_first_failure(delivery)
-            await settle(delivery, functools.partial(delivery.retry_later, exc.delay), self._clock)
+            await self._settle(delivery, functools.partial(delivery.retry_later, exc.delay))
         except PermanentError as exc:
             await self._dead_letter(delivery, exc, "permanent failure")
         except ValidationError as exc:  # the handler's own validation: retrying cannot help
             await self._dead_letter(delivery, NonRetryableError(exc), "permanent failure")
         except asyncio.CancelledError:
-            await settle(delivery, delivery.nack, self._clock, retries=False)
+            await settle(delivery, delivery.nack, self._clock, retries=False, subscription=sub)
             raise
         except Exception as exc:
             _stamp_first_failure(delivery)
@@ -162,7 +167,7 @@ class SubscriptionHandler:
             try:
                 await delivery.ack()
             except Exception as exc:
-                await _settle_again(delivery, delivery.ack, exc, self._clock)
+                await _settle_again(delivery, delivery.ack, exc, self._clock, sub)
         finally:
             current_envelope.reset(token)
 
@@ -176,8 +181,9 @@ class SubscriptionHandler:
             delivery.attempt,
             delay,
             exc_info=exc,
+            extra=delivery_fields(delivery, self._sub, "redelivering"),
         )
-        await settle(delivery, functools.partial(delivery.retry_later, delay), self._clock)
+        await self._settle(delivery, functools.partial(delivery.retry_later, delay))
 
     async def _dead_letter(self, delivery: Delivery, exc: BaseException, reason: str) -> None:
         sub = self._sub
@@ -190,8 +196,16 @@ class SubscriptionHandler:
             record.event_id or "message",
             delivery.destination,
             exc,
+            extra=delivery_fields(delivery, sub, "dead-lettered"),
         )
-        await settle(delivery, functools.partial(delivery.dead_letter, record), self._clock)
+        await self._settle(delivery, functools.partial(delivery.dead_letter, record))
+
+    async def _settle(self, delivery: Delivery, operation: Callable[[], Awaitable[None]]) -> None:
+        await settle(delivery, operation, self._clock, subscription=self._sub)
+
+    async def release_unstarted(self, delivery: Delivery) -> None:
+        """Hand back a delivery that was taken but never started (see :func:`release`)."""
+        await release(delivery, self._sub)
 
 
 def _stamp_first_failure(delivery: Delivery) -> None:
@@ -272,9 +286,11 @@ def _carried_first_failure(delivery: Delivery) -> datetime | None:
         return None
 
 
-async def release(delivery: Delivery) -> None:
+async def release(delivery: Delivery, subscription: SubscriptionView | None = None) -> None:
     """Hand a delivery that was taken but never started back to the broker, uncounted."""
-    await settle(delivery, delivery.release, _SYSTEM_CLOCK, retries=False)
+    await settle(
+        delivery, delivery.release, _SYSTEM_CLOCK, retries=False, subscription=subscription
+    )
 
 
 SETTLE_RETRY_PAUSES = (0.05, 0.25, 1.0)
@@ -287,20 +303,26 @@ async def settle(
     clock: Clock,
     *,
     retries: bool = True,
+    subscription: SubscriptionView | None = None,
 ) -> None:
     """Run ``operation`` (an ack, a redelivery, a dead-lettering…) on ``delivery``, so that a
-    failure never leaves the message stuck: it is tried again, then handed back."""
+    failure never leaves the message stuck: it is tried again, then handed back.
+    ``subscription`` names the delivery's subscription in the log records of failures."""
     try:
         await operation()
     except Exception as exc:
         if not retries:
-            _could_not(delivery, exc, "the broker redelivers it when the consumer reconnects")
+            _could_not(delivery, exc, subscription)
             return
-        await _settle_again(delivery, operation, exc, clock)
+        await _settle_again(delivery, operation, exc, clock, subscription)
 
 
 async def _settle_again(
-    delivery: Delivery, operation: Callable[[], Awaitable[None]], error: Exception, clock: Clock
+    delivery: Delivery,
+    operation: Callable[[], Awaitable[None]],
+    error: Exception,
+    clock: Clock,
+    subscription: SubscriptionView | None,
 ) -> None:
     """Try a failed settle again with backoff; if it keeps failing, hand the delivery back."""
     for pause in SETTLE_RETRY_PAUSES:
@@ -310,6 +332,7 @@ async def _settle_again(
             delivery.destination,
             _short(error),
             pause,
+            extra=delivery_fields(delivery, subscription, "settle-retrying"),
         )
         await clock.sleep(pause)
         try:
@@ -323,20 +346,24 @@ async def _settle_again(
         delivery.destination,
         1 + len(SETTLE_RETRY_PAUSES),
         _short(error),
+        extra=delivery_fields(delivery, subscription, "released"),
     )
     try:
         await delivery.release()
     except Exception as exc:
-        _could_not(delivery, exc, "the broker redelivers it when the consumer reconnects")
+        _could_not(delivery, exc, subscription)
 
 
-def _could_not(delivery: Delivery, exc: BaseException, then: str) -> None:
+def _could_not(
+    delivery: Delivery, exc: BaseException, subscription: SubscriptionView | None
+) -> None:
     log.error(
-        "could not hand %s from %s back (%s); %s",
+        "could not hand %s from %s back (%s); the broker redelivers it when the consumer "
+        "reconnects",
         _name(delivery),
         delivery.destination,
         _short(exc),
-        then,
+        extra=delivery_fields(delivery, subscription, "not-settled"),
     )
 
 

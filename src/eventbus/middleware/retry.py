@@ -48,6 +48,7 @@ from eventbus.errors import (
     RetryLater,
     TransientError,
 )
+from eventbus.logfields import log_fields
 
 if TYPE_CHECKING:
     from eventbus.context import Context, Next
@@ -182,6 +183,7 @@ class Retry:
                 self.max_deliveries,
                 type(exc).__name__,
                 delay,
+                extra=_fields(ctx, "redelivering"),
             )
             return RetryLater(delay, reason=f"{type(exc).__name__}: {exc}")
         return RetriesExhausted(exc, attempts=ctx.attempt)
@@ -197,6 +199,7 @@ class Retry:
                 state.attempt_number,
                 error,
                 state.upcoming_sleep,
+                extra=_fields(ctx, "retrying"),
             )
 
         return before_sleep
@@ -206,3 +209,15 @@ class Retry:
             f"Retry(tries={self.tries}, backoff={self.backoff:g}, max_backoff={self.max_backoff:g},"
             f" jitter={self.jitter:g}, delays={self.delays})"
         )
+
+
+def _fields(ctx: Context, outcome: str) -> dict[str, object]:
+    """The log fields of a failed try (:mod:`eventbus.logfields`)."""
+    delivery = ctx.delivery
+    return log_fields(
+        outcome,
+        envelope=ctx.envelope,
+        attempt=ctx.attempt,
+        destination=delivery.destination if delivery is not None else None,
+        subscription=ctx.subscription,
+    )
