@@ -22,6 +22,7 @@ CONTRACT = {
     "eventbus.types",
     "eventbus.deadletters",
     "eventbus.clock",
+    "eventbus.redact",
     "eventbus.logfields",
 }
 

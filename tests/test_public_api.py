@@ -23,7 +23,13 @@ def documented() -> dict[str, set[str]]:
     return sections
 
 
-MODULES = ["eventbus", "eventbus.middleware", "eventbus.outbox", "eventbus.testing"]
+MODULES = [
+    "eventbus",
+    "eventbus.middleware",
+    "eventbus.outbox",
+    "eventbus.redact",
+    "eventbus.testing",
+]
 
 
 @pytest.mark.parametrize("module", MODULES)

@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from eventbus.errors import ConfigurationError
+from eventbus.redact import redact_url
 from eventbus.types import Broker
 
 __all__ = ["from_url", "register_broker", "registered_schemes"]
@@ -56,13 +57,21 @@ def registered_schemes() -> list[str]:
 
 def from_url(url: str, **options: Any) -> Broker:
     """Create the adapter for ``url`` (``memory://``, …), passing ``options`` through untouched."""
-    scheme = urlsplit(url).scheme.lower() if "://" in url else ""
+    try:
+        scheme = urlsplit(url).scheme.lower() if "://" in url else ""
+    except ValueError as exc:  # an unclosed "[" of an IPv6 address
+        raise ConfigurationError(
+            f"malformed broker URL {redact_url(url)!r} ({exc}); broker URLs look like "
+            "scheme://[user:password@]host[:port][/path]"
+        ) from exc
     entry = _REGISTRY.get(scheme)
     if entry is None:
         known = ", ".join(f"{s}://" for s in registered_schemes())
         close = difflib.get_close_matches(scheme, list(_REGISTRY), n=1)
         hint = f"; did you mean {close[0]}://?" if close else ""
-        raise ConfigurationError(f"unknown broker URL {url!r}: use one of {known}{hint}")
+        raise ConfigurationError(
+            f"unknown broker URL {redact_url(url)!r}: use one of {known}{hint}"
+        )
     module_name, _, factory_name = entry.target.partition(":")
     try:
         module = importlib.import_module(module_name)

@@ -51,6 +51,7 @@ from eventbus.brokers.kafka.topology import DEFAULT_MAX_MESSAGE_BYTES, Settings,
 from eventbus.clock import SystemClock
 from eventbus.envelope import Envelope, to_binary
 from eventbus.errors import BusNotStarted, ConfigurationError
+from eventbus.redact import redact_options, redact_url
 from eventbus.types import Capabilities, SubscriptionView
 
 __all__ = ["KafkaBroker", "KafkaConsumer", "KafkaDeadLetters", "KafkaDelivery", "from_url"]
@@ -163,6 +164,11 @@ class KafkaBroker:
         """Not known exactly on a network broker (``bus.drain()`` waits for idle handlers)."""
         return
 
+    def __repr__(self) -> str:
+        options = redact_options(self.settings.common)
+        shown = "".join(f", {name}={value!r}" for name, value in sorted(options.items()))
+        return f"KafkaBroker({self.bootstrap_servers!r}{shown})"
+
     # ---------------------------------------------------------------- publishing
     def _require_producer(self) -> Any:
         if self._producer is None:
@@ -260,7 +266,8 @@ def from_url(url: str, **options: Any) -> KafkaBroker:
     parts = urlsplit(url)
     if parts.query or parts.username or parts.path not in ("", "/"):
         raise ConfigurationError(
-            f"kafka URLs are kafka://host:port[,host:port], not {url!r}: pass credentials and "
+            f"kafka URLs are kafka://host:port[,host:port], not {redact_url(url)!r}: pass "
+            "credentials and "
             "settings as keyword options (sasl_plain_username=..., consumer_options={...})"
         )
     return KafkaBroker(parts.netloc, **options)

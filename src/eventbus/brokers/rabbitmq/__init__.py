@@ -51,6 +51,7 @@ from eventbus.brokers.rabbitmq.topology import (
 from eventbus.clock import SystemClock
 from eventbus.envelope import Envelope
 from eventbus.errors import BusNotStarted, ConfigurationError
+from eventbus.redact import redact_url
 from eventbus.types import Capabilities, SubscriptionView
 
 __all__ = [
@@ -120,8 +121,14 @@ class RabbitMQBroker:
     async def connect(self) -> None:
         if self._connection is not None:
             return
-        with errors(f"connecting to {self._safe_url}"):
-            connection = await aio_pika.connect_robust(self.url, **self._options)
+        with errors(f"connecting to {redact_url(self.url)}"):
+            try:
+                connection = await aio_pika.connect_robust(self.url, **self._options)
+            except ValueError as exc:  # a port that is not a number, say
+                raise ConfigurationError(
+                    f"cannot connect to {redact_url(self.url)}: the URL is malformed ({exc}); "
+                    "it looks like amqp://user:password@host:5672/vhost"
+                ) from exc
             try:
                 channel = await connection.channel(publisher_confirms=True)
             except BaseException:
@@ -142,11 +149,6 @@ class RabbitMQBroker:
         await quietly("closing the RabbitMQ connection", connection.close())
 
     @property
-    def _safe_url(self) -> str:
-        head, _, tail = self.url.rpartition("@")
-        return self.url.split("//", 1)[0] + "//***@" + tail if head else self.url
-
-    @property
     def connection(self) -> AbstractRobustConnection:
         if self._connection is None:
             raise BusNotStarted(_NOT_STARTED)
@@ -164,6 +166,9 @@ class RabbitMQBroker:
     def pending(self) -> None:
         """Not known exactly on a network broker (``bus.drain()`` waits for idle handlers)."""
         return
+
+    def __repr__(self) -> str:
+        return f"RabbitMQBroker({redact_url(self.url)!r})"
 
     def exchange_for(self, destination: str) -> str:
         """The exchange a destination (or subscription pattern) is published to / bound on."""

@@ -55,6 +55,11 @@ _ILLEGAL = re.compile(r"[^a-zA-Z0-9\-_.:@#,/+ ]")
 _WAIT_QUEUE_GRACE_MS = 60_000
 """An unused wait queue is removed this long after its delay (``x-expires``)."""
 
+_LOGIN_REFUSED = (
+    aiormq.exceptions.AuthenticationError,
+    # RabbitMQ closes the connection during the handshake when the credentials are wrong
+    aiormq.exceptions.ProbableAuthenticationError,
+)
 _UNREACHABLE = (
     aiormq.exceptions.AMQPError,
     aiormq.exceptions.ChannelInvalidStateError,
@@ -80,7 +85,7 @@ def translate(exc: Exception, what: str) -> EventBusError | None:
         )
     if isinstance(exc, aiormq.exceptions.DeliveryError):
         return PublishError(f"{what}: RabbitMQ did not accept the message ({exc})")
-    if isinstance(exc, aiormq.exceptions.AuthenticationError):
+    if isinstance(exc, _LOGIN_REFUSED):
         return ConfigurationError(
             f"{what}: login refused ({exc}); check the user:password in the URL"
         )

@@ -45,6 +45,7 @@ from eventbus.brokers.redis.topology import (
 )
 from eventbus.clock import SystemClock
 from eventbus.envelope import Envelope, to_structured
+from eventbus.redact import redact_url
 from eventbus.types import Capabilities, SubscriptionView
 
 __all__ = [
@@ -160,6 +161,9 @@ class RedisBroker:
     def pending(self) -> None:
         """Not known exactly on a network broker (``bus.drain()`` waits for idle handlers)."""
         return
+
+    def __repr__(self) -> str:
+        return f"RedisBroker({redact_url(self.url)!r}, prefix={self.keys.prefix!r})"
 
     # ---------------------------------------------------------------- publishing
     async def publish(self, destination: str, envelope: Envelope) -> None:

@@ -35,7 +35,14 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from eventbus.brokers._wire import DriverErrors
 from eventbus.brokers.redis.scripts import register
 from eventbus.brokers.redis.topology import DEFAULT_SOCKET_TIMEOUT
-from eventbus.errors import BrokerUnavailable, BusNotStarted, EventBusError, PublishError
+from eventbus.errors import (
+    BrokerUnavailable,
+    BusNotStarted,
+    ConfigurationError,
+    EventBusError,
+    PublishError,
+)
+from eventbus.redact import redact_url
 
 if sys.version_info >= (3, 11):
     from asyncio import timeout
@@ -152,12 +159,18 @@ class Link:
             return
         client = given
         if client is None:
-            client = aioredis.Redis.from_url(url, **options)
+            try:
+                client = aioredis.Redis.from_url(url, **options)
+            except (ValueError, TypeError) as exc:  # a port that is not a number, an unknown option
+                raise ConfigurationError(
+                    f"cannot connect to {redact_url(url)}: {exc}; see "
+                    "https://redis.readthedocs.io/en/stable/connections.html for the URL format"
+                ) from exc
             connection_kwargs = client.connection_pool.connection_kwargs
             self.socket_timeout = connection_kwargs.get("socket_timeout", DEFAULT_SOCKET_TIMEOUT)
             connection_kwargs["socket_timeout"] = None
         try:
-            async with self.call(f"connect to {url}"):
+            async with self.call(f"connect to {redact_url(url)}"):
                 await client.ping()
         except BaseException:
             if given is None:
