@@ -27,6 +27,7 @@ from eventbus.errors import (
     TransientError,
 )
 from eventbus.event import Event
+from eventbus.health import Health, SubscriptionHealth
 from eventbus.router import Router
 from eventbus.types import (
     Broker,
@@ -62,6 +63,7 @@ __all__ = [
     "EventBus",
     "EventBusError",
     "HandlerTimeout",
+    "Health",
     "Middleware",
     "Next",
     "NoHandlerError",
@@ -75,6 +77,7 @@ __all__ = [
     "RetriesExhausted",
     "RetryLater",
     "Router",
+    "SubscriptionHealth",
     "SubscriptionView",
     "TransientError",
 ]

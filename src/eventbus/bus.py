@@ -15,13 +15,14 @@ from typing import Any, TypeVar
 
 from eventbus.brokers import from_url
 from eventbus.clock import FakeClock
-from eventbus.consume import SubscriptionHandler, build_chain, release
+from eventbus.consume import SubscriptionHandler, build_chain
 from eventbus.context import Middleware, staging_session
 from eventbus.deadletters import DeadLetterStore
 from eventbus.dispatch import SubscriptionRunner
 from eventbus.envelope import Envelope
 from eventbus.errors import BusNotStarted, ConfigurationError
 from eventbus.event import Event
+from eventbus.health import Health, check
 from eventbus.middleware import Retry, default_middleware
 from eventbus.publishing import EnvelopeFactory
 from eventbus.router import Router, Subscription
@@ -154,7 +155,7 @@ class EventBus:
                 handle = SubscriptionHandler(
                     self, sub, chain, self.redelivery_delay, clock, self._active
                 )
-                runner = SubscriptionRunner(sub.name, consumer, handle, release, sub.concurrency)
+                runner = SubscriptionRunner(sub, consumer, handle, handle.release_unstarted)
                 self._runners.append(runner)
         except BaseException:
             await self._stop_runners(0)
@@ -214,6 +215,16 @@ class EventBus:
     def busy(self) -> bool:
         """True while any handler is running or any taken delivery is waiting for one."""
         return any(runner.busy for runner in self._runners)
+
+    async def health(self, timeout: float = 2.0) -> Health:
+        """Each subscription: connected, running, its last delivery and its lag (where the
+        adapter can tell); ``.live`` and ``.ready`` answer liveness and readiness probes.
+
+        Never raises for a broker that is down: its subscriptions report ``connected=False``
+        and an unknown lag. Each broker round trip is bounded by ``timeout`` seconds. See
+        ``docs/observability.md``.
+        """
+        return await check(self.broker, self._started, self._runners, timeout)
 
     # ---------------------------------------------------------------- publishing
     async def publish(

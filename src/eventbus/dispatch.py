@@ -21,9 +21,10 @@ import asyncio
 import collections
 import itertools
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
-from eventbus.types import Consumer, Delivery
+from eventbus.types import Consumer, Delivery, SubscriptionView
 
 __all__ = ["KeyedDispatcher", "SubscriptionRunner"]
 
@@ -133,16 +134,20 @@ class SubscriptionRunner:
     (strict arrival order, no task per message), else through a :class:`KeyedDispatcher`.
 
     A consumer whose iteration fails is resubscribed with exponential backoff, so a broker
-    outage never ends the subscription.
+    outage never ends the subscription. ``last_delivery_at`` is the wall-clock time (Unix
+    seconds) of the latest delivery fetched, None before the first.
     """
 
     def __init__(
-        self, name: str, consumer: Consumer, handle: Handle, release: Release, concurrency: int
+        self, subscription: SubscriptionView, consumer: Consumer, handle: Handle, release: Release
     ) -> None:
-        self.name = name
+        self.subscription = subscription
+        self.name = name = subscription.name
         self.consumer = consumer
+        self.last_delivery_at: float | None = None
         self._handle = handle
         self._release = release
+        concurrency = subscription.concurrency
         self._dispatcher = (
             KeyedDispatcher(handle, release, concurrency) if concurrency > 1 else None
         )
@@ -154,11 +159,17 @@ class SubscriptionRunner:
     def busy(self) -> bool:
         return self._inline or (self._dispatcher is not None and self._dispatcher.busy)
 
+    @property
+    def running(self) -> bool:
+        """Whether the fetch loop is alive (it ends only when the subscription stops)."""
+        return not self._task.done()
+
     async def _fetch(self) -> None:
         backoff = 0.1
         while not self._stopping:
             try:
                 async for delivery in self.consumer:
+                    self.last_delivery_at = time.time()
                     backoff = 0.1
                     if self._stopping:  # taken as stop was requested: never started
                         await self._release(delivery)

@@ -174,6 +174,12 @@ class Broker(Protocol):
     mapped to :mod:`eventbus.errors` at the adapter's edge. ``clock`` is the time its delays
     run on. ``pending()`` counts what is queued, unsettled and delayed where the adapter can
     know it exactly (the memory broker), else returns ``None``.
+
+    **Optional:** ``async def lag(subscription: SubscriptionView) -> int | None`` — how many
+    messages for the subscription's group are not settled yet, asked of the broker (``None``
+    where it cannot tell), raising :class:`~eventbus.errors.BrokerUnavailable` when the broker
+    does not answer. ``EventBus.health()`` looks it up with ``getattr``; every adapter of this
+    package has one.
     """
 
     capabilities: Capabilities

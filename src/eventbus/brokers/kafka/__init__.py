@@ -164,6 +164,20 @@ class KafkaBroker:
         """Not known exactly on a network broker (``bus.drain()`` waits for idle handlers)."""
         return
 
+    async def lag(self, subscription: SubscriptionView) -> int | None:
+        """Records of the subscription's topics (its topic or the topics its pattern matches,
+        and its retry topics) past its group's committed offsets: not yet handled, or handled
+        and not yet committed. None when it has no consumer in this process."""
+        for consumer in self._consumers:
+            sub = consumer.sub
+            if (sub.name, sub.group, sub.topic) == (
+                subscription.name,
+                subscription.group,
+                subscription.topic,
+            ):
+                return await consumer.lag()
+        return None
+
     def __repr__(self) -> str:
         options = redact_options(self.settings.common)
         shown = "".join(f", {name}={value!r}" for name, value in sorted(options.items()))

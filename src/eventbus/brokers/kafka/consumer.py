@@ -27,7 +27,11 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener  # type: ignore[import-untyped]
+from aiokafka import (  # type: ignore[import-untyped]
+    AIOKafkaConsumer,
+    ConsumerRebalanceListener,
+    TopicPartition,
+)
 from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 
 from eventbus.brokers._wire import DUE, carried_headers, text, whole_number, without_carried
@@ -341,6 +345,32 @@ class KafkaConsumer(ConsumerRebalanceListener, Settling):  # type: ignore[misc]
 
     async def dead_letter(self, delivery: KafkaDelivery, record: DeadLetterRecord) -> None:
         await self._dead.add(record, self.sub.topic, delivery.key)
+
+    # ---------------------------------------------------------------- health
+    async def lag(self) -> int:
+        """Records of the subscribed topics (retry topics included) past the group's committed
+        offsets, over all their partitions, not only those assigned here. A partition the group
+        never committed counts from its first record, as ``auto_offset_reset="earliest"`` reads
+        it (from its end, counting nothing, under ``"latest"``)."""
+        kafka, sub = self._kafka, self.sub
+        topics = kafka.subscription() if sub.is_pattern else {sub.topic, *self.retry_topics}
+        tps = [
+            TopicPartition(topic, partition)
+            for topic in sorted(topics)
+            for partition in sorted(kafka.partitions_for_topic(topic) or ())
+        ]
+        if not tps:
+            return 0
+        with ERRORS(f"read the lag of group {self.group_id!r}"):
+            ends = await kafka.end_offsets(tps)
+            committed = await asyncio.gather(*(kafka.committed(tp) for tp in tps))
+            never = [tp for tp, offset in zip(tps, committed, strict=True) if offset is None]
+            earliest = self.settings.consumer_config().get("auto_offset_reset") == "earliest"
+            starts = await kafka.beginning_offsets(never) if never and earliest else {}
+        return sum(
+            max(0, ends[tp] - (offset if offset is not None else starts.get(tp, ends[tp])))
+            for tp, offset in zip(tps, committed, strict=True)
+        )
 
     async def close(self) -> None:
         """Stop fetching and commit what is safe; unsettled deliveries stay uncommitted, so

@@ -131,6 +131,15 @@ class MemoryBroker:
             "delayed": len(self._delayed),
         }
 
+    async def lag(self, subscription: SubscriptionView) -> int | None:
+        """Messages of the subscription's group not settled yet: queued, and delivered but
+        unsettled (redeliveries waiting for their delay are not counted). None before it has
+        subscribed."""
+        group_queue = self._queues.get((subscription.group or "", subscription.topic))
+        if group_queue is None:
+            return None
+        return group_queue.queue.qsize() + group_queue.unacked
+
     async def publish(self, destination: str, envelope: Envelope) -> None:
         if not self._connected:
             raise BusNotStarted("the memory broker is not connected; start the bus first")

@@ -30,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import aio_pika
+import aiormq
 from aio_pika.abc import AbstractRobustConnection
 
 from eventbus.brokers._wire import check_max_message_bytes
@@ -166,6 +167,24 @@ class RabbitMQBroker:
     def pending(self) -> None:
         """Not known exactly on a network broker (``bus.drain()`` waits for idle handlers)."""
         return
+
+    async def lag(self, subscription: SubscriptionView) -> int | None:
+        """Messages ready in the subscription's group queue (a passive declare on a channel of
+        its own); those its consumers hold unacknowledged (up to ``prefetch`` each) and those
+        waiting in a wait queue for a delayed retry are not counted. None when the queue is
+        gone."""
+        if subscription.group is None:
+            return None
+        name = queue_name(subscription.group, subscription.topic)
+        with errors(f"reading the depth of {name!r}"):
+            channel = await self.connection.channel(publisher_confirms=False)
+            try:
+                queue = await channel.declare_queue(name, passive=True)
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                return None
+            finally:
+                await quietly("closing the channel of a depth check", channel.close())
+        return int(queue.declaration_result.message_count or 0)
 
     def __repr__(self) -> str:
         return f"RabbitMQBroker({redact_url(self.url)!r})"

@@ -162,6 +162,14 @@ class RedisBroker:
         """Not known exactly on a network broker (``bus.drain()`` waits for idle handlers)."""
         return
 
+    async def lag(self, subscription: SubscriptionView) -> int | None:
+        """Entries the subscription's group has not acknowledged, on its destination stream and
+        its retry stream: not yet read plus read and pending. Delayed retries waiting for their
+        time (in the ``~delayed`` set) are not counted."""
+        group = checked_group(subscription)
+        streams = (self.keys.stream(subscription.topic), self.keys.retry(subscription.topic, group))
+        return await self._link.group_lag(streams, group)
+
     def __repr__(self) -> str:
         return f"RedisBroker({redact_url(self.url)!r}, prefix={self.keys.prefix!r})"
 

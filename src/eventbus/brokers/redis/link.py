@@ -193,3 +193,26 @@ class Link:
         except EventBusError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
+
+    async def group_lag(self, streams: tuple[str, ...], group: str) -> int | None:
+        """Entries of ``streams`` that ``group`` has not acknowledged: not yet read (``lag``)
+        plus read and pending (``XINFO GROUPS``); None when Redis cannot tell (a stream or
+        the group is missing, or a trimmed stream leaves ``lag`` unknown)."""
+        total = 0
+        async with self.call(f"read the lag of group {group!r}"):
+            pipe = self.redis.pipeline(transaction=False)
+            for stream in streams:
+                pipe.xinfo_groups(stream)
+            replies = await pipe.execute(raise_on_error=False)
+        for reply in replies:
+            if isinstance(reply, Exception):  # "no such key": the stream is gone
+                return None
+            info = next((i for i in reply if _text(i.get("name")) == group), None)
+            if info is None or info.get("lag") is None:
+                return None
+            total += int(info["lag"]) + int(info.get("pending") or 0)
+        return total
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
