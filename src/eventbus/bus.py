@@ -24,9 +24,14 @@ from eventbus.errors import BusNotStarted, ConfigurationError
 from eventbus.event import Event
 from eventbus.health import Health, check
 from eventbus.middleware import Retry, default_middleware
-from eventbus.publishing import EnvelopeFactory
+from eventbus.publishing import EnvelopeFactory, batch_chain, passthrough, publish_chain
 from eventbus.router import Router, Subscription
-from eventbus.types import Broker, OutboxStage, PublishMiddleware, PublishNext
+from eventbus.types import (
+    Broker,
+    OutboxStage,
+    PublishMiddleware,
+    PublishSide,
+)
 
 __all__ = ["EventBus"]
 
@@ -88,8 +93,13 @@ class EventBus:
         self._active: set[asyncio.Task[Any]] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         """The event loop the bus runs on, while it runs (for publishing from other threads)."""
-        self._send = self._build_publish_chain(self._send_to_broker)
-        self._prepare = self._build_publish_chain(_passthrough)
+        self._sides: tuple[PublishSide, ...] = tuple(
+            m.publish_side(self) for m in self.middleware if hasattr(m, "publish_side")
+        )
+        # The instrumenting middleware's publish halves outermost, then publish_middleware.
+        self._send = publish_chain(self._send_to_broker, (*self._sides, *self.publish_middleware))
+        self._prepare = publish_chain(passthrough, self.publish_middleware)
+        self._send_batch = batch_chain(self._batch_to_broker, self._sides)
 
     # ---------------------------------------------------------------- configuration
     def subscribe(
@@ -281,13 +291,22 @@ class EventBus:
             envelopes.append(self._envelope.check_size(await self._prepare(envelope)))
         destination = self._envelope.destination
         messages = [(destination(e), e) for e in envelopes]
-        staging = session if session is not None else staging_session.get()
-        if staging is not None:
-            await self._outbox().stage(staging, messages)
-            return envelopes
-        self._require_started()
-        await self.broker.publish_batch(messages)
-        return envelopes
+        token = staging_session.set(session) if session is not None else None
+        try:
+            sent = await self._send_batch(messages)
+        finally:
+            if token is not None:
+                staging_session.reset(token)
+        return [envelope for _, envelope in sent]
+
+    async def send_batch(self, messages: Sequence[tuple[str, Envelope]]) -> None:
+        """Send ready ``(destination, envelope)`` pairs unchanged, in one broker round trip,
+        through the instrumenting middleware (the outbox relay publishes this way)."""
+        token = staging_session.set(None)  # already staged once: this is the real send
+        try:
+            await self._send_batch(messages)
+        finally:
+            staging_session.reset(token)
 
     async def publish_envelope(
         self, envelope: Envelope, destination: str | None = None
@@ -331,11 +350,21 @@ class EventBus:
             )
         return self.outbox
 
-    def _build_publish_chain(self, innermost: PublishNext) -> PublishNext:
-        chain = innermost
-        for middleware in reversed(self.publish_middleware):
-            chain = _bind_publish(middleware, chain)
-        return chain
+    async def _batch_to_broker(
+        self, messages: Sequence[tuple[str, Envelope]]
+    ) -> Sequence[tuple[str, Envelope]]:
+        """The innermost link of the batch chain: to the broker, or into the outbox."""
+        staging = staging_session.get()
+        if staging is not None:
+            await self._outbox().stage(staging, messages)
+            return messages
+        self._require_started()
+        await self.broker.publish_batch(messages)
+        return messages
+
+    def destination_of(self, envelope: Envelope) -> str:
+        """The destination events like ``envelope`` are published to."""
+        return self._envelope.destination(envelope)
 
     # ---------------------------------------------------------------- tests
     async def drain(self, timeout: float = 10.0, *, advance_clock: bool = True) -> None:
@@ -407,16 +436,3 @@ def _make_broker(
             f"them to {type(broker).__name__}(...) instead"
         )
     return broker
-
-
-def _bind_publish(middleware: Any, call_next: Any) -> Any:
-    """``middleware`` with its ``call_next`` filled in (cheaper to call than a partial)."""
-
-    def layer(envelope: Envelope) -> Any:
-        return middleware(envelope, call_next)
-
-    return layer
-
-
-async def _passthrough(envelope: Envelope) -> Envelope:
-    return envelope

@@ -6,9 +6,10 @@ the publish with :class:`~eventbus.errors.PublishError` and nothing is sent.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from types import MappingProxyType
 from typing import Any
@@ -19,8 +20,16 @@ from eventbus.context import current_envelope
 from eventbus.envelope import Envelope, new_envelope, validate_extension_name
 from eventbus.errors import ConfigurationError, PublishError
 from eventbus.event import Event
+from eventbus.types import PublishBatchNext, PublishMiddleware, PublishNext, PublishSide
 
-__all__ = ["EnvelopeFactory", "encode", "new_event_id"]
+__all__ = [
+    "EnvelopeFactory",
+    "batch_chain",
+    "encode",
+    "new_event_id",
+    "passthrough",
+    "publish_chain",
+]
 
 _UTC = timezone.utc
 _NO_EXTENSIONS: Mapping[str, str] = MappingProxyType({})
@@ -184,3 +193,33 @@ new_event_id = _EventIds()
 """A fresh event id: a random (version 4) UUID as text."""
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=new_event_id.reset)
+
+
+def publish_chain(innermost: PublishNext, middleware: Sequence[PublishMiddleware]) -> PublishNext:
+    """``middleware`` around ``innermost``, the first outermost."""
+    chain = innermost
+    for layer in reversed(middleware):
+        chain = _bind_publish(layer, chain)
+    return chain
+
+
+def batch_chain(innermost: PublishBatchNext, sides: Sequence[PublishSide]) -> PublishBatchNext:
+    """The batch halves of ``sides`` around ``innermost``, the first outermost."""
+    chain = innermost
+    for side in reversed(sides):
+        chain = functools.partial(side.batch, call_next=chain)
+    return chain
+
+
+def _bind_publish(middleware: Any, call_next: Any) -> Any:
+    """``middleware`` with its ``call_next`` filled in (cheaper to call than a partial)."""
+
+    def layer(envelope: Envelope) -> Any:
+        return middleware(envelope, call_next)
+
+    return layer
+
+
+async def passthrough(envelope: Envelope) -> Envelope:
+    """The innermost link of a chain that only prepares envelopes."""
+    return envelope

@@ -19,13 +19,16 @@ from eventbus.errors import DecodeError
 
 __all__ = [
     "Broker",
+    "BusView",
     "Capabilities",
     "Clock",
     "Consumer",
     "Delivery",
     "OutboxStage",
+    "PublishBatchNext",
     "PublishMiddleware",
     "PublishNext",
+    "PublishSide",
     "SubscriptionView",
 ]
 
@@ -222,3 +225,33 @@ class PublishMiddleware(Protocol):
     """Publish side: receives the envelope, may replace it, returns what ``call_next`` returned."""
 
     async def __call__(self, envelope: Envelope, call_next: PublishNext) -> Envelope: ...
+
+
+PublishBatchNext = Callable[
+    [Sequence[tuple[str, Envelope]]], Awaitable[Sequence[tuple[str, Envelope]]]
+]
+"""What a batch-side publish hook calls to send ``(destination, envelope)`` pairs the rest of
+the way; returns the pairs as they were sent."""
+
+
+class PublishSide(PublishMiddleware, Protocol):
+    """The publish half of an instrumenting middleware (tracing, metrics): a publish
+    middleware that also wraps batch sends (``publish_many``, the outbox relay)."""
+
+    async def batch(
+        self, messages: Sequence[tuple[str, Envelope]], call_next: PublishBatchNext
+    ) -> Sequence[tuple[str, Envelope]]: ...
+
+
+class BusView(Protocol):
+    """What an instrumenting middleware learns of the bus it is installed on."""
+
+    @property
+    def service(self) -> str: ...
+
+    @property
+    def broker(self) -> Broker: ...
+
+    def destination_of(self, envelope: Envelope) -> str:
+        """The destination events like ``envelope`` are published to."""
+        ...

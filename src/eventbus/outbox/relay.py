@@ -204,7 +204,7 @@ class OutboxRelay:
         failed). A refused batch is sent again row by row, to find the rows at fault."""
         messages, failed, untried = self._readable(rows)
         try:
-            await self.bus.broker.publish_batch([(r.aggregatetype, e) for r, e in messages])
+            await self.bus.send_batch([(r.aggregatetype, e) for r, e in messages])
         except BrokerUnavailable:
             raise
         except EventBusError:
@@ -254,7 +254,7 @@ class OutboxRelay:
                 untried.append(row)
                 continue
             try:
-                await self.bus.broker.publish(row.aggregatetype, envelope)
+                await self.bus.send_batch([(row.aggregatetype, envelope)])
             except BrokerUnavailable:
                 raise
             except EventBusError as exc:

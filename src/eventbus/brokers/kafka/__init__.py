@@ -67,6 +67,8 @@ class KafkaBroker:
     know of a crash, so a message redelivered after one keeps the attempt it had.
     """
 
+    system = "kafka"
+    """The OpenTelemetry ``messaging.system`` of this adapter."""
     capabilities = Capabilities(
         persistent=True,
         consumer_groups=True,

@@ -73,6 +73,8 @@ class MemoryBroker:
     the bus applies (:data:`DEFAULT_MAX_MESSAGE_BYTES`).
     """
 
+    system = "memory"
+    """The OpenTelemetry ``messaging.system`` of this adapter."""
     capabilities = Capabilities(
         consumer_groups=True,
         ordered_per_key=True,

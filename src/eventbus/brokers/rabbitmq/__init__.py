@@ -82,6 +82,8 @@ class RabbitMQBroker:
     ``max_message_size`` default, 128 MiB). ``options`` go to ``aio_pika.connect_robust``.
     """
 
+    system = "rabbitmq"
+    """The OpenTelemetry ``messaging.system`` of this adapter."""
     capabilities = Capabilities(
         persistent=True,
         consumer_groups=True,

@@ -74,6 +74,8 @@ class RedisBroker:
     the payload limit the bus applies (:data:`DEFAULT_MAX_MESSAGE_BYTES`).
     """
 
+    system = "redis"
+    """The OpenTelemetry ``messaging.system`` of this adapter."""
     capabilities = Capabilities(
         persistent=True,  # with appendonly (AOF) on the server; see docs/brokers/redis.md
         consumer_groups=True,
