@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import re
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -76,12 +77,21 @@ def test_every_extra_brings_something_the_library_imports() -> None:
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
         "optional-dependencies"
     ]
-    imported = _imported_packages()
+    # By distribution name: opentelemetry-api is imported as ``opentelemetry``, say.
+    by_module = metadata.packages_distributions()
+    imported = {
+        name.lower().replace("-", "_")
+        for module in _imported_packages()
+        for name in by_module.get(module, [module])
+    }
     unused = {}
     for extra, requirements in extras.items():
         if extra in ("all", "dev", "bench"):
             continue
-        names = {re.split(r"[\[<>=!~ ]", r, maxsplit=1)[0].replace("-", "_") for r in requirements}
+        names = {
+            re.split(r"[\[<>=!~ ]", r, maxsplit=1)[0].replace("-", "_").lower()
+            for r in requirements
+        }
         if not names & imported:
             unused[extra] = sorted(names)
     assert unused == {}, f"extras whose packages nothing in src/eventbus imports: {unused}"

@@ -26,6 +26,7 @@ def documented() -> dict[str, set[str]]:
 MODULES = [
     "eventbus",
     "eventbus.middleware",
+    "eventbus.otel",
     "eventbus.outbox",
     "eventbus.redact",
     "eventbus.testing",

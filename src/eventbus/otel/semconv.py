@@ -1,0 +1,63 @@
+"""The messaging semantic conventions eventbus emits, in one module.
+
+Attribute names come from the ``opentelemetry-semantic-conventions`` constants, not typed by
+hand, so a rename upstream is one change here. ``messaging.system`` is the adapter's
+``system``: ``kafka`` and ``rabbitmq`` are the spec's own values; Redis Streams and the
+in-memory bus have none in the spec, and are ``redis`` and ``memory``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from opentelemetry.semconv._incubating.attributes import messaging_attributes as m
+from opentelemetry.semconv.attributes import error_attributes
+
+from eventbus.envelope import Envelope
+
+__all__ = [
+    "BATCH_MESSAGE_COUNT",
+    "CONSUMER_GROUP",
+    "DESTINATION",
+    "ERROR_TYPE",
+    "MESSAGE_ID",
+    "OPERATION_NAME",
+    "OPERATION_TYPE",
+    "SETTLE_OUTCOME",
+    "SETTLE_REASON",
+    "SYSTEM",
+    "message_attributes",
+    "system_of",
+]
+
+SYSTEM = m.MESSAGING_SYSTEM
+OPERATION_NAME = m.MESSAGING_OPERATION_NAME
+OPERATION_TYPE = m.MESSAGING_OPERATION_TYPE
+DESTINATION = m.MESSAGING_DESTINATION_NAME
+CONSUMER_GROUP = m.MESSAGING_CONSUMER_GROUP_NAME
+BATCH_MESSAGE_COUNT = m.MESSAGING_BATCH_MESSAGE_COUNT
+MESSAGE_ID = m.MESSAGING_MESSAGE_ID
+ERROR_TYPE = error_attributes.ERROR_TYPE
+SETTLE_OUTCOME = "eventbus.settle.outcome"
+"""How the delivery was settled: ``ack``, ``retry_later``, ``dead_letter`` or ``redeliver``."""
+SETTLE_REASON = "eventbus.settle.reason"
+
+CREATE = m.MessagingOperationTypeValues.CREATE.value
+SEND = m.MessagingOperationTypeValues.SEND.value
+PROCESS = m.MessagingOperationTypeValues.PROCESS.value
+
+
+def system_of(broker: Any) -> str:
+    """The ``messaging.system`` of an adapter (its ``system``; else its class name)."""
+    system = getattr(broker, "system", None)
+    return system if isinstance(system, str) else type(broker).__name__.lower()
+
+
+def message_attributes(system: str, envelope: Envelope) -> dict[str, Any]:
+    """The per-message attributes: id, correlation id, and Kafka's message key."""
+    attributes: dict[str, Any] = {MESSAGE_ID: envelope.id}
+    if envelope.correlationid:
+        attributes[m.MESSAGING_MESSAGE_CONVERSATION_ID] = envelope.correlationid
+    if envelope.partitionkey is not None and system == "kafka":
+        attributes[m.MESSAGING_KAFKA_MESSAGE_KEY] = envelope.partitionkey
+    return attributes

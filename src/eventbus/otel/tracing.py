@@ -1,0 +1,235 @@
+"""Tracing: a PRODUCER span per publish, a CONSUMER span per handled delivery.
+
+* Publishing: ``send <destination>`` (PRODUCER), around the broker round trip; a publish
+  staged in the outbox is ``create <destination>`` (it is sent later, by the relay). A batch
+  (``publish_many``, the relay) is one span, with ``messaging.batch.message_count``.
+* The span's context travels in the envelope's ``traceparent``/``tracestate`` (the creation
+  context), injected only where the envelope has none: an envelope that already carries one
+  (a replay, a forward, an outbox row the relay sends) keeps it, and the span links to it.
+* Handling: ``process <destination>`` (CONSUMER), around the rest of the chain and the
+  handler. It **links** to the creation context (the spec's default: it also works for
+  batches and inside other spans); ``Tracing(parent=True)`` makes it the parent instead,
+  with the ambient span, if any, as a link. How the delivery is settled (ack, retry later,
+  dead-letter, redeliver, nack) is a ``settle`` event on the span, with the reason.
+
+Install it first in ``middleware`` (outermost), so that retries and time-outs inside it are
+part of its span.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from pydantic import ValidationError
+
+from eventbus.context import Context, Next, staging_session
+from eventbus.envelope import Envelope
+from eventbus.errors import ConfigurationError, PermanentError, RetryLater
+from eventbus.otel import semconv as sc
+from eventbus.types import BusView, PublishBatchNext, PublishNext
+
+__all__ = ["Tracing", "error_type", "settle_outcome"]
+
+_SCHEMA_URL = "https://opentelemetry.io/schemas/1.44.0"
+_MAX_REASON = 200
+
+
+class Tracing:
+    """Spans for publishing and handling, on the current messaging conventions.
+
+    ``tracer_provider`` defaults to the global one. ``parent=True`` makes a handler's span a
+    child of the producer's span rather than linked to it (see the module documentation).
+    One ``Tracing`` serves one broker kind: give each bus its own, or share it between buses
+    on the same broker.
+    """
+
+    def __init__(self, *, tracer_provider: Any = None, parent: bool = False) -> None:
+        self.tracer = trace.get_tracer(
+            "eventbus", tracer_provider=tracer_provider, schema_url=_SCHEMA_URL
+        )
+        self.parent = parent
+        self.system: str | None = None
+        self._provider = tracer_provider
+
+    def live(self) -> bool:
+        """Whether spans are recorded at all: not with a no-op provider, nor with the global
+        one while no SDK has been set up (then tracing costs one check per message)."""
+        provider = trace.get_tracer_provider() if self._provider is None else self._provider
+        return not isinstance(provider, (trace.NoOpTracerProvider, trace.ProxyTracerProvider))
+
+    def publish_side(self, bus: BusView) -> _PublishSide:
+        """The publish half, which the bus puts on its publish chain."""
+        system = sc.system_of(bus.broker)
+        if self.system not in (None, system):
+            raise ConfigurationError(
+                f"this Tracing() already traces a {self.system!r} bus; "
+                f"give the {system!r} bus a Tracing() of its own"
+            )
+        self.system = system
+        return _PublishSide(self, bus, system)
+
+    async def __call__(self, ctx: Context, call_next: Next) -> None:
+        if not self.live():
+            await call_next(ctx)
+            return
+        envelope, sub = ctx.envelope, ctx.subscription
+        destination = ctx.delivery.destination if ctx.delivery is not None else sub.topic
+        creation = _creation_context(envelope)
+        links, parent = self._correlate(creation)
+        attributes = {
+            sc.SYSTEM: self.system or "unknown",
+            sc.OPERATION_NAME: sc.PROCESS,
+            sc.OPERATION_TYPE: sc.PROCESS,
+            sc.DESTINATION: destination,
+            sc.CONSUMER_GROUP: sub.group or "",
+            "eventbus.delivery.attempt": ctx.attempt,
+            **sc.message_attributes(self.system or "", envelope),
+        }
+        with self.tracer.start_as_current_span(
+            f"process {destination}",
+            context=parent,
+            kind=trace.SpanKind.CONSUMER,
+            links=links,
+            attributes=attributes,
+        ) as span:
+            try:
+                await call_next(ctx)
+            except BaseException as exc:
+                outcome, reason = settle_outcome(exc)
+                span.set_attribute(sc.ERROR_TYPE, error_type(exc))
+                span.add_event("settle", {sc.SETTLE_OUTCOME: outcome, sc.SETTLE_REASON: reason})
+                raise
+            span.add_event("settle", {sc.SETTLE_OUTCOME: "ack"})
+
+    def _correlate(self, creation: Any) -> tuple[list[trace.Link], Any]:
+        """(links, parent context) of a handler's span, by the link-or-parent choice."""
+        producer = trace.get_current_span(creation).get_span_context() if creation else None
+        if producer is None or not producer.is_valid:
+            return [], None
+        if not self.parent:
+            return [trace.Link(producer)], None
+        ambient = trace.get_current_span().get_span_context()
+        return ([trace.Link(ambient)] if ambient.is_valid else []), creation
+
+
+class _PublishSide:
+    """The publish half of :class:`Tracing`, bound to one bus."""
+
+    def __init__(self, tracing: Tracing, bus: BusView, system: str) -> None:
+        self.tracing, self.tracer, self.bus, self.system = tracing, tracing.tracer, bus, system
+
+    async def __call__(self, envelope: Envelope, call_next: PublishNext) -> Envelope:
+        if not self.tracing.live():
+            return await call_next(envelope)
+        destination = self.bus.destination_of(envelope)
+        operation = _operation()
+        links = _links([envelope])
+        with self.tracer.start_as_current_span(
+            f"{operation} {destination}",
+            kind=trace.SpanKind.PRODUCER,
+            links=links,
+            attributes={
+                **self._attributes(operation, destination),
+                **sc.message_attributes(self.system, envelope),
+            },
+        ) as span:
+            try:
+                return await call_next(_with_context(envelope))
+            except Exception as exc:
+                span.set_attribute(sc.ERROR_TYPE, type(exc).__qualname__)
+                raise
+
+    async def batch(
+        self, messages: Sequence[tuple[str, Envelope]], call_next: PublishBatchNext
+    ) -> Sequence[tuple[str, Envelope]]:
+        if not self.tracing.live():
+            return await call_next(messages)
+        destinations = {destination for destination, _ in messages}
+        operation = _operation()
+        name = f"{operation} {next(iter(destinations))}" if len(destinations) == 1 else operation
+        attributes = self._attributes(operation, *destinations)
+        attributes[sc.BATCH_MESSAGE_COUNT] = len(messages)
+        with self.tracer.start_as_current_span(
+            name,
+            kind=trace.SpanKind.PRODUCER,
+            links=_links([envelope for _, envelope in messages]),
+            attributes=attributes,
+        ) as span:
+            try:
+                return await call_next([(d, _with_context(e)) for d, e in messages])
+            except Exception as exc:
+                span.set_attribute(sc.ERROR_TYPE, type(exc).__qualname__)
+                raise
+
+    def _attributes(self, operation: str, *destinations: str) -> dict[str, Any]:
+        attributes: dict[str, Any] = {
+            sc.SYSTEM: self.system,
+            sc.OPERATION_NAME: operation,
+            sc.OPERATION_TYPE: operation,
+        }
+        if len(destinations) == 1:
+            attributes[sc.DESTINATION] = destinations[0]
+        return attributes
+
+
+def settle_outcome(exc: BaseException) -> tuple[str, str]:
+    """How the consume policy settles a delivery whose chain raised ``exc``, and why
+    (:mod:`eventbus.consume`): ``retry_later``, ``dead_letter``, ``nack`` or ``redeliver``."""
+    reason = f"{type(exc).__name__}: {exc}"[:_MAX_REASON]
+    if isinstance(exc, RetryLater):
+        return "retry_later", reason
+    if isinstance(exc, (PermanentError, ValidationError)):
+        return "dead_letter", reason
+    if isinstance(exc, asyncio.CancelledError):
+        return "nack", reason
+    return "redeliver", reason
+
+
+def error_type(exc: BaseException) -> str:
+    """The failure's class; for a retry or dead-letter decision, the error behind it."""
+    decided = isinstance(exc, (RetryLater, PermanentError)) and exc.__cause__ is not None
+    return type(exc.__cause__ if decided else exc).__qualname__
+
+
+def _operation() -> str:
+    """``create`` while the publish is staged in the outbox, ``send`` when it goes out."""
+    return sc.CREATE if staging_session.get() is not None else sc.SEND
+
+
+def _creation_context(envelope: Envelope) -> Any:
+    if envelope.traceparent is None:
+        return None
+    carrier = {"traceparent": envelope.traceparent}
+    if envelope.tracestate:
+        carrier["tracestate"] = envelope.tracestate
+    return propagate.extract(carrier, context=otel_context.Context())
+
+
+def _links(envelopes: Sequence[Envelope]) -> list[trace.Link]:
+    """Links to the creation contexts the envelopes already carry."""
+    links = []
+    for envelope in envelopes:
+        creation = _creation_context(envelope)
+        if creation is None:
+            continue
+        producer = trace.get_current_span(creation).get_span_context()
+        if producer.is_valid:
+            links.append(trace.Link(producer, {sc.MESSAGE_ID: envelope.id}))
+    return links
+
+
+def _with_context(envelope: Envelope) -> Envelope:
+    """``envelope`` carrying the current span's context, unless it carries one already."""
+    if envelope.traceparent is not None:
+        return envelope
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    if "traceparent" not in carrier:  # no SDK, or not sampled: nothing to carry
+        return envelope
+    return envelope.replace(
+        traceparent=carrier["traceparent"], tracestate=carrier.get("tracestate")
+    )
