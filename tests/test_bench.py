@@ -119,3 +119,21 @@ def test_outbox_trials_relay_every_row(
             (o, r) for o in ("key", "none") for r in (1, 4)
         }
         assert set(results["staging"][db]) == {"publish", "publish_many"}
+
+
+@pytest.mark.redis
+def test_the_telemetry_benchmark_runs(tmp_path: Path, redis_url: str) -> None:
+    """A tiny run of ``bench.otel`` in every configuration, into a temporary results file."""
+    out = tmp_path / "otel.json"
+    command = [sys.executable, "-m", "bench.otel", "--reps", "1", "--scale", "0.01"]
+    done = subprocess.run(
+        [*command, "--no-docs", "--out", str(out)],
+        cwd=ROOT, env={**os.environ, "EVENTBUS_TEST_REDIS_URL": redis_url},
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads(out.read_text())
+    assert set(results["summary"]) == {
+        f"{b}/{c}" for b in ("memory", "redis") for c in ("off", "api", "sdk")
+    }
+    assert all(t["cpu_us_per_event"] > 0 for t in results["trials"])
