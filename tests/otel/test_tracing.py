@@ -295,3 +295,19 @@ async def test_an_outbox_row_keeps_its_trace_through_the_relay(
     assert [ids(link.context) for link in send.links] == [ids(create.context)]
     assert [ids(link.context) for link in process.links] == [ids(create.context)]
     assert (send.attributes or {})["messaging.batch.message_count"] == 1
+
+
+def test_an_sdk_set_up_after_the_bus_is_picked_up() -> None:
+    """The global provider is looked at again (here at once: ``recheck=0``) while it records
+    nothing, and never again once it records; a provider given outright is judged once."""
+    from eventbus.otel.semconv import Liveness
+
+    current: list[object] = ["noop"]
+    live = Liveness(None, lambda: current[0], lambda p: p == "noop", recheck=0)
+    assert not live()
+    current[0] = "sdk"
+    assert live()
+    current[0] = "noop"  # cannot happen to a real global provider: it is set once
+    assert live()
+    assert not Liveness("noop", lambda: "sdk", lambda p: p == "noop")()
+    assert Liveness("sdk", lambda: "noop", lambda p: p == "noop")()

@@ -82,15 +82,9 @@ class Metrics:
         for name, unit, what in _GAUGES:
             meter.create_observable_gauge(name, [self._observer(name)], unit=unit, description=what)
         self.system: str | None = None
-        self._provider = meter_provider
-
-    def live(self) -> bool:
+        self.live = sc.Liveness(meter_provider, metrics.get_meter_provider, _no_measurements)
         """Whether measurements are recorded at all: not with a no-op provider, nor with the
-        global one while no SDK has been set up (then metrics cost one check per message)."""
-        provider = metrics.get_meter_provider() if self._provider is None else self._provider
-        # The API's stand-in until an SDK is set has no public class: it is known by name.
-        noop = isinstance(provider, metrics.NoOpMeterProvider)
-        return not noop and type(provider).__name__ != "_ProxyMeterProvider"
+        global one while no SDK is set up (then metrics cost one cheap check per message)."""
 
     def publish_side(self, bus: BusView) -> _PublishSide:
         """The publish half, which the bus puts on its publish chain."""
@@ -206,6 +200,12 @@ class Metrics:
             return [Observation(value, labels) for value, labels in self.samples.get(name, [])]
 
         return observe
+
+
+def _no_measurements(provider: Any) -> bool:
+    # The API's stand-in until an SDK is set up has no public class: it is known by name.
+    noop = isinstance(provider, metrics.NoOpMeterProvider)
+    return noop or type(provider).__name__ == "_ProxyMeterProvider"
 
 
 _GAUGES = (

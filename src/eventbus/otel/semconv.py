@@ -8,6 +8,7 @@ in-memory bus have none in the spec, and are ``redis`` and ``memory``.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from opentelemetry.semconv._incubating.attributes import messaging_attributes as m
@@ -20,6 +21,7 @@ __all__ = [
     "CONSUMER_GROUP",
     "DESTINATION",
     "ERROR_TYPE",
+    "Liveness",
     "MESSAGE_ID",
     "OPERATION_NAME",
     "OPERATION_TYPE",
@@ -45,6 +47,37 @@ SETTLE_REASON = "eventbus.settle.reason"
 CREATE = m.MessagingOperationTypeValues.CREATE.value
 SEND = m.MessagingOperationTypeValues.SEND.value
 PROCESS = m.MessagingOperationTypeValues.PROCESS.value
+
+
+class Liveness:
+    """Whether an SDK records what an instrument emits, asked cheaply once per message.
+
+    ``is_noop(provider)`` tells a provider that records nothing. A provider given outright is
+    judged once. The global one is looked up again at most once a ``recheck`` seconds while it
+    records nothing (an application may set its SDK up after building the bus), and never
+    again once it records: a global provider is set once and stays.
+    """
+
+    __slots__ = ("_global", "_is_noop", "_live", "_next", "_recheck")
+
+    def __init__(
+        self, provider: Any, global_provider: Any, is_noop: Any, recheck: float = 1.0
+    ) -> None:
+        self._global, self._is_noop, self._recheck = global_provider, is_noop, recheck
+        self._live = None if provider is None else not is_noop(provider)
+        self._next = 0.0
+
+    def __call__(self) -> bool:
+        if self._live is not None:
+            return self._live
+        now = time.monotonic()
+        if now < self._next:
+            return False
+        if self._is_noop(self._global()):
+            self._next = now + self._recheck
+            return False
+        self._live = True
+        return True
 
 
 def system_of(broker: Any) -> str:

@@ -53,13 +53,9 @@ class Tracing:
         )
         self.parent = parent
         self.system: str | None = None
-        self._provider = tracer_provider
-
-    def live(self) -> bool:
+        self.live = sc.Liveness(tracer_provider, trace.get_tracer_provider, _no_spans)
         """Whether spans are recorded at all: not with a no-op provider, nor with the global
-        one while no SDK has been set up (then tracing costs one check per message)."""
-        provider = trace.get_tracer_provider() if self._provider is None else self._provider
-        return not isinstance(provider, (trace.NoOpTracerProvider, trace.ProxyTracerProvider))
+        one while no SDK is set up (then tracing costs one cheap check per message)."""
 
     def publish_side(self, bus: BusView) -> _PublishSide:
         """The publish half, which the bus puts on its publish chain."""
@@ -174,6 +170,10 @@ class _PublishSide:
         if len(destinations) == 1:
             attributes[sc.DESTINATION] = destinations[0]
         return attributes
+
+
+def _no_spans(provider: Any) -> bool:
+    return isinstance(provider, (trace.NoOpTracerProvider, trace.ProxyTracerProvider))
 
 
 def settle_outcome(exc: BaseException) -> tuple[str, str]:
