@@ -5,10 +5,11 @@ from __future__ import annotations
 from eventbus.brokers.memory import MemoryBroker
 from eventbus.clock import FakeClock
 from eventbus.testing import BrokerContract
+from eventbus.testing.telemetry import TelemetryContract
 from eventbus.types import Broker
 
 
-class TestMemoryBrokerContract(BrokerContract):
+class TestMemoryBrokerContract(BrokerContract, TelemetryContract):
     timeout = 5.0
 
     def make_clock(self) -> FakeClock:

@@ -30,6 +30,7 @@ MODULES = [
     "eventbus.outbox",
     "eventbus.redact",
     "eventbus.testing",
+    "eventbus.testing.telemetry",
 ]
 
 

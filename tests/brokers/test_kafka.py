@@ -30,6 +30,7 @@ from eventbus.brokers.kafka import KafkaBroker, KafkaConsumer
 from eventbus.envelope import Envelope, decode, to_binary, to_structured
 from eventbus.errors import ConfigurationError, PermanentError, RetryLater
 from eventbus.testing import BrokerContract, wait_until
+from eventbus.testing.telemetry import TelemetryContract
 from eventbus.topics import pattern_regex, topic_matches
 from eventbus.types import Broker
 
@@ -75,7 +76,7 @@ def servers(url: str) -> str:
     return url.split("://", 1)[1]
 
 
-class TestKafkaContract(BrokerContract):
+class TestKafkaContract(BrokerContract, TelemetryContract):
     timeout = 20.0
     url: str
 

@@ -28,6 +28,7 @@ from eventbus.envelope import Envelope, to_structured
 from eventbus.errors import BrokerUnavailable, ConfigurationError, PermanentError, PublishError
 from eventbus.router import Subscription
 from eventbus.testing import BrokerContract, wait_until
+from eventbus.testing.telemetry import TelemetryContract
 from eventbus.types import Broker
 
 pytestmark = [pytest.mark.anyio, pytest.mark.rabbitmq]
@@ -60,7 +61,7 @@ async def _cleanup(
             await channel.exchange_delete(name)
 
 
-class TestRabbitMQContract(BrokerContract):
+class TestRabbitMQContract(BrokerContract, TelemetryContract):
     @pytest.fixture(autouse=True)
     async def _server(self, rabbitmq_url: str) -> AsyncIterator[None]:
         self.url = rabbitmq_url

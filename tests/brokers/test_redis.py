@@ -38,6 +38,7 @@ from eventbus.errors import (
     RetryLater,
 )
 from eventbus.testing import BrokerContract, wait_until
+from eventbus.testing.telemetry import TelemetryContract
 from eventbus.types import Broker
 from tests.redissupport import delete_prefix
 
@@ -49,7 +50,7 @@ def fast(url: str, **options: Any) -> RedisBroker:
     return RedisBroker(url, block=0.2, claim_interval=0.2, **options)
 
 
-class TestRedisContract(BrokerContract):
+class TestRedisContract(BrokerContract, TelemetryContract):
     @pytest.fixture(autouse=True)
     async def _redis(self, redis_url: str) -> AsyncIterator[None]:
         self.url = redis_url
