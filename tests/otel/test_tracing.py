@@ -311,3 +311,40 @@ def test_an_sdk_set_up_after_the_bus_is_picked_up() -> None:
     assert live()
     assert not Liveness("noop", lambda: "sdk", lambda p: p == "noop")()
     assert Liveness("sdk", lambda: "noop", lambda p: p == "noop")()
+
+
+@pytest.mark.redis
+async def test_beside_the_redis_instrumentation_each_event_has_one_send_and_one_process(
+    spans: tuple[TracerProvider, InMemorySpanExporter], redis_url: str, prefix: str
+) -> None:
+    """The official redis instrumentation traces commands (CLIENT spans), not messages: with
+    both on, a publish is still one ``send`` span, with the ``XADD`` under it, and its
+    handling one ``process`` span."""
+    from opentelemetry.instrumentation.redis import RedisInstrumentor
+
+    provider, exporter = spans
+    router = Router()
+    done: list[str] = []
+
+    @router.subscribe(OrderPlaced, group="audit")
+    async def audit(event: OrderPlaced) -> None:
+        done.append(event.order_id)
+
+    instrumentor = RedisInstrumentor()
+    instrumentor.instrument(tracer_provider=provider)
+    try:
+        broker = RedisBroker(redis_url, prefix=prefix, block=0.2)
+        tracing = Tracing(tracer_provider=provider)
+        async with EventBus(broker, service="shop", middleware=[tracing], routers=[router]) as bus:
+            await bus.publish(OrderPlaced(order_id="o-7"))
+            await wait_until(lambda: done == ["o-7"])
+    finally:
+        instrumentor.uninstrument()
+    finished = exporter.get_finished_spans()
+    [send] = [s for s in finished if s.kind == SpanKind.PRODUCER]
+    [process] = [s for s in finished if s.kind == SpanKind.CONSUMER]
+    assert (send.name, process.name) == ("send shop.order.placed", "process shop.order.placed")
+    commands = [s for s in finished if s.kind == SpanKind.CLIENT]
+    assert commands, "the redis instrumentation traced no command: the test proves nothing"
+    under_send = [s for s in commands if s.parent and s.parent.span_id == send.context.span_id]
+    assert [s.name for s in under_send] == ["XADD"], [s.name for s in under_send]
