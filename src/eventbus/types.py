@@ -108,6 +108,10 @@ class Delivery(Protocol):
     (without ``Capabilities.counts_crash_redeliveries``). A replayed dead letter starts again
     at 1.
 
+    **Where it was, for tracing (optional).** An adapter's delivery may have
+    ``partition_id`` (a string) and ``offset`` (Kafka), or ``delivery_tag`` (RabbitMQ);
+    telemetry reads them where they are.
+
     **Carried state.** ``metadata`` is a small mutable mapping of short lowercase keys
     (``[a-z0-9-]``) to strings that middleware writes while handling; whatever it holds when
     the delivery is redelivered (``nack``, ``retry_later``) arrives with the redelivery. Network

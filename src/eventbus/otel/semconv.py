@@ -28,6 +28,7 @@ __all__ = [
     "SETTLE_OUTCOME",
     "SETTLE_REASON",
     "SYSTEM",
+    "delivery_attributes",
     "message_attributes",
     "system_of",
 ]
@@ -84,6 +85,21 @@ def system_of(broker: Any) -> str:
     """The ``messaging.system`` of an adapter (its ``system``; else its class name)."""
     system = getattr(broker, "system", None)
     return system if isinstance(system, str) else type(broker).__name__.lower()
+
+
+def delivery_attributes(system: str, delivery: Any) -> dict[str, Any]:
+    """What an adapter's delivery tells of where the message was: the partition and offset on
+    Kafka, the delivery tag on RabbitMQ (read where the delivery has them)."""
+    attributes: dict[str, Any] = {}
+    partition = getattr(delivery, "partition_id", None)
+    if partition is not None:
+        attributes[m.MESSAGING_DESTINATION_PARTITION_ID] = partition
+    if system == "kafka" and isinstance(getattr(delivery, "offset", None), int):
+        attributes[m.MESSAGING_KAFKA_OFFSET] = delivery.offset
+    tag = getattr(delivery, "delivery_tag", None)
+    if system == "rabbitmq" and isinstance(tag, int):
+        attributes[m.MESSAGING_RABBITMQ_MESSAGE_DELIVERY_TAG] = tag
+    return attributes
 
 
 def message_attributes(system: str, envelope: Envelope) -> dict[str, Any]:

@@ -84,6 +84,7 @@ class Tracing:
             sc.CONSUMER_GROUP: sub.group or "",
             "eventbus.delivery.attempt": ctx.attempt,
             **sc.message_attributes(self.system or "", envelope),
+            **sc.delivery_attributes(self.system or "", ctx.delivery),
         }
         with self.tracer.start_as_current_span(
             f"process {destination}",

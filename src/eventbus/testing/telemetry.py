@@ -68,6 +68,13 @@ class TelemetryCheck:
         _has(process, {**common, "messaging.operation.name": "process",
                        "messaging.operation.type": "process",
                        "messaging.consumer.group.name": group})  # fmt: skip
+        attributes = dict(process.attributes or {})
+        if system == "kafka":
+            assert {"messaging.destination.partition.id", "messaging.kafka.offset"} <= set(
+                attributes
+            ), attributes
+        if system == "rabbitmq":
+            assert "messaging.rabbitmq.message.delivery_tag" in attributes, attributes
         linked = [(link.context.trace_id, link.context.span_id) for link in process.links]
         assert linked == [(send.context.trace_id, send.context.span_id)], linked
         self._metrics(system)

@@ -122,6 +122,11 @@ class KafkaDelivery:
         except DecodeError as exc:
             self.decode_error = exc
 
+    @property
+    def partition_id(self) -> str:
+        """The record's partition, as the messaging conventions write it (for tracing)."""
+        return str(self.tp.partition)
+
     def _claim(self) -> bool:
         done, self._done = self._done, True
         return not done

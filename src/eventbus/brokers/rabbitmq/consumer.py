@@ -199,6 +199,11 @@ class RabbitMQDelivery:
         return self._message.body
 
     @property
+    def delivery_tag(self) -> int | None:
+        """The channel's delivery tag of this message (for tracing)."""
+        return self._message.delivery_tag
+
+    @property
     def queue(self) -> str:
         return self._consumer.queue.name
 
