@@ -147,7 +147,11 @@ class EventBus:
     @property
     def dead_letters(self) -> DeadLetterStore:
         """List, inspect, replay and purge dead letters on this bus's broker."""
-        return self.broker.dead_letters
+        store = self.broker.dead_letters
+        for side in self._sides:  # an instrumenting middleware may watch replays
+            wrap = getattr(side, "dead_letters", None)
+            store = wrap(store) if wrap is not None else store
+        return store
 
     # ---------------------------------------------------------------- lifecycle
     async def start(self) -> None:

@@ -177,7 +177,8 @@ async def test_a_retried_then_dead_lettered_then_replayed_event_keeps_one_trace(
         await wait_until(lambda: len(named(exporter, "process shop.order.placed")) == 2)
         [letter] = await bus.dead_letters.list()
         fail["on"] = False
-        await bus.dead_letters.replay(letter.id)
+        with provider.get_tracer("operator").start_as_current_span("operator fixes billing"):
+            await bus.dead_letters.replay(letter.id)
         await wait_until(lambda: done == ["o-3"])
     [send] = named(exporter, "send shop.order.placed")
     processes = named(exporter, "process shop.order.placed")
@@ -195,6 +196,14 @@ async def test_a_retried_then_dead_lettered_then_replayed_event_keeps_one_trace(
     assert processes[0].attributes["error.type"] == "RuntimeError"
     assert [p.attributes["eventbus.delivery.attempt"] for p in processes] == [1, 2, 1]  # type: ignore[index]
     assert sent.id == processes[2].attributes["messaging.message.id"]  # type: ignore[index]
+    # The replay: a child of the operator's span, linked to the original creation context.
+    [operator] = named(exporter, "operator fixes billing")
+    [replay] = named(exporter, "replay shop.order.placed")
+    assert replay.kind == SpanKind.CLIENT
+    assert replay.parent is not None
+    assert replay.parent.span_id == operator.context.span_id
+    assert [ids(link.context) for link in replay.links] == [ids(send.context)]
+    assert (replay.attributes or {})["messaging.consumer.group.name"] == "billing"
 
 
 async def test_publish_many_is_one_span_for_the_batch(

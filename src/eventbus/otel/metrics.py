@@ -40,6 +40,8 @@ __all__ = ["Metrics"]
 
 log = logging.getLogger("eventbus.otel")
 
+DEPTH_LIMIT = 10_000
+"""Dead letters are counted up to this many per group (a deeper queue reads as this)."""
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10)
 """The conventions' advised histogram boundaries, in seconds."""
 
@@ -184,7 +186,7 @@ class Metrics:
                 lags.append((float(value), labels))
         depths = []
         for group in sorted(groups):
-            count = len(await bus.dead_letters.list(group=group))
+            count = len(await bus.dead_letters.list(group=group, limit=DEPTH_LIMIT))
             depths.append((float(count), {sc.SYSTEM: system, sc.CONSUMER_GROUP: group}))
         self.samples["eventbus.consumer.lag"] = lags
         self.samples["eventbus.dead_letters.depth"] = depths

@@ -27,6 +27,7 @@ from opentelemetry import propagate, trace
 from pydantic import ValidationError
 
 from eventbus.context import Context, Next, staging_session
+from eventbus.deadletters import DeadLetterRecord, DeadLetterStore
 from eventbus.envelope import Envelope
 from eventbus.errors import ConfigurationError, PermanentError, RetryLater
 from eventbus.otel import semconv as sc
@@ -74,7 +75,7 @@ class Tracing:
             return
         envelope, sub = ctx.envelope, ctx.subscription
         destination = ctx.delivery.destination if ctx.delivery is not None else sub.topic
-        creation = _creation_context(envelope)
+        creation = _creation_context(envelope.traceparent, envelope.tracestate)
         links, parent = self._correlate(creation)
         attributes = {
             sc.SYSTEM: self.system or "unknown",
@@ -162,6 +163,10 @@ class _PublishSide:
                 span.set_attribute(sc.ERROR_TYPE, type(exc).__qualname__)
                 raise
 
+    def dead_letters(self, store: DeadLetterStore) -> DeadLetterStore:
+        """``store``, with each replay traced (the bus's ``dead_letters`` is this)."""
+        return _TracedDeadLetters(store, self.tracing, self.system)
+
     def _attributes(self, operation: str, *destinations: str) -> dict[str, Any]:
         attributes: dict[str, Any] = {
             sc.SYSTEM: self.system,
@@ -190,6 +195,50 @@ def settle_outcome(exc: BaseException) -> tuple[str, str]:
     return "redeliver", reason
 
 
+class _TracedDeadLetters:
+    """A dead-letter store whose replays are spans: ``replay <destination>`` (CLIENT), a child
+    of the operator's current span, linked to the event's original creation context (the
+    replayed message keeps that context, so its handling links to it too)."""
+
+    def __init__(self, store: DeadLetterStore, tracing: Tracing, system: str) -> None:
+        self.store, self.tracing, self.system = store, tracing, system
+
+    async def list(
+        self, *, group: str | None = None, limit: int = 100
+    ) -> Sequence[DeadLetterRecord]:
+        return await self.store.list(group=group, limit=limit)
+
+    async def get(self, dead_letter_id: str) -> DeadLetterRecord | None:
+        return await self.store.get(dead_letter_id)
+
+    async def purge(self, *, group: str | None = None) -> int:
+        return await self.store.purge(group=group)
+
+    async def replay(self, dead_letter_id: str) -> None:
+        record = await self.store.get(dead_letter_id) if self.tracing.live() else None
+        if record is None:  # not traced, or unknown (the store raises DeadLetterNotFound)
+            await self.store.replay(dead_letter_id)
+            return
+        creation = _creation_context(record.traceparent)
+        producer = trace.get_current_span(creation).get_span_context() if creation else None
+        attributes = {
+            sc.SYSTEM: self.system,
+            sc.OPERATION_NAME: "replay",
+            sc.OPERATION_TYPE: sc.SEND,
+            sc.DESTINATION: record.destination,
+            sc.CONSUMER_GROUP: record.group,
+        }
+        if record.event_id:
+            attributes[sc.MESSAGE_ID] = record.event_id
+        with self.tracing.tracer.start_as_current_span(
+            f"replay {record.destination}",
+            kind=trace.SpanKind.CLIENT,
+            links=[trace.Link(producer)] if producer is not None and producer.is_valid else [],
+            attributes=attributes,
+        ):
+            await self.store.replay(dead_letter_id)
+
+
 def error_type(exc: BaseException) -> str:
     """The failure's class; for a retry or dead-letter decision, the error behind it."""
     decided = isinstance(exc, (RetryLater, PermanentError)) and exc.__cause__ is not None
@@ -201,12 +250,13 @@ def _operation() -> str:
     return sc.CREATE if staging_session.get() is not None else sc.SEND
 
 
-def _creation_context(envelope: Envelope) -> Any:
-    if envelope.traceparent is None:
+def _creation_context(traceparent: str | None, tracestate: str | None = None) -> Any:
+    """The context a ``traceparent`` (and ``tracestate``) carries, or None."""
+    if traceparent is None:
         return None
-    carrier = {"traceparent": envelope.traceparent}
-    if envelope.tracestate:
-        carrier["tracestate"] = envelope.tracestate
+    carrier = {"traceparent": traceparent}
+    if tracestate:
+        carrier["tracestate"] = tracestate
     return propagate.extract(carrier, context=otel_context.Context())
 
 
@@ -214,7 +264,7 @@ def _links(envelopes: Sequence[Envelope]) -> list[trace.Link]:
     """Links to the creation contexts the envelopes already carry."""
     links = []
     for envelope in envelopes:
-        creation = _creation_context(envelope)
+        creation = _creation_context(envelope.traceparent, envelope.tracestate)
         if creation is None:
             continue
         producer = trace.get_current_span(creation).get_span_context()
