@@ -3,7 +3,7 @@ links as the messaging conventions give them, across services, failures and the 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -19,6 +19,7 @@ from eventbus.brokers.redis import RedisBroker
 from eventbus.middleware import Retry, default_middleware
 from eventbus.otel import Tracing
 from eventbus.testing import wait_until
+from eventbus.types import Broker
 
 pytestmark = pytest.mark.anyio
 
@@ -63,7 +64,7 @@ def bus_with(
     service: str,
     *,
     parent: bool = False,
-    broker: MemoryBroker | None = None,
+    broker: Broker | None = None,
     **options: Any,
 ) -> EventBus:
     tracing = Tracing(tracer_provider=provider, parent=parent)
@@ -71,16 +72,27 @@ def bus_with(
     return EventBus(broker or MemoryBroker(), service=service, middleware=middleware, **options)
 
 
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+def brokers(request: pytest.FixtureRequest) -> tuple[str, Callable[[], Broker]]:
+    """(messaging.system, a maker of the adapter each of several services gets)."""
+    if request.param == "memory":
+        cluster = MemoryBroker()  # services on one in-memory broker share the instance
+        return "memory", lambda: cluster
+    url, prefix = request.getfixturevalue("redis_url"), request.getfixturevalue("prefix")
+    return "redis", lambda: RedisBroker(url, prefix=prefix, block=0.2)
+
+
 async def test_a_chain_of_three_services_links_every_hop(
     spans: tuple[TracerProvider, InMemorySpanExporter],
+    brokers: tuple[str, Callable[[], Broker]],
 ) -> None:
     """A publishes, B handles and publishes, C handles: two ``send`` PRODUCER spans, two
     ``process`` CONSUMER spans, each process span linked to the send span that made its
     message, with the conventions' attributes; B's follow-up send is a child of its process
     span, so one trace runs from B's handling into C's."""
     provider, exporter = spans
-    cluster = MemoryBroker()  # three services on one in-memory broker
-    a = bus_with(provider, "orders", broker=cluster)
+    system, broker = brokers
+    a = bus_with(provider, "orders", broker=broker())
     b_router, c_router = Router(), Router()
     handled: list[str] = []
 
@@ -92,8 +104,8 @@ async def test_a_chain_of_three_services_links_every_hop(
     async def ship(event: PaymentTaken) -> None:
         handled.append(event.order_id)
 
-    b = bus_with(provider, "payments", routers=[b_router], broker=cluster)
-    c = bus_with(provider, "shipping", routers=[c_router], broker=cluster)
+    b = bus_with(provider, "payments", routers=[b_router], broker=broker())
+    c = bus_with(provider, "shipping", routers=[c_router], broker=broker())
     async with a, b, c:
         sent = await a.publish(OrderPlaced(order_id="o-1"), key="o-1", correlation_id="req-7")
         await wait_until(lambda: handled == ["o-1"])
@@ -107,7 +119,7 @@ async def test_a_chain_of_three_services_links_every_hop(
     assert send_order.attributes is not None
     assert process_order.attributes is not None
     assert dict(send_order.attributes) == {
-        "messaging.system": "memory",
+        "messaging.system": system,
         "messaging.operation.name": "send",
         "messaging.operation.type": "send",
         "messaging.destination.name": "shop.order.placed",

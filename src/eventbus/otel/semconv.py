@@ -29,6 +29,7 @@ __all__ = [
     "SETTLE_REASON",
     "SYSTEM",
     "delivery_attributes",
+    "destination_attributes",
     "message_attributes",
     "system_of",
 ]
@@ -85,6 +86,15 @@ def system_of(broker: Any) -> str:
     """The ``messaging.system`` of an adapter (its ``system``; else its class name)."""
     system = getattr(broker, "system", None)
     return system if isinstance(system, str) else type(broker).__name__.lower()
+
+
+def destination_attributes(system: str, destination: str) -> dict[str, Any]:
+    """``messaging.destination.name``, and on RabbitMQ the routing key (the destination: the
+    adapter publishes with it as the routing key)."""
+    attributes: dict[str, Any] = {DESTINATION: destination}
+    if system == "rabbitmq":
+        attributes[m.MESSAGING_RABBITMQ_DESTINATION_ROUTING_KEY] = destination
+    return attributes
 
 
 def delivery_attributes(system: str, delivery: Any) -> dict[str, Any]:

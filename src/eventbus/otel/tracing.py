@@ -81,7 +81,7 @@ class Tracing:
             sc.SYSTEM: self.system or "unknown",
             sc.OPERATION_NAME: sc.PROCESS,
             sc.OPERATION_TYPE: sc.PROCESS,
-            sc.DESTINATION: destination,
+            **sc.destination_attributes(self.system or "", destination),
             sc.CONSUMER_GROUP: sub.group or "",
             "eventbus.delivery.attempt": ctx.attempt,
             **sc.message_attributes(self.system or "", envelope),
@@ -174,7 +174,7 @@ class _PublishSide:
             sc.OPERATION_TYPE: operation,
         }
         if len(destinations) == 1:
-            attributes[sc.DESTINATION] = destinations[0]
+            attributes.update(sc.destination_attributes(self.system, destinations[0]))
         return attributes
 
 

@@ -75,6 +75,9 @@ class TelemetryCheck:
             ), attributes
         if system == "rabbitmq":
             assert "messaging.rabbitmq.message.delivery_tag" in attributes, attributes
+            for span in (send, process):
+                key = (span.attributes or {}).get("messaging.rabbitmq.destination.routing_key")
+                assert key == destination, (span.name, key)
         linked = [(link.context.trace_id, link.context.span_id) for link in process.links]
         assert linked == [(send.context.trace_id, send.context.span_id)], linked
         self._metrics(system)
