@@ -22,8 +22,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
+from typing import Any, TypeVar
 
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
@@ -37,6 +37,8 @@ from eventbus.otel.tracing import error_type, settle_outcome
 from eventbus.types import BusView, PublishBatchNext, PublishNext
 
 __all__ = ["Metrics"]
+
+T = TypeVar("T")
 
 log = logging.getLogger("eventbus.otel")
 
@@ -90,14 +92,8 @@ class Metrics:
 
     def publish_side(self, bus: BusView) -> _PublishSide:
         """The publish half, which the bus puts on its publish chain."""
-        system = sc.system_of(bus.broker)
-        if self.system not in (None, system):
-            raise ConfigurationError(
-                f"this Metrics() already measures a {self.system!r} bus; "
-                f"give the {system!r} bus a Metrics() of its own"
-            )
-        self.system = system
-        return _PublishSide(self, bus, system)
+        self.system = sc.bind_system(self.system, bus.broker, "Metrics")
+        return _PublishSide(self, bus, self.system)
 
     async def __call__(self, ctx: Context, call_next: Next) -> None:
         if not self.live():
@@ -227,16 +223,8 @@ class _PublishSide:
     async def __call__(self, envelope: Envelope, call_next: PublishNext) -> Envelope:
         if staging_session.get() is not None or not self.owner.live():  # staged: counted later
             return await call_next(envelope)
-        attributes = self._attributes(self.bus.destination_of(envelope))
-        start = time.perf_counter()
-        try:
-            return await call_next(envelope)
-        except Exception as exc:
-            attributes[sc.ERROR_TYPE] = type(exc).__qualname__
-            raise
-        finally:
-            self.owner.operation_duration.record(time.perf_counter() - start, attributes)
-            self.owner.sent.add(1, attributes)
+        destination = self.bus.destination_of(envelope)
+        return await self._measured(call_next(envelope), 1, {destination})
 
     async def batch(
         self, messages: Sequence[tuple[str, Envelope]], call_next: PublishBatchNext
@@ -244,16 +232,20 @@ class _PublishSide:
         if staging_session.get() is not None or not messages or not self.owner.live():
             return await call_next(messages)
         destinations = {destination for destination, _ in messages}
+        return await self._measured(call_next(messages), len(messages), destinations)
+
+    async def _measured(self, sending: Awaitable[T], count: int, destinations: set[str]) -> T:
+        """``await sending``, timed, and ``count`` messages counted as sent."""
         attributes = self._attributes(*destinations)
         start = time.perf_counter()
         try:
-            return await call_next(messages)
+            return await sending
         except Exception as exc:
             attributes[sc.ERROR_TYPE] = type(exc).__qualname__
             raise
         finally:
             self.owner.operation_duration.record(time.perf_counter() - start, attributes)
-            self.owner.sent.add(len(messages), attributes)
+            self.owner.sent.add(count, attributes)
 
     def _attributes(self, *destinations: str) -> dict[str, Any]:
         attributes: dict[str, Any] = {

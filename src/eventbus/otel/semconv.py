@@ -15,6 +15,7 @@ from opentelemetry.semconv._incubating.attributes import messaging_attributes as
 from opentelemetry.semconv.attributes import error_attributes
 
 from eventbus.envelope import Envelope
+from eventbus.errors import ConfigurationError
 
 __all__ = [
     "BATCH_MESSAGE_COUNT",
@@ -22,6 +23,7 @@ __all__ = [
     "DESTINATION",
     "ERROR_TYPE",
     "Liveness",
+    "bind_system",
     "MESSAGE_ID",
     "OPERATION_NAME",
     "OPERATION_TYPE",
@@ -80,6 +82,18 @@ class Liveness:
             return False
         self._live = True
         return True
+
+
+def bind_system(bound: str | None, broker: Any, instrument: str) -> str:
+    """The ``messaging.system`` an instrument serves from now on: ``broker``'s, which must be
+    the one it already serves, if any (``instrument`` names it in the error)."""
+    system = system_of(broker)
+    if bound not in (None, system):
+        raise ConfigurationError(
+            f"this {instrument}() already serves a {bound!r} bus; "
+            f"give the {system!r} bus a {instrument}() of its own"
+        )
+    return system
 
 
 def system_of(broker: Any) -> str:

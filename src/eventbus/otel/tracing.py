@@ -29,7 +29,7 @@ from pydantic import ValidationError
 from eventbus.context import Context, Next, staging_session
 from eventbus.deadletters import DeadLetterRecord, DeadLetterStore
 from eventbus.envelope import Envelope
-from eventbus.errors import ConfigurationError, PermanentError, RetryLater
+from eventbus.errors import PermanentError, RetryLater
 from eventbus.otel import semconv as sc
 from eventbus.types import BusView, PublishBatchNext, PublishNext
 
@@ -60,14 +60,8 @@ class Tracing:
 
     def publish_side(self, bus: BusView) -> _PublishSide:
         """The publish half, which the bus puts on its publish chain."""
-        system = sc.system_of(bus.broker)
-        if self.system not in (None, system):
-            raise ConfigurationError(
-                f"this Tracing() already traces a {self.system!r} bus; "
-                f"give the {system!r} bus a Tracing() of its own"
-            )
-        self.system = system
-        return _PublishSide(self, bus, system)
+        self.system = sc.bind_system(self.system, bus.broker, "Tracing")
+        return _PublishSide(self, bus, self.system)
 
     async def __call__(self, ctx: Context, call_next: Next) -> None:
         if not self.live():
