@@ -59,6 +59,7 @@ __all__ = [
     "describe_failure",
     "release",
     "settle",
+    "settle_outcome",
 ]
 
 log = logging.getLogger("eventbus")
@@ -149,20 +150,11 @@ class SubscriptionHandler:
         token = current_envelope.set(envelope)
         try:
             await self._chain(ctx)
-        except RetryLater as exc:
-            if exc.__cause__ is not None:  # a policy gave this delivery up; bare means "not yet"
-                _stamp_first_failure(delivery)
-            await self._settle(delivery, functools.partial(delivery.retry_later, exc.delay))
-        except PermanentError as exc:
-            await self._dead_letter(delivery, exc, "permanent failure")
-        except ValidationError as exc:  # the handler's own validation: retrying cannot help
-            await self._dead_letter(delivery, NonRetryableError(exc), "permanent failure")
         except asyncio.CancelledError:
             await settle(delivery, delivery.nack, self._clock, retries=False, subscription=sub)
             raise
         except Exception as exc:
-            _stamp_first_failure(delivery)
-            await self._redeliver_later(delivery, exc)
+            await self._settle_failure(delivery, exc)
         else:
             try:
                 await delivery.ack()
@@ -170,6 +162,20 @@ class SubscriptionHandler:
                 await _settle_again(delivery, delivery.ack, exc, self._clock, sub)
         finally:
             current_envelope.reset(token)
+
+    async def _settle_failure(self, delivery: Delivery, exc: Exception) -> None:
+        """Settle a delivery whose chain raised ``exc``, as :func:`settle_outcome` says."""
+        outcome = settle_outcome(exc)
+        if outcome == "retry_later" and isinstance(exc, RetryLater):
+            if exc.__cause__ is not None:  # a policy gave this delivery up; bare means "not yet"
+                _stamp_first_failure(delivery)
+            await self._settle(delivery, functools.partial(delivery.retry_later, exc.delay))
+        elif outcome == "dead_letter":  # the handler's own validation: retrying cannot help
+            reason = exc if isinstance(exc, PermanentError) else NonRetryableError(exc)
+            await self._dead_letter(delivery, reason, "permanent failure")
+        else:
+            _stamp_first_failure(delivery)
+            await self._redeliver_later(delivery, exc)
 
     async def _redeliver_later(self, delivery: Delivery, exc: Exception) -> None:
         """An error no middleware decided about: back to the broker after a growing delay."""
@@ -206,6 +212,20 @@ class SubscriptionHandler:
     async def release_unstarted(self, delivery: Delivery) -> None:
         """Hand back a delivery that was taken but never started (see :func:`release`)."""
         await release(delivery, self._sub)
+
+
+def settle_outcome(exc: BaseException) -> str:
+    """How the policy settles a delivery whose chain raised ``exc``: ``retry_later`` (a
+    middleware asked for it), ``dead_letter`` (a permanent failure, the handler's validation
+    included), ``nack`` (cancelled) or ``redeliver`` (an error no middleware decided about).
+    Telemetry reports the same word."""
+    if isinstance(exc, RetryLater):
+        return "retry_later"
+    if isinstance(exc, (PermanentError, ValidationError)):
+        return "dead_letter"
+    if isinstance(exc, asyncio.CancelledError):
+        return "nack"
+    return "redeliver"
 
 
 def _stamp_first_failure(delivery: Delivery) -> None:

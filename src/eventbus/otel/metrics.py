@@ -29,11 +29,12 @@ from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.semconv._incubating.metrics import messaging_metrics as mm
 
+from eventbus.consume import settle_outcome
 from eventbus.context import Context, Next, staging_session
 from eventbus.envelope import Envelope
 from eventbus.errors import ConfigurationError
 from eventbus.otel import semconv as sc
-from eventbus.otel.tracing import error_type, settle_outcome
+from eventbus.otel.tracing import error_type
 from eventbus.types import BusView, PublishBatchNext, PublishNext
 
 __all__ = ["Metrics"]
@@ -130,7 +131,7 @@ class Metrics:
         ]
 
     def _count_failure(self, exc: BaseException, attributes: dict[str, Any]) -> None:
-        outcome, _ = settle_outcome(exc)
+        outcome = settle_outcome(exc)
         if outcome in ("retry_later", "redeliver"):
             self.retries.add(1, {**attributes, sc.SETTLE_OUTCOME: outcome})
         elif outcome == "dead_letter":

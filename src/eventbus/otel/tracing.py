@@ -18,14 +18,13 @@ part of its span.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
-from pydantic import ValidationError
 
+from eventbus.consume import settle_outcome
 from eventbus.context import Context, Next, staging_session
 from eventbus.deadletters import DeadLetterRecord, DeadLetterStore
 from eventbus.envelope import Envelope
@@ -33,7 +32,7 @@ from eventbus.errors import PermanentError, RetryLater
 from eventbus.otel import semconv as sc
 from eventbus.types import BusView, PublishBatchNext, PublishNext
 
-__all__ = ["Tracing", "error_type", "settle_outcome"]
+__all__ = ["Tracing", "error_type"]
 
 _SCHEMA_URL = "https://opentelemetry.io/schemas/1.44.0"
 _MAX_REASON = 200
@@ -91,9 +90,11 @@ class Tracing:
             try:
                 await call_next(ctx)
             except BaseException as exc:
-                outcome, reason = settle_outcome(exc)
+                reason = f"{type(exc).__name__}: {exc}"[:_MAX_REASON]
                 span.set_attribute(sc.ERROR_TYPE, error_type(exc))
-                span.add_event("settle", {sc.SETTLE_OUTCOME: outcome, sc.SETTLE_REASON: reason})
+                span.add_event(
+                    "settle", {sc.SETTLE_OUTCOME: settle_outcome(exc), sc.SETTLE_REASON: reason}
+                )
                 raise
             span.add_event("settle", {sc.SETTLE_OUTCOME: "ack"})
 
@@ -174,19 +175,6 @@ class _PublishSide:
 
 def _no_spans(provider: Any) -> bool:
     return isinstance(provider, (trace.NoOpTracerProvider, trace.ProxyTracerProvider))
-
-
-def settle_outcome(exc: BaseException) -> tuple[str, str]:
-    """How the consume policy settles a delivery whose chain raised ``exc``, and why
-    (:mod:`eventbus.consume`): ``retry_later``, ``dead_letter``, ``nack`` or ``redeliver``."""
-    reason = f"{type(exc).__name__}: {exc}"[:_MAX_REASON]
-    if isinstance(exc, RetryLater):
-        return "retry_later", reason
-    if isinstance(exc, (PermanentError, ValidationError)):
-        return "dead_letter", reason
-    if isinstance(exc, asyncio.CancelledError):
-        return "nack", reason
-    return "redeliver", reason
 
 
 class _TracedDeadLetters:
