@@ -55,6 +55,17 @@ def ids_of(traceparent: str | None) -> tuple[int, int]:
     return int(trace_id, 16), int(span_id, 16)
 
 
+def audit_router() -> tuple[Router, list[str]]:
+    """A router whose group "audit" records the order id of each ``OrderPlaced`` it handles."""
+    router, done = Router(), list[str]()
+
+    @router.subscribe(OrderPlaced, group="audit")
+    async def audit(event: OrderPlaced) -> None:
+        done.append(event.order_id)
+
+    return router, done
+
+
 def ids(context: Any) -> tuple[int, int]:
     return context.trace_id, context.span_id
 
@@ -148,12 +159,7 @@ async def test_parent_true_makes_the_producer_the_parent(
     spans: tuple[TracerProvider, InMemorySpanExporter],
 ) -> None:
     provider, exporter = spans
-    router = Router()
-    done: list[str] = []
-
-    @router.subscribe(OrderPlaced, group="audit")
-    async def audit(event: OrderPlaced) -> None:
-        done.append(event.order_id)
+    router, done = audit_router()
 
     async with bus_with(provider, "shop", parent=True, routers=[router]) as bus:
         await bus.publish(OrderPlaced(order_id="o-2"))
@@ -238,11 +244,7 @@ async def test_without_an_sdk_nothing_is_recorded_or_carried() -> None:
     and metrics step aside: the envelope is left as it was."""
     from eventbus.otel import Metrics
 
-    router, done = Router(), []
-
-    @router.subscribe(OrderPlaced, group="audit")
-    async def audit(event: OrderPlaced) -> None:
-        done.append(event.order_id)
+    router, done = audit_router()
 
     for tracing in (Tracing(), Tracing(tracer_provider=trace.NoOpTracerProvider())):
         measuring = Metrics()
@@ -261,12 +263,7 @@ async def test_on_redis_streams_the_context_crosses_the_wire(
     spans: tuple[TracerProvider, InMemorySpanExporter], redis_url: str, prefix: str
 ) -> None:
     provider, exporter = spans
-    router = Router()
-    done: list[str] = []
-
-    @router.subscribe(OrderPlaced, group="audit")
-    async def audit(event: OrderPlaced) -> None:
-        done.append(event.order_id)
+    router, done = audit_router()
 
     broker = RedisBroker(redis_url, prefix=prefix, block=0.2)
     tracing = Tracing(tracer_provider=provider)
@@ -294,12 +291,7 @@ async def test_an_outbox_row_keeps_its_trace_through_the_relay(
     engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'app.sqlite3'}")
     outbox = Outbox()
     await outbox.create_tables(engine)
-    router = Router()
-    done: list[str] = []
-
-    @router.subscribe(OrderPlaced, group="audit")
-    async def audit(event: OrderPlaced) -> None:
-        done.append(event.order_id)
+    router, done = audit_router()
 
     bus = bus_with(provider, "shop", routers=[router], outbox=outbox)
     async with bus:
@@ -344,12 +336,7 @@ async def test_beside_the_redis_instrumentation_each_event_has_one_send_and_one_
     from opentelemetry.instrumentation.redis import RedisInstrumentor
 
     provider, exporter = spans
-    router = Router()
-    done: list[str] = []
-
-    @router.subscribe(OrderPlaced, group="audit")
-    async def audit(event: OrderPlaced) -> None:
-        done.append(event.order_id)
+    router, done = audit_router()
 
     instrumentor = RedisInstrumentor()
     instrumentor.instrument(tracer_provider=provider)
