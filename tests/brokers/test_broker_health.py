@@ -105,6 +105,15 @@ async def disconnected(bus: EventBus) -> bool:
     return not health.ready and all(s.lag is None and s.running for s in health.subscriptions)
 
 
+async def reports_an_outage_and_the_recovery(bus: EventBus, proxy: Proxy) -> None:
+    """Health says connected, then (the proxy cut) disconnected, then (restored) connected."""
+    assert await connected(bus)
+    await proxy.cut()
+    await wait_until(lambda: disconnected(bus), timeout=20)
+    await proxy.start()
+    await wait_until(lambda: connected(bus), timeout=20)
+
+
 @pytest.fixture
 async def gate() -> AsyncIterator[asyncio.Event]:
     event = asyncio.Event()
@@ -141,11 +150,7 @@ async def test_redis_health_reports_an_outage_and_the_recovery(
         router = blocked_router(job_type(ns), f"{ns}-g", gate, [])
         broker = RedisBroker(via(redis_url, proxy), prefix=prefix, block=0.2, socket_timeout=1)
         async with EventBus(broker, service=ns, routers=[router]) as bus:
-            assert await connected(bus)
-            await proxy.cut()
-            await wait_until(lambda: disconnected(bus), timeout=20)
-            await proxy.start()
-            await wait_until(lambda: connected(bus), timeout=20)
+            await reports_an_outage_and_the_recovery(bus, proxy)
     finally:
         await proxy.close()
 
@@ -186,11 +191,7 @@ async def test_rabbitmq_health_reports_an_outage_and_the_recovery(
         broker = RabbitMQBroker(via(rabbitmq_url, proxy), reconnect_interval=0.2)
         rabbit_brokers.append(broker)
         async with EventBus(broker, service=ns, routers=[router], shutdown_timeout=2) as bus:
-            assert await connected(bus)
-            await proxy.cut()
-            await wait_until(lambda: disconnected(bus), timeout=20)
-            await proxy.start()
-            await wait_until(lambda: connected(bus), timeout=20)
+            await reports_an_outage_and_the_recovery(bus, proxy)
     finally:
         await proxy.close()
 
