@@ -89,6 +89,11 @@ class TestRabbitMQContract(BrokerContract, TelemetryContract):
             st.dictionaries(st.text(max_size=8), st.integers(0, 100), max_size=3),
         )
 
+    def telemetry_names(self, bus: Any, sent: Envelope, group: str) -> tuple[str, str]:
+        """The conventions' RabbitMQ names: ``exchange:key`` sent, ``exchange:key:queue``
+        handled (the adapter's exchange is ``eventbus``, a group's queue ``group.topic``)."""
+        return f"eventbus:{sent.type}", f"eventbus:{sent.type}:{group}.{sent.type}"
+
     async def unsettled(self, broker: Broker, group: str, destination: str) -> int:
         """Messages left in the group's queue (unacknowledged ones are back in it by now)."""
         return await queue_depth(self.url, queue_name(group, destination))

@@ -313,17 +313,17 @@ async def test_an_outbox_row_keeps_its_trace_through_the_relay(
 def test_an_sdk_set_up_after_the_bus_is_picked_up() -> None:
     """The global provider is looked at again (here at once: ``recheck=0``) while it records
     nothing, and never again once it records; a provider given outright is judged once."""
-    from eventbus.otel.semconv import Liveness
+    from eventbus.otel.semconv import liveness
 
     current: list[object] = ["noop"]
-    live = Liveness(None, lambda: current[0], lambda p: p == "noop", recheck=0)
+    live = liveness(None, lambda: current[0], lambda p: p == "noop", recheck=0)
     assert not live()
     current[0] = "sdk"
     assert live()
     current[0] = "noop"  # cannot happen to a real global provider: it is set once
     assert live()
-    assert not Liveness("noop", lambda: "sdk", lambda p: p == "noop")()
-    assert Liveness("sdk", lambda: "noop", lambda p: p == "noop")()
+    assert not liveness("noop", lambda: "sdk", lambda p: p == "noop")()
+    assert liveness("sdk", lambda: "noop", lambda p: p == "noop")()
 
 
 @pytest.mark.redis
@@ -356,3 +356,24 @@ async def test_beside_the_redis_instrumentation_each_event_has_one_send_and_one_
     assert commands, "the redis instrumentation traced no command: the test proves nothing"
     under_send = [s for s in commands if s.parent and s.parent.span_id == send.context.span_id]
     assert [s.name for s in under_send] == ["XADD"], [s.name for s in under_send]
+
+
+@pytest.mark.parametrize(
+    ("exchange", "destination", "queue", "expected"),
+    [
+        ("shop", "order.placed", None, "shop:order.placed"),
+        ("shop", "order.placed", "billing.order.placed", "shop:order.placed:billing.order.placed"),
+        ("shop", "order.placed", "order.placed", "shop:order.placed"),
+        ("", "order.placed", None, "order.placed"),
+        ("", "", None, "amq.default"),
+    ],
+)
+def test_rabbitmq_destinations_are_named_exchange_key_queue(
+    exchange: str, destination: str, queue: str | None, expected: str
+) -> None:
+    from eventbus.brokers.rabbitmq import RabbitMQBroker
+    from eventbus.otel.semconv import destination_namer
+
+    broker = RabbitMQBroker("amqp://guest:guest@127.0.0.1:1/", exchange=lambda _: exchange)
+    assert destination_namer(broker)(destination, queue) == expected
+    assert destination_namer(object())(destination, queue) == destination

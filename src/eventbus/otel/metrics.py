@@ -87,13 +87,15 @@ class Metrics:
         for name, unit, what in _GAUGES:
             meter.create_observable_gauge(name, [self._observer(name)], unit=unit, description=what)
         self.system: str | None = None
-        self.live = sc.Liveness(meter_provider, metrics.get_meter_provider, _no_measurements)
+        self.name_of = sc.destination_namer(None)
+        self.live = sc.liveness(meter_provider, metrics.get_meter_provider, _no_measurements)
         """Whether measurements are recorded at all: not with a no-op provider, nor with the
         global one while no SDK is set up (then metrics cost one cheap check per message)."""
 
     def publish_side(self, bus: BusView) -> _PublishSide:
         """The publish half, which the bus puts on its publish chain."""
         self.system = sc.bind_system(self.system, bus.broker, "Metrics")
+        self.name_of = sc.destination_namer(bus.broker)
         return _PublishSide(self, bus, self.system)
 
     async def __call__(self, ctx: Context, call_next: Next) -> None:
@@ -102,6 +104,7 @@ class Metrics:
             return
         sub = ctx.subscription
         destination = ctx.delivery.destination if ctx.delivery is not None else sub.topic
+        destination = self.name_of(destination, getattr(ctx.delivery, "queue", None))
         attributes: dict[str, Any] = {
             sc.SYSTEM: self.system or "unknown",
             sc.OPERATION_NAME: sc.PROCESS,
@@ -255,5 +258,5 @@ class _PublishSide:
             sc.OPERATION_TYPE: sc.SEND,
         }
         if len(destinations) == 1:
-            attributes[sc.DESTINATION] = destinations[0]
+            attributes[sc.DESTINATION] = self.owner.name_of(destinations[0])
         return attributes

@@ -22,7 +22,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from opentelemetry import context as otel_context
-from opentelemetry import propagate, trace
+from opentelemetry import trace
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from eventbus.consume import settle_outcome
 from eventbus.context import Context, Next, staging_session
@@ -53,13 +54,15 @@ class Tracing:
         )
         self.parent = parent
         self.system: str | None = None
-        self.live = sc.Liveness(tracer_provider, trace.get_tracer_provider, _no_spans)
+        self.name_of = sc.destination_namer(None)
+        self.live = sc.liveness(tracer_provider, trace.get_tracer_provider, _no_spans)
         """Whether spans are recorded at all: not with a no-op provider, nor with the global
         one while no SDK is set up (then tracing costs one cheap check per message)."""
 
     def publish_side(self, bus: BusView) -> _PublishSide:
         """The publish half, which the bus puts on its publish chain."""
         self.system = sc.bind_system(self.system, bus.broker, "Tracing")
+        self.name_of = sc.destination_namer(bus.broker)
         return _PublishSide(self, bus, self.system)
 
     async def __call__(self, ctx: Context, call_next: Next) -> None:
@@ -68,20 +71,21 @@ class Tracing:
             return
         envelope, sub = ctx.envelope, ctx.subscription
         destination = ctx.delivery.destination if ctx.delivery is not None else sub.topic
+        name = self.name_of(destination, getattr(ctx.delivery, "queue", None))
         creation = _creation_context(envelope.traceparent, envelope.tracestate)
         links, parent = self._correlate(creation)
         attributes = {
             sc.SYSTEM: self.system or "unknown",
             sc.OPERATION_NAME: sc.PROCESS,
             sc.OPERATION_TYPE: sc.PROCESS,
-            **sc.destination_attributes(self.system or "", destination),
+            **sc.destination_attributes(self.system or "", name, destination),
             sc.CONSUMER_GROUP: sub.group or "",
             "eventbus.delivery.attempt": ctx.attempt,
             **sc.message_attributes(self.system or "", envelope),
             **sc.delivery_attributes(self.system or "", ctx.delivery),
         }
         with self.tracer.start_as_current_span(
-            f"process {destination}",
+            f"process {name}",
             context=parent,
             kind=trace.SpanKind.CONSUMER,
             links=links,
@@ -122,7 +126,7 @@ class _PublishSide:
         operation = _operation()
         links = _links([envelope])
         with self.tracer.start_as_current_span(
-            f"{operation} {destination}",
+            f"{operation} {self.tracing.name_of(destination)}",
             kind=trace.SpanKind.PRODUCER,
             links=links,
             attributes={
@@ -143,7 +147,8 @@ class _PublishSide:
             return await call_next(messages)
         destinations = {destination for destination, _ in messages}
         operation = _operation()
-        name = f"{operation} {next(iter(destinations))}" if len(destinations) == 1 else operation
+        one = len(destinations) == 1
+        name = f"{operation} {self.tracing.name_of(next(iter(destinations)))}" if one else operation
         attributes = self._attributes(operation, *destinations)
         attributes[sc.BATCH_MESSAGE_COUNT] = len(messages)
         with self.tracer.start_as_current_span(
@@ -169,7 +174,8 @@ class _PublishSide:
             sc.OPERATION_TYPE: operation,
         }
         if len(destinations) == 1:
-            attributes.update(sc.destination_attributes(self.system, destinations[0]))
+            name = self.tracing.name_of(destinations[0])
+            attributes.update(sc.destination_attributes(self.system, name, destinations[0]))
         return attributes
 
 
@@ -213,7 +219,7 @@ class _TracedDeadLetters:
         if record.event_id:
             attributes[sc.MESSAGE_ID] = record.event_id
         with self.tracing.tracer.start_as_current_span(
-            f"replay {record.destination}",
+            f"replay {self.tracing.name_of(record.destination)}",
             kind=trace.SpanKind.CLIENT,
             links=[trace.Link(producer)] if producer is not None and producer.is_valid else [],
             attributes=attributes,
@@ -232,6 +238,12 @@ def _operation() -> str:
     return sc.CREATE if staging_session.get() is not None else sc.SEND
 
 
+_W3C = TraceContextTextMapPropagator()
+"""The envelope's ``traceparent``/``tracestate`` are W3C Trace Context by definition (the
+CloudEvents distributed-tracing extension), whatever propagators the application set up for
+its other carriers (baggage, B3 on HTTP): they are read and written with this one."""
+
+
 def _creation_context(traceparent: str | None, tracestate: str | None = None) -> Any:
     """The context a ``traceparent`` (and ``tracestate``) carries, or None."""
     if traceparent is None:
@@ -239,7 +251,7 @@ def _creation_context(traceparent: str | None, tracestate: str | None = None) ->
     carrier = {"traceparent": traceparent}
     if tracestate:
         carrier["tracestate"] = tracestate
-    return propagate.extract(carrier, context=otel_context.Context())
+    return _W3C.extract(carrier, context=otel_context.Context())
 
 
 def _links(envelopes: Sequence[Envelope]) -> list[trace.Link]:
@@ -260,7 +272,7 @@ def _with_context(envelope: Envelope) -> Envelope:
     if envelope.traceparent is not None:
         return envelope
     carrier: dict[str, str] = {}
-    propagate.inject(carrier)
+    _W3C.inject(carrier)
     if "traceparent" not in carrier:  # no SDK, or not sampled: nothing to carry
         return envelope
     return envelope.replace(
