@@ -134,6 +134,6 @@ def test_the_telemetry_benchmark_runs(tmp_path: Path, redis_url: str) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     results = json.loads(out.read_text())
     assert set(results["summary"]) == {
-        f"{b}/{c}" for b in ("memory", "redis") for c in ("off", "api", "sdk")
+        f"{b}/{c}" for b in ("memory", "redis") for c in ("off", "api", "sdk", "sampled")
     }
     assert all(t["cpu_us_per_event"] > 0 for t in results["trials"])
