@@ -221,3 +221,29 @@ def test_extension_names_follow_cloudevents_rules(name: str) -> None:
     with pytest.raises(ValueError, match="lowercase letters or digits"):
         validate_extension_name(name)
     assert validate_extension_name("tenant2") == "tenant2"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        "[" * 300 + "]" * 300,  # deeper than the fast parser goes: the standard library reads it
+        '{"price":1e400,"ratio":NaN,"big":123456789012345678901234567890}',
+        '{"name":"Zoë \\ud83d\\ude00"}',  # an escaped surrogate pair is one character
+    ],
+)
+def test_structured_documents_the_standard_json_reads_are_read(data: str) -> None:
+    """The structured codec is pydantic-core's JSON with the standard library behind it:
+    every document ``json`` accepts is accepted, with the same data."""
+    document = '{"specversion":"1.0","id":"1","source":"s","type":"t","data":' + data + "}"
+    envelope = from_structured(document.encode())
+    assert json.dumps(json.loads(envelope.data)) == json.dumps(json.loads(data))  # NaN != NaN
+    assert from_structured(to_structured(envelope)) == envelope
+
+
+def test_a_lone_surrogate_is_refused_wherever_it_is() -> None:
+    for document in (
+        '{"specversion":"1.0","id":"1","source":"s","type":"t","subject":"\\ud800"}',
+        '{"specversion":"1.0","id":"1","source":"s","type":"t","data":{"a":"\\ud800"}}',
+    ):
+        with pytest.raises(DecodeError, match="not valid Unicode text"):
+            from_structured(document.encode())
