@@ -93,7 +93,17 @@ class Workload(abc.ABC):
 
     @abc.abstractmethod
     async def stop(self) -> None:
-        """Stop consuming and close every connection."""
+        """Stop consuming and close every connection (what the trial made stays)."""
+
+    async def unsettled(self) -> int:
+        """After :meth:`stop`: the messages of the trial the broker still holds as not
+        acknowledged (pending entries, uncommitted offsets, messages back in the queue).
+        The harness reports it for every trial; anything but 0 is a lost acknowledgement."""
+        raise NotImplementedError
+
+    async def cleanup(self) -> None:
+        """After :meth:`unsettled`: remove what the trial left on the server."""
+        return
 
 
 class EventBusWorkload(Workload):
@@ -136,7 +146,3 @@ class EventBusWorkload(Workload):
     async def stop(self) -> None:
         await self.bus.stop()
         UserCreated.event_topic = self.saved_topic
-        await self.cleanup()
-
-    async def cleanup(self) -> None:
-        """Remove what the trial left on the server (streams, queues)."""

@@ -38,6 +38,12 @@ def _num(cell: dict[str, Any] | None, digits: int = 1) -> str:
     return f"{cell['median']:,.{digits}f}" if cell else ""
 
 
+def _spread(cell: dict[str, Any] | None) -> str:
+    if not cell:
+        return ""
+    return f"{cell['median']:,.1f} ({cell['min']:,.1f}–{cell['max']:,.1f})"
+
+
 def _ratio(cell: dict[str, Any] | None) -> str:
     if not cell:
         return "not measured"
@@ -55,6 +61,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         "",
     ]
     for broker, modes in results["summary"].items():
+        base = "bare" if broker == "memory" else "raw"
         lines += [
             f"### {TITLES.get(broker, broker)}",
             "",
@@ -62,23 +69,31 @@ def render_markdown(results: dict[str, Any]) -> str:
             f"{meta['latency_events'][broker]:,} round trips per latency trial.",
             "",
             "| mode | implementation | end-to-end events/s | publish events/s "
-            "| CPU µs/event | p50 ms | p99 ms | peak RSS MB |",
-            "|---|---|---|---|---|---|---|---|",
+            f"| CPU µs/event | CPU µs/event beyond {base} | p50 ms | p99 ms | peak RSS MB "
+            "| left unacked |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
+        beyond = results["ratios"].get(broker, {})
         for mode in MODE_NAMES:
             for impl, cell in modes.get(mode, {}).items():
+                extra = beyond.get(f"{mode}:cpu_beyond_us:{impl}-{base}")
+                left = cell.get("unsettled")
                 lines.append(
                     f"| {MODE_NAMES[mode]} | {impl} | {_rate(cell.get('e2e_per_s'))} "
                     f"| {_rate(cell.get('publish_per_s'))} | {_num(cell.get('cpu_us_per_event'))} "
-                    f"| {_num(cell.get('p50_ms'), 3)} | {_num(cell.get('p99_ms'), 3)} "
-                    f"| {_num(cell.get('peak_rss_mb'), 0)} |"
+                    f"| {_spread(extra)} | {_num(cell.get('p50_ms'), 3)} "
+                    f"| {_num(cell.get('p99_ms'), 3)} | {_num(cell.get('peak_rss_mb'), 0)} "
+                    f"| {'' if left is None else format(left['max'], ',.0f')} |"
                 )
         lines.append("")
     lines += [
         "### Targets",
         "",
         "Each ratio is computed inside one repetition (eventbus over the baseline named in the "
-        "ratio); the table gives their median (min–max).",
+        "ratio; `cpu_beyond_us` is a difference in µs per event, not a ratio); the table gives "
+        "their median (min–max). `left unacked` is the most any repetition left behind: "
+        "pending entries, uncommitted offsets or messages back in the queue once the "
+        "implementation had stopped.",
         "",
         "| broker | target | ratio | measured | met |",
         "|---|---|---|---|---|",

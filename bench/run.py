@@ -37,7 +37,17 @@ EVENTS = {"memory": 20_000, "redis": 3_000, "rabbitmq": 2_000, "kafka": 3_000}
 LATENCY_EVENTS = {"memory": 5_000, "redis": 1_000, "rabbitmq": 500, "kafka": 300}
 """Round trips per latency trial."""
 TRIAL_TIMEOUT = 300.0
-METRICS = ("publish_per_s", "e2e_per_s", "cpu_us_per_event", "p50_ms", "p99_ms", "peak_rss_mb")
+METRICS = (
+    "publish_per_s",
+    "e2e_per_s",
+    "cpu_us_per_event",
+    "p50_ms",
+    "p99_ms",
+    "peak_rss_mb",
+    "unsettled",
+)
+OVERHEAD_US = 10.0
+"""eventbus's CPU per event beyond the raw client (the bare loop in memory), at most."""
 
 
 def implementations(broker: str) -> list[str]:
@@ -69,6 +79,11 @@ def ratios_of(rep: dict[tuple[str, str], dict[str, Any]], broker: str) -> dict[s
     out: dict[str, float] = {}
     baselines = ["bare"] if broker == "memory" else ["raw", "faststream"]
     for mode in MODES:
+        base = rep.get((mode, baselines[0]), {}).get("cpu_us_per_event")
+        for impl in ("eventbus", "faststream"):
+            cpu = rep.get((mode, impl), {}).get("cpu_us_per_event")
+            if cpu is not None and base is not None:  # CPU per event beyond the raw client
+                out[f"{mode}:cpu_beyond_us:{impl}-{baselines[0]}"] = cpu - base
         ours = rep.get((mode, "eventbus"), {})
         for base in baselines:
             theirs = rep.get((mode, base), {})
@@ -88,6 +103,16 @@ def ratios_of(rep: dict[tuple[str, str], dict[str, Any]], broker: str) -> dict[s
 def targets(broker: str, ratios: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
     """Each target of the benchmark issue with its measured median ratio and whether it holds."""
     checks: list[tuple[str, str, str, float]] = []  # (label, ratio key, "min"/"max", bound)
+    base = "bare" if broker == "memory" else "raw"
+    for mode in MODES:
+        checks.append(
+            (
+                f"{mode}: CPU beyond {base} ≤ {OVERHEAD_US:g} µs/event",
+                f"{mode}:cpu_beyond_us:eventbus-{base}",
+                "max",
+                OVERHEAD_US,
+            )
+        )
     if broker == "memory":
         for mode in ("single", "batch", "concurrent"):
             checks.append(
@@ -239,6 +264,16 @@ def aggregate(trials: list[dict[str, Any]], brokers: list[str]) -> dict[str, Any
                 per_rep.setdefault(key, []).append(value)
         ratios[broker] = {key: summarise(values) for key, values in per_rep.items()}
         target_table[broker] = targets(broker, ratios[broker])
+        left = [t for t in mine if t.get("unsettled")]
+        target_table[broker].append(
+            {
+                "target": "nothing left unacknowledged after any trial",
+                "ratio": "unsettled",
+                "bound": 0,
+                "measured": summarise([float(t.get("unsettled", 0)) for t in mine] or [0.0]),
+                "met": not left and all("unsettled" in t for t in mine),
+            }
+        )
     return {"summary": summary, "ratios": ratios, "targets": target_table, "failures": failures}
 
 

@@ -1,9 +1,11 @@
 """One benchmark trial, in a process of its own: ``python -m bench.trial BROKER IMPL MODE``.
 
 Prints one JSON object: the rates, CPU per event and peak RSS of this process (producer and
-consumer both run here, so CPU is the whole client's cost). The channel is fresh for every
-trial. Before measuring, ``WARMUP`` events go through end to end, so connections, consumer
-group joins and caches are ready and every implementation starts from the same state.
+consumer both run here, so CPU is the whole client's cost), and ``unsettled``: what the
+broker still holds as unacknowledged once the implementation has stopped (must be 0). The
+channel is fresh for every trial. Before measuring, ``WARMUP`` events go through end to end,
+so connections, consumer group joins and caches are ready and every implementation starts
+from the same state.
 """
 
 from __future__ import annotations
@@ -81,6 +83,7 @@ async def run(broker: str, impl: str, mode: str, events: int) -> dict[str, Any]:
     counter = Counter()
     workload = cls(url, f"bench-{mode}-{impl}-{uuid.uuid4().hex[:10]}", counter)
     await workload.start()
+    result: dict[str, Any] = {}
     try:
         warm = [make_event(-i) for i in range(1, WARMUP + 1)]
         for event in warm:
@@ -89,19 +92,25 @@ async def run(broker: str, impl: str, mode: str, events: int) -> dict[str, Any]:
         batch = [make_event(i) for i in range(events)]
         gc.collect()
         if mode == "latency":
-            return await measure_latency(workload, counter, batch)
-        cpu0, t0 = cpu_seconds(), time.perf_counter()
-        await publish_all(workload, mode, batch)
-        published = time.perf_counter()
-        await counter.wait_for(WARMUP + events, mode)
-        elapsed, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
-        return {
-            "publish_per_s": events / (published - t0),
-            "e2e_per_s": events / elapsed,
-            "cpu_us_per_event": cpu / events * 1e6,
-        }
+            result = await measure_latency(workload, counter, batch)
+        else:
+            cpu0, t0 = cpu_seconds(), time.perf_counter()
+            await publish_all(workload, mode, batch)
+            published = time.perf_counter()
+            await counter.wait_for(WARMUP + events, mode)
+            elapsed, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
+            result = {
+                "publish_per_s": events / (published - t0),
+                "e2e_per_s": events / elapsed,
+                "cpu_us_per_event": cpu / events * 1e6,
+            }
     finally:
-        await workload.stop()
+        try:
+            await workload.stop()
+            result["unsettled"] = await workload.unsettled()
+        finally:
+            await workload.cleanup()
+    return result
 
 
 async def measure_latency(

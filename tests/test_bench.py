@@ -43,6 +43,7 @@ def test_memory_workloads_run_every_mode(impl: str, mode: str) -> None:
     result = trial("memory", impl, mode, {})
     assert result["events"] == 40
     assert result["cpu_us_per_event"] > 0
+    assert result["unsettled"] == 0
     if mode == "latency":
         assert 0 < result["p50_ms"] <= result["p99_ms"]
     else:
@@ -62,6 +63,7 @@ def test_network_workloads_deliver_every_event(
     for impl in implementations(broker):
         result = trial(broker, impl, "concurrent", env)
         assert result["e2e_per_s"] > 0, impl
+        assert result["unsettled"] == 0, (impl, result)
 
 
 OUTBOX_CASES = [

@@ -36,8 +36,12 @@ pays one commit round trip per batch; eventbus commits from a background task wh
 handlers go on, which is more machinery than a hand-written loop would have, and its cost is
 part of what eventbus is measured with. Unlike eventbus, raw has no CloudEvents headers, no
 retry topics in its subscription, no per-message settle and no middleware: the difference is
-what the comparison shows. The topic is created by broker auto-creation (``partitions_for``),
-as eventbus does.
+what the comparison shows.
+
+**Topology**: every implementation's topic is created before it starts, with
+:data:`PARTITIONS` partitions (checked), so none depends on the broker's auto-creation
+default. After each trial the records past the group's committed offsets are counted
+(:func:`uncommitted`): it must be 0 for every implementation.
 
 **eventbus**: ``EventBus("kafka://…", consumer_options=CONSUMER)`` with the default middleware
 chain, one ``@router.subscribe(UserCreated, group=channel)``. The destination of an event is
@@ -59,8 +63,8 @@ semantics as it allows. Where its *defaults* are weaker, and what we set instead
   changes the handler to take a list, and acks the whole list at once).
 * fetch batch: a per-message subscriber uses ``getone()``, which ``max_poll_records`` does
   not bound; it is passed anyway.
-* topic: FastStream creates declared topics itself with 1 partition; we declare
-  ``Topic(channel, num_partitions=4)`` to match the auto-created topics of the other two.
+* topic: FastStream creates declared topics itself with 1 partition; the topic exists with
+  4 by then, and we declare ``Topic(channel, num_partitions=4)`` as well.
 * decoding: idiomatic FastStream — the handler takes ``event: UserCreated``; FastStream
   ``json.loads`` the body and validates the dict into the model (``fast_depends``), rather than
   ``model_validate_json`` on the bytes. Publishing passes the model; FastStream serializes it
@@ -91,7 +95,8 @@ import contextlib
 from collections.abc import Sequence
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-untyped]
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # type: ignore[import-untyped]
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
 from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 
 from bench.common import PREFETCH, EventBusWorkload, UserCreated, Workload, decode, encode
@@ -107,15 +112,61 @@ PRODUCER: dict[str, Any] = {"acks": "all", "max_request_size": 1_000_000 + 64 * 
 """eventbus's producer defaults (``KafkaBroker().producer_options``), given to raw as well."""
 
 
+PARTITIONS = 4
+"""Every implementation's topic: created with this many partitions before it starts."""
+
+
 def servers(url: str) -> str:
     return url.split("://", 1)[1]
 
 
+async def create_topic(url: str, topic: str) -> None:
+    """Create ``topic`` with :data:`PARTITIONS` partitions, so that no implementation depends
+    on the broker's auto-creation default; refuses a topic that exists with another count."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=servers(url))
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, PARTITIONS, replication_factor=1)])
+    finally:
+        await admin.close()
+    producer = AIOKafkaProducer(bootstrap_servers=servers(url))
+    await producer.start()
+    try:
+        count = len(await producer.partitions_for(topic))
+    finally:
+        await producer.stop()
+    if count != PARTITIONS:
+        raise SystemExit(f"topic {topic} has {count} partitions, not {PARTITIONS}")
+
+
+async def uncommitted(url: str, topic: str, group: str) -> int:
+    """Records of ``topic`` past ``group``'s committed offsets, over all its partitions.
+
+    Counted by reading them: tansu's end offsets (``ListOffsets``) can lag behind what it
+    has stored, so a reader seeks each partition to the committed offset and counts what it
+    gets until a fetch comes back empty."""
+    reader = AIOKafkaConsumer(
+        bootstrap_servers=servers(url), group_id=group, enable_auto_commit=False
+    )
+    await reader.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        reader.assign(tps)
+        for tp in tps:
+            reader.seek(tp, await reader.committed(tp) or 0)
+        left = 0
+        while batch := await reader.getmany(timeout_ms=1000):
+            left += sum(len(records) for records in batch.values())
+        return left
+    finally:
+        await reader.stop()
+
+
 class Raw(Workload):
     async def start(self) -> None:
+        await create_topic(self.url, self.channel)
         self.producer = AIOKafkaProducer(bootstrap_servers=servers(self.url), **PRODUCER)
         await self.producer.start()
-        await self.producer.partitions_for(self.channel)  # auto-creates the topic
         self.consumer = AIOKafkaConsumer(
             self.channel,
             bootstrap_servers=servers(self.url),
@@ -154,10 +205,20 @@ class Raw(Workload):
         await self.consumer.stop()
         await self.producer.stop()
 
+    async def unsettled(self) -> int:
+        return await uncommitted(self.url, self.channel, self.channel)
+
 
 class EventBusKafka(EventBusWorkload):
     def group(self) -> str:
         return self.channel
+
+    async def start(self) -> None:
+        await create_topic(self.url, self.channel)
+        await super().start()
+
+    async def unsettled(self) -> int:
+        return await uncommitted(self.url, self.channel, self.channel)
 
     def broker_options(self) -> dict[str, Any]:
         return {"consumer_options": CONSUMER}
@@ -168,6 +229,7 @@ class FastStreamKafka(Workload):
         from faststream.kafka import KafkaBroker, Topic
         from faststream.middlewares import AckPolicy
 
+        await create_topic(self.url, self.channel)
         self.broker = KafkaBroker(servers(self.url), acks="all", logger=None)
         on_event = self.on_event
 
@@ -195,6 +257,9 @@ class FastStreamKafka(Workload):
 
     async def stop(self) -> None:
         await self.broker.stop()
+
+    async def unsettled(self) -> int:
+        return await uncommitted(self.url, self.channel, self.channel)
 
 
 IMPLEMENTATIONS: dict[str, type[Workload]] = {

@@ -33,9 +33,17 @@ class BareQueue(Workload):
     async def stop(self) -> None:
         self.task.cancel()
 
+    async def unsettled(self) -> int:
+        return self.queue.qsize()
+
 
 class EventBusMemory(EventBusWorkload):
     """The memory bus (``memory://``, private to the trial) with the default chain."""
+
+    async def unsettled(self) -> int:
+        pending = self.bus.broker.pending()
+        assert pending is not None, "the memory broker counts what it holds"
+        return sum(pending.values())
 
 
 IMPLEMENTATIONS: dict[str, type[Workload]] = {"bare": BareQueue, "eventbus": EventBusMemory}

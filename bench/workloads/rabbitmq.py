@@ -76,6 +76,16 @@ ACK_BATCH = PREFETCH // 4
 log = logging.getLogger("bench.rabbitmq")
 
 
+async def _ready(url: str, queue: str) -> int:
+    """Messages in ``queue``: once its consumers are gone, what they left unacknowledged is
+    back in it (RabbitMQ requeues a closed channel's unacked deliveries)."""
+    connection = await aio_pika.connect(url)
+    async with connection:
+        channel = await connection.channel()
+        declared = await channel.declare_queue(queue, passive=True)
+        return int(declared.declaration_result.message_count or 0)
+
+
 async def _delete(url: str, queues: Sequence[str], exchanges: Sequence[str]) -> None:
     """Remove what a trial declared, so trials leave the shared server as they found it."""
     with contextlib.suppress(Exception):
@@ -153,6 +163,11 @@ class Raw(Workload):
         with contextlib.suppress(asyncio.CancelledError):
             await self.worker
         await self.connection.close()
+
+    async def unsettled(self) -> int:
+        return await _ready(self.url, self.channel)
+
+    async def cleanup(self) -> None:
         await _delete(self.url, [self.channel], [self.channel])
 
 
@@ -164,6 +179,9 @@ class EventBusRabbitMQ(EventBusWorkload):
 
     def broker_options(self) -> dict[str, Any]:
         return {"exchange": self.channel, "prefetch": PREFETCH}
+
+    async def unsettled(self) -> int:
+        return await _ready(self.url, f"{self.channel}.{ROUTING_KEY}")
 
     async def cleanup(self) -> None:
         queue = f"{self.channel}.{ROUTING_KEY}"
@@ -212,6 +230,11 @@ class FastStream(Workload):
 
     async def stop(self) -> None:
         await self.broker.stop()
+
+    async def unsettled(self) -> int:
+        return await _ready(self.url, self.channel)
+
+    async def cleanup(self) -> None:
         await _delete(self.url, [self.channel], [self.channel])
 
 

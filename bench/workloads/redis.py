@@ -71,6 +71,16 @@ consumer's need more (a pool per client, one connection per command in flight)."
 log = logging.getLogger("bench.redis")
 
 
+async def _pending(url: str, stream: str) -> int:
+    """Entries of ``stream`` the group ``GROUP`` has read and not acknowledged."""
+    client = aioredis.Redis.from_url(url)
+    try:
+        summary: Any = await client.xpending(stream, GROUP)
+        return int(summary["pending"])
+    finally:
+        await client.aclose()
+
+
 async def _delete(url: str, *keys: str) -> None:
     """Remove a trial's keys, so the server does not accumulate benchmark streams."""
     client = aioredis.Redis.from_url(url)
@@ -125,6 +135,11 @@ class RawRedis(Workload):
         self.task.cancel()
         await asyncio.wait([self.task], timeout=2.0)
         await self.redis.aclose()
+
+    async def unsettled(self) -> int:
+        return await _pending(self.url, self.stream)
+
+    async def cleanup(self) -> None:
         await _delete(self.url, self.stream)
 
 
@@ -135,6 +150,9 @@ class EventBusRedis(EventBusWorkload):
 
     def broker_options(self) -> dict[str, Any]:
         return {"prefix": self.prefix, "batch_size": PREFETCH, "start_from": "earliest"}
+
+    async def unsettled(self) -> int:
+        return await _pending(self.url, f"{self.prefix}{self.channel}")
 
     async def cleanup(self) -> None:
         stream = f"{self.prefix}{self.channel}"
@@ -174,6 +192,11 @@ class FastStreamRedis(Workload):
 
     async def stop(self) -> None:
         await self.broker.stop()
+
+    async def unsettled(self) -> int:
+        return await _pending(self.url, self.channel)
+
+    async def cleanup(self) -> None:
         await _delete(self.url, self.channel)
 
 
