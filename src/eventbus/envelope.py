@@ -218,6 +218,11 @@ def _format_time(value: datetime) -> str:
 
 
 def _parse_time(value: Any) -> datetime:
+    if type(value) is str and value[-1:] == "Z":  # what eventbus writes: the fast way
+        try:
+            return datetime.fromisoformat(value[:-1] + "+00:00")
+        except ValueError:
+            pass  # the checks below name what is wrong
     if isinstance(value, datetime):
         return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -353,8 +358,12 @@ def from_binary(
         for name, value in headers.items():
             attr = _HEADER_NAMES.get(name) or _header_attribute(name)
             if attr is not None:
-                attrs[attr] = _text(value) if type(value) is bytes else value
+                if type(value) is bytes:  # Kafka's header values: UTF-8 text, or refused
+                    value = value.decode()
+                attrs[attr] = value
         return _build(attrs, body or b"", _text(key) if key is not None else None)
+    except UnicodeDecodeError as exc:
+        raise DecodeError(f"attribute value is not UTF-8 text: {exc.object[:40]!r}") from exc
     except DecodeError:
         raise
     except Exception as exc:  # decoding is total: whatever the input, a DecodeError
