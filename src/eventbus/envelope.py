@@ -24,7 +24,7 @@ import dataclasses
 import json
 import operator
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import datetime, timezone
 from types import MappingProxyType
 from typing import Any
@@ -36,6 +36,7 @@ from eventbus.errors import DecodeError
 __all__ = [
     "STRUCTURED_CONTENT_TYPE",
     "Envelope",
+    "binary_headers",
     "decode",
     "from_binary",
     "from_structured",
@@ -317,21 +318,26 @@ def _parse_int(value: Any) -> int:
 
 def to_binary(envelope: Envelope, prefix: str = "ce_") -> tuple[dict[str, str], bytes]:
     """Binary content mode: ``({prefix+attr: value, "content-type": ...}, payload)``."""
+    return dict(binary_headers(envelope, prefix)), envelope.data
+
+
+def binary_headers(envelope: Envelope, prefix: str = "ce_") -> Iterator[tuple[str, str]]:
+    """The headers of :func:`to_binary`, one ``(name, value)`` pair at a time, for an adapter
+    that sends them as a list (Kafka: without building the mapping first)."""
     names = _BINARY_NAMES.get(prefix) or _binary_names(prefix)
-    headers = {names[0][1]: envelope.specversion}
+    yield names[0][1], envelope.specversion
     for attr, header in names[1:]:
         value = getattr(envelope, attr)
         if value is not None:
-            headers[header] = value
+            yield header, value
     if envelope.time is not None:
-        headers[prefix + "time"] = _format_time(envelope.time)
+        yield prefix + "time", _format_time(envelope.time)
     if envelope.dataversion is not None:
-        headers[prefix + "dataversion"] = str(envelope.dataversion)
+        yield prefix + "dataversion", str(envelope.dataversion)
     if envelope.extensions:
         for name, value in envelope.extensions.items():
-            headers[prefix + name] = value
-    headers["content-type"] = envelope.datacontenttype
-    return headers, envelope.data
+            yield prefix + name, value
+    yield "content-type", envelope.datacontenttype
 
 
 _BINARY_NAMES: dict[str, tuple[tuple[str, str], ...]] = {}

@@ -49,7 +49,7 @@ from eventbus.brokers.kafka.delivery import _Partition as _Partition
 from eventbus.brokers.kafka.driver import ERRORS, Headers, encode_headers, reraise
 from eventbus.brokers.kafka.topology import DEFAULT_MAX_MESSAGE_BYTES, Settings, check_topic
 from eventbus.clock import SystemClock
-from eventbus.envelope import Envelope, to_binary
+from eventbus.envelope import Envelope, binary_headers
 from eventbus.errors import BusNotStarted, ConfigurationError
 from eventbus.redact import redact_options, redact_url
 from eventbus.types import Capabilities, SubscriptionView
@@ -271,10 +271,9 @@ class KafkaBroker:
 
 def _record(envelope: Envelope) -> tuple[bytes, bytes | None, Headers]:
     """Value, key and headers of the record that carries ``envelope`` (binary mode)."""
-    headers, body = to_binary(envelope)
     key = envelope.partitionkey
-    encoded: Headers = [(name, value.encode()) for name, value in headers.items()]
-    return body, None if key is None else key.encode(), encoded
+    encoded: Headers = [(name, value.encode()) for name, value in binary_headers(envelope)]
+    return envelope.data, None if key is None else key.encode(), encoded
 
 
 def from_url(url: str, **options: Any) -> KafkaBroker:
