@@ -17,6 +17,7 @@ PACKAGE = SRC / "eventbus"
 CONTRACT = {
     "eventbus.errors",
     "eventbus.envelope",
+    "eventbus.wirevalues",
     "eventbus.event",
     "eventbus.topics",
     "eventbus.types",

@@ -25,13 +25,22 @@ import json
 import operator
 import re
 from collections.abc import Iterator, Mapping
-from datetime import datetime, timezone
+from datetime import datetime
 from types import MappingProxyType
 from typing import Any
 
 import pydantic_core
 
 from eventbus.errors import DecodeError
+from eventbus.wirevalues import (
+    dumps,
+    format_time,
+    loads,
+    parse_int,
+    parse_time,
+    refuse_lone_surrogates,
+    text,
+)
 
 __all__ = [
     "STRUCTURED_CONTENT_TYPE",
@@ -135,7 +144,7 @@ class Envelope:
             if value is not None:
                 out[name] = value
         if self.time is not None:
-            out["time"] = _format_time(self.time)
+            out["time"] = format_time(self.time)
         out["datacontenttype"] = self.datacontenttype
         if self.dataversion is not None:
             out["dataversion"] = self.dataversion
@@ -212,61 +221,6 @@ def is_json_content_type(content_type: str | None) -> bool:
     return base in ("application/json", "text/json") or base.endswith("+json")
 
 
-def _format_time(value: datetime) -> str:
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    return value.isoformat().replace("+00:00", "Z")
-
-
-def _parse_time(value: Any) -> datetime:
-    if type(value) is str and value[-1:] == "Z":  # what eventbus writes: the fast way
-        try:
-            return datetime.fromisoformat(value[:-1] + "+00:00")
-        except ValueError:
-            pass  # the checks below name what is wrong
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        try:
-            return datetime.fromtimestamp(value / 1000, tz=timezone.utc)  # AMQP timestamps: ms
-        except (OverflowError, OSError, ValueError) as exc:
-            raise DecodeError(f"CloudEvents 'time' {value!r} is not a representable time") from exc
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        value = _text(value)
-    if isinstance(value, str):
-        text = value[:-1] + "+00:00" if value.endswith(("Z", "z")) else value
-        try:
-            parsed = datetime.fromisoformat(text)
-        except ValueError:
-            pass
-        else:
-            return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
-    raise DecodeError(f"CloudEvents 'time' must be an RFC 3339 timestamp, got {value!r}")
-
-
-def _text(value: Any) -> str:
-    """An attribute value read off the wire as text; anything that is not text is refused.
-
-    Bytes (any bytes-like type a driver hands over) must be UTF-8; numbers and Booleans are
-    written out as CloudEvents writes them; a datetime (an AMQP timestamp) becomes RFC 3339.
-    """
-    if isinstance(value, str):
-        return value
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        raw = bytes(value)
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise DecodeError(f"attribute value is not UTF-8 text: {raw[:40]!r}") from exc
-    if isinstance(value, datetime):
-        return _format_time(value)
-    if isinstance(value, bool):  # CloudEvents' canonical form of a Boolean
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return str(value)
-    raise DecodeError(f"attribute value must be text, got {type(value).__name__}: {value!r:.60}")
-
-
 def _build(attrs: Mapping[str, Any], data: bytes, key: str | None = None) -> Envelope:
     """Make an envelope from attributes read off the wire, checking the required ones.
 
@@ -287,15 +241,15 @@ def _build(attrs: Mapping[str, Any], data: bytes, key: str | None = None) -> Env
         if value is None or kind == _SKIP:
             continue
         if kind == _TEXT:
-            setattr(draft, name, value if type(value) is str else _text(value))
+            setattr(draft, name, value if type(value) is str else text(value))
         elif kind is None:
             if extensions is None:
                 extensions = {}
-            extensions[name] = _text(value)
+            extensions[name] = text(value)
         elif kind == _TIME:
-            draft.time = _parse_time(value)
+            draft.time = parse_time(value)
         elif kind == _VERSION:
-            draft.dataversion = _parse_int(value)
+            draft.dataversion = parse_int(value)
         elif value != "1.0" and str(value) != "1.0":
             raise DecodeError(f"unsupported CloudEvents specversion {value!r}; need 1.0")
     if key is not None and draft.partitionkey is None:
@@ -307,13 +261,6 @@ def _build(attrs: Mapping[str, Any], data: bytes, key: str | None = None) -> Env
 
 
 _JSON = "application/json"
-
-
-def _parse_int(value: Any) -> int:
-    try:
-        return int(_text(value))
-    except ValueError as exc:
-        raise DecodeError(f"'dataversion' must be an integer: {value!r}") from exc
 
 
 def to_binary(envelope: Envelope, prefix: str = "ce_") -> tuple[dict[str, str], bytes]:
@@ -331,7 +278,7 @@ def binary_headers(envelope: Envelope, prefix: str = "ce_") -> Iterator[tuple[st
         if value is not None:
             yield header, value
     if envelope.time is not None:
-        yield prefix + "time", _format_time(envelope.time)
+        yield prefix + "time", format_time(envelope.time)
     if envelope.dataversion is not None:
         yield prefix + "dataversion", str(envelope.dataversion)
     if envelope.extensions:
@@ -367,7 +314,7 @@ def from_binary(
                 if type(value) is bytes:  # Kafka's header values: UTF-8 text, or refused
                     value = value.decode()
                 attrs[attr] = value
-        return _build(attrs, body or b"", _text(key) if key is not None else None)
+        return _build(attrs, body or b"", text(key) if key is not None else None)
     except UnicodeDecodeError as exc:
         raise DecodeError(f"attribute value is not UTF-8 text: {exc.object[:40]!r}") from exc
     except DecodeError:
@@ -391,58 +338,27 @@ def to_structured(envelope: Envelope) -> bytes:
     """Structured content mode: one ``application/cloudevents+json`` document."""
     attrs = envelope.attributes()
     if not envelope.data:
-        return _dumps(attrs)
+        return dumps(attrs)
     if is_json_content_type(envelope.datacontenttype):
-        return _dumps(attrs)[:-1] + b',"data":' + envelope.data + b"}"
+        return dumps(attrs)[:-1] + b',"data":' + envelope.data + b"}"
     attrs["data_base64"] = base64.b64encode(envelope.data).decode("ascii")
-    return _dumps(attrs)
-
-
-def _dumps(value: Any) -> bytes:
-    """Compact JSON, UTF-8 (pydantic-core's encoder: several times the standard library's
-    speed, and the same JSON for the text, numbers and mappings an envelope holds)."""
-    return pydantic_core.to_json(value)
+    return dumps(attrs)
 
 
 def from_structured(body: bytes | str, *, key: str | bytes | None = None) -> Envelope:
     """Read one structured-mode JSON document."""
     try:
-        document, strict = _loads(body)
+        document, strict = loads(body)
         if not isinstance(document, dict):
             raise DecodeError("structured CloudEvent must be a JSON object")
         if not strict:
-            _refuse_lone_surrogates(document)
+            refuse_lone_surrogates(document)
         data = _structured_data(document)
-        return _build(document, data, _text(key) if key is not None else None)
+        return _build(document, data, text(key) if key is not None else None)
     except DecodeError:
         raise
     except Exception as exc:  # decoding is total: whatever the input, a DecodeError
         raise _undecodable(exc) from exc
-
-
-def _loads(body: bytes | str) -> tuple[Any, bool]:
-    """``(document, strict)``: JSON parsed by pydantic-core (several times the standard
-    library's speed), which refuses escaped lone surrogates (``strict``); what it refuses
-    (those, nesting over 200 deep) is parsed again by the standard library, so that exactly
-    the documents ``json`` accepts are accepted, and the caller checks the surrogates."""
-    try:
-        return pydantic_core.from_json(body), True
-    except ValueError:
-        pass
-    try:
-        return json.loads(body), False
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise DecodeError(f"structured CloudEvent is not valid JSON: {exc}") from exc
-
-
-def _refuse_lone_surrogates(document: Mapping[str, Any]) -> None:
-    """JSON may escape half a UTF-16 pair (``"\\ud800"``); such text cannot be sent on again."""
-    for name, value in document.items():
-        if isinstance(value, str) and name != "data":
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError as exc:
-                raise DecodeError(f"attribute {name!r} is not valid Unicode text") from exc
 
 
 def _structured_data(document: Mapping[str, Any]) -> bytes:
@@ -461,7 +377,7 @@ def _structured_data(document: Mapping[str, Any]) -> bytes:
         if isinstance(value, str) and not is_json_content_type(content_type):
             return value.encode("utf-8")
         try:
-            return _dumps(value)
+            return dumps(value)
         except pydantic_core.PydanticSerializationError:  # deeper than it writes, or not text
             return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError as exc:
@@ -478,7 +394,7 @@ def decode(
     ``specversion``; anything else raises :class:`~eventbus.errors.DecodeError`.
     """
     try:
-        content_type = _text(headers.get("content-type") or headers.get("content_type") or "")
+        content_type = text(headers.get("content-type") or headers.get("content_type") or "")
         if content_type.lower().startswith("application/cloudevents"):
             return from_structured(body or b"", key=key)
         if "ce_id" in headers or "ce-id" in headers:  # what eventbus writes: no prefix scan
