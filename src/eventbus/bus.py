@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from eventbus.brokers import from_url
 from eventbus.clock import FakeClock
-from eventbus.consume import SubscriptionHandler, build_chain
+from eventbus.consume import SubscriptionHandler, build_chain, undecodable_observers
 from eventbus.context import Middleware, staging_session
 from eventbus.deadletters import DeadLetterStore
 from eventbus.dispatch import SubscriptionRunner
@@ -166,8 +166,9 @@ class EventBus:
             for sub in subscriptions:
                 chain = build_chain(sub, self.middleware)
                 consumer = await self.broker.subscribe(sub)
+                observers = undecodable_observers(sub, self.middleware)
                 handle = SubscriptionHandler(
-                    self, sub, chain, self.redelivery_delay, clock, self._active
+                    self, sub, chain, self.redelivery_delay, clock, self._active, observers
                 )
                 runner = SubscriptionRunner(sub, consumer, handle, handle.release_unstarted)
                 self._runners.append(runner)

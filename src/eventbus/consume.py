@@ -49,13 +49,14 @@ from eventbus.invoker import handler_invoker
 from eventbus.logfields import delivery_fields
 from eventbus.middleware.retry import Retry
 from eventbus.router import Subscription
-from eventbus.types import Clock, Delivery, SubscriptionView
+from eventbus.types import Clock, Delivery, SubscriptionView, UndecodableObserver
 
 __all__ = [
     "MAX_REDELIVERY_DELAY",
     "SETTLE_RETRY_PAUSES",
     "SubscriptionHandler",
     "build_chain",
+    "undecodable_observers",
     "describe_failure",
     "release",
     "settle",
@@ -67,6 +68,13 @@ log = logging.getLogger("eventbus")
 _SYSTEM_CLOCK = SystemClock()
 MAX_REDELIVERY_DELAY = 60.0
 """The longest wait before redelivering an error that no middleware decided about."""
+
+
+def undecodable_observers(
+    sub: Subscription, bus_middleware: Sequence[Middleware]
+) -> list[UndecodableObserver]:
+    """The middleware of ``sub``'s chain that want to hear of undecodable messages."""
+    return [m for m in (*bus_middleware, *sub.middleware) if isinstance(m, UndecodableObserver)]
 
 
 def build_chain(sub: Subscription, bus_middleware: Sequence[Middleware]) -> Next:
@@ -96,7 +104,7 @@ class SubscriptionHandler:
     ``clock`` paces the retries of a settle that failed.
     """
 
-    __slots__ = ("_active", "_bus", "_chain", "_clock", "_delay", "_sub")
+    __slots__ = ("_active", "_bus", "_chain", "_clock", "_delay", "_observers", "_sub")
 
     def __init__(
         self,
@@ -106,8 +114,10 @@ class SubscriptionHandler:
         redelivery_delay: float,
         clock: Clock,
         active: set[asyncio.Task[Any]] | None = None,
+        observers: Sequence[UndecodableObserver] = (),
     ) -> None:
         self._bus, self._sub, self._chain = bus, sub, chain
+        self._observers = tuple(observers)
         self._delay = redelivery_delay
         self._clock = clock
         self._active = active
@@ -134,6 +144,7 @@ class SubscriptionHandler:
         sub, envelope = self._sub, delivery.envelope
         if envelope is None:
             error = delivery.decode_error or DecodeError("undecodable message")
+            self._observe_undecodable(delivery, error)
             await self._dead_letter(delivery, error, "undecodable")
             return
         if not sub.accepts(envelope.type):
@@ -162,6 +173,13 @@ class SubscriptionHandler:
                 await _settle_again(delivery, delivery.ack, exc, self._clock, sub)
         finally:
             current_envelope.reset(token)
+
+    def _observe_undecodable(self, delivery: Delivery, error: DecodeError) -> None:
+        for observer in self._observers:
+            try:
+                observer.undecodable(self._sub, delivery, error)
+            except Exception:  # telemetry must never keep a message from its dead-letter queue
+                log.exception("%s: %r failed on an undecodable message", self._sub.name, observer)
 
     async def _settle_failure(self, delivery: Delivery, exc: Exception) -> None:
         """Settle a delivery whose chain raised ``exc``, as :func:`settle_outcome` says."""

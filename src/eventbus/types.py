@@ -18,6 +18,7 @@ from eventbus.envelope import Envelope
 from eventbus.errors import DecodeError
 
 __all__ = [
+    "UndecodableObserver",
     "Broker",
     "BusView",
     "Capabilities",
@@ -245,6 +246,17 @@ class PublishSide(PublishMiddleware, Protocol):
     async def batch(
         self, messages: Sequence[tuple[str, Envelope]], call_next: PublishBatchNext
     ) -> Sequence[tuple[str, Envelope]]: ...
+
+
+@runtime_checkable
+class UndecodableObserver(Protocol):
+    """A middleware told of each message that could not be decoded. Such a message never
+    reaches the chain (there is no event to hand it), so the consume policy calls this just
+    before it dead-letters the message: telemetry counts and traces it like any other."""
+
+    def undecodable(
+        self, subscription: SubscriptionView, delivery: Delivery, error: DecodeError
+    ) -> None: ...
 
 
 class BusView(Protocol):

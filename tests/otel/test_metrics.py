@@ -151,3 +151,50 @@ async def test_watch_samples_lag_dead_letters_and_the_outbox(
     [(_, age, unit)] = found["eventbus.outbox.oldest_age"]
     assert unit == "s"
     assert age.value >= 0
+
+
+async def test_an_undecodable_message_is_counted_traced_and_still_dead_lettered(
+    reader: InMemoryMetricReader,
+) -> None:
+    """It never reaches the chain, so the policy tells telemetry of it before dead-lettering:
+    a process span with ``error.type`` and a dead_letter settle, the consumed and dead-letter
+    counters; an observer that fails does not keep it from the dead-letter queue."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from eventbus.otel import Tracing
+
+    class Broken:
+        async def __call__(self, ctx: Any, call_next: Any) -> None:
+            await call_next(ctx)
+
+        def undecodable(self, sub: Any, delivery: Any, error: Any) -> None:
+            raise RuntimeError("a telemetry bug")
+
+    exporter, tracer = InMemorySpanExporter(), TracerProvider()
+    tracer.add_span_processor(SimpleSpanProcessor(exporter))
+    metrics = Metrics(meter_provider=MeterProvider(metric_readers=[reader]))
+    router = Router()
+    router.subscribe(OrderPlaced, group="billing")(_ignore)
+    middleware = [Broken(), Tracing(tracer_provider=tracer), metrics, *default_middleware()]
+    async with EventBus("memory://", middleware=middleware, routers=[router]) as bus:
+        await bus.broker.send_raw("shop.order.placed", b"\xff not json", {})  # type: ignore[attr-defined]
+        await bus.drain()
+        [letter] = await bus.dead_letters.list(group="billing")
+    assert letter.body == b"\xff not json"
+    [span] = [s for s in exporter.get_finished_spans() if s.name == "process shop.order.placed"]
+    assert (span.attributes or {})["error.type"] == "DecodeError"
+    assert (span.attributes or {})["messaging.consumer.group.name"] == "billing"
+    [event] = span.events
+    assert (event.name, (event.attributes or {})["eventbus.settle.outcome"]) == (
+        "settle",
+        "dead_letter",
+    )
+    found = points(reader)
+    assert [a.get("error.type") for a, _, _ in found["eventbus.dead_letters"]] == ["DecodeError"]
+    assert total(found, "messaging.client.consumed.messages") == 1
+
+
+async def _ignore(event: OrderPlaced) -> None:
+    """A handler that is never called here: the message cannot be decoded."""

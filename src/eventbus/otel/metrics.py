@@ -32,10 +32,10 @@ from opentelemetry.semconv._incubating.metrics import messaging_metrics as mm
 from eventbus.consume import settle_outcome
 from eventbus.context import Context, Next, staging_session
 from eventbus.envelope import Envelope
-from eventbus.errors import ConfigurationError
+from eventbus.errors import ConfigurationError, DecodeError
 from eventbus.otel import semconv as sc
 from eventbus.otel.tracing import error_type
-from eventbus.types import BusView, PublishBatchNext, PublishNext
+from eventbus.types import BusView, Delivery, PublishBatchNext, PublishNext, SubscriptionView
 
 __all__ = ["Metrics"]
 
@@ -125,6 +125,22 @@ class Metrics:
         finally:
             self.process_duration.record(time.perf_counter() - start, attributes)
             self.running[running] -= 1
+
+    def undecodable(self, sub: SubscriptionView, delivery: Delivery, error: DecodeError) -> None:
+        """A message that could not be decoded: consumed, and dead-lettered (the consume
+        policy does it next), with ``error.type`` ``DecodeError``."""
+        if not self.live():
+            return
+        attributes = {
+            sc.SYSTEM: self.system or "unknown",
+            sc.OPERATION_NAME: sc.PROCESS,
+            sc.OPERATION_TYPE: sc.PROCESS,
+            sc.DESTINATION: self.name_of(delivery.destination, getattr(delivery, "queue", None)),
+            sc.CONSUMER_GROUP: sub.group or "",
+            sc.ERROR_TYPE: type(error).__qualname__,
+        }
+        self.consumed.add(1, attributes)
+        self.dead_letters.add(1, attributes)
 
     def _observe_running(self, options: CallbackOptions) -> Iterable[Observation]:
         system = self.system or "unknown"

@@ -29,9 +29,9 @@ from eventbus.consume import settle_outcome
 from eventbus.context import Context, Next, staging_session
 from eventbus.deadletters import DeadLetterRecord, DeadLetterStore
 from eventbus.envelope import Envelope
-from eventbus.errors import PermanentError, RetryLater
+from eventbus.errors import DecodeError, PermanentError, RetryLater
 from eventbus.otel import semconv as sc
-from eventbus.types import BusView, PublishBatchNext, PublishNext
+from eventbus.types import BusView, Delivery, PublishBatchNext, PublishNext, SubscriptionView
 
 __all__ = ["Tracing", "error_type"]
 
@@ -101,6 +101,30 @@ class Tracing:
                 )
                 raise
             span.add_event("settle", {sc.SETTLE_OUTCOME: "ack"})
+
+    def undecodable(self, sub: SubscriptionView, delivery: Delivery, error: DecodeError) -> None:
+        """A message that could not be decoded: a ``process`` span of its own, ended at once,
+        with ``error.type`` ``DecodeError`` and a ``dead_letter`` settle event (the consume
+        policy dead-letters it next). No event, so no message id and no link."""
+        if not self.live():
+            return
+        name = self.name_of(delivery.destination, getattr(delivery, "queue", None))
+        attributes = {
+            sc.SYSTEM: self.system or "unknown",
+            sc.OPERATION_NAME: sc.PROCESS,
+            sc.OPERATION_TYPE: sc.PROCESS,
+            **sc.destination_attributes(self.system or "", name, delivery.destination),
+            sc.CONSUMER_GROUP: sub.group or "",
+            "eventbus.delivery.attempt": delivery.attempt,
+            **sc.delivery_attributes(self.system or "", delivery),
+            sc.ERROR_TYPE: type(error).__qualname__,
+        }
+        span = self.tracer.start_span(
+            f"process {name}", kind=trace.SpanKind.CONSUMER, attributes=attributes
+        )
+        reason = f"{type(error).__name__}: {error}"[:_MAX_REASON]
+        span.add_event("settle", {sc.SETTLE_OUTCOME: "dead_letter", sc.SETTLE_REASON: reason})
+        span.end()
 
     def _correlate(self, creation: Any) -> tuple[list[trace.Link], Any]:
         """(links, parent context) of a handler's span, by the link-or-parent choice."""
