@@ -108,6 +108,30 @@ class TelemetryCheck:
             assert found[name].unit == "s", (name, found[name].unit)
         assert found["messaging.client.sent.messages"].unit == "{message}"
 
+    def undecodable(self, *, system: str, group: str) -> None:
+        """Assert that one undecodable message was traced and counted as dead-lettered."""
+        spans = [
+            s
+            for s in self.exporter.get_finished_spans()
+            if (s.attributes or {}).get("error.type") == "DecodeError"
+        ]
+        assert len(spans) == 1, [s.name for s in spans]
+        _has(spans[0], {"messaging.system": system, "messaging.consumer.group.name": group})
+        outcomes = [(e.attributes or {}).get("eventbus.settle.outcome") for e in spans[0].events]
+        assert outcomes == ["dead_letter"], outcomes
+        data = self.reader.get_metrics_data()
+        assert data is not None, "no metrics were recorded"
+        dead = [
+            point
+            for resource in data.resource_metrics
+            for scope in resource.scope_metrics
+            for metric in scope.metrics
+            if metric.name == "eventbus.dead_letters"
+            for point in metric.data.data_points
+        ]
+        assert [(p.attributes or {}).get("error.type") for p in dead] == ["DecodeError"]
+        assert sum(getattr(p, "value", 0) for p in dead) == 1
+
 
 def _has(span: Any, expected: dict[str, Any]) -> None:
     attributes = dict(span.attributes or {})
@@ -134,3 +158,15 @@ class TelemetryContract(ContractBase):
             system = getattr(bus.broker, "system", "")
             names = self.telemetry_names(bus, sent, f"{self.ns}-audit")
         check.round_trip(sent, system=system, group=f"{self.ns}-audit", names=names)
+
+    async def test_an_undecodable_message_is_traced_and_counted(self) -> None:
+        check = TelemetryCheck()
+        event_cls, router, got = self.event(), Router(), list[Any]()
+        group = f"{self.ns}-garbled"
+        router.subscribe(event_cls, group=group)(collect(got))
+        async with self.bus(router, middleware=(check.tracing(), check.metrics())) as bus:
+            self.capability(bus.broker, "dead_letters")
+            await self.send_raw(bus.broker, event_cls.destination(), b"\xff not json", {})
+            await self._dead_letters(bus, group, 1)
+            system = getattr(bus.broker, "system", "")
+        check.undecodable(system=system, group=group)
