@@ -177,7 +177,12 @@ async def test_an_undecodable_message_is_counted_traced_and_still_dead_lettered(
     metrics = Metrics(meter_provider=MeterProvider(metric_readers=[reader]))
     router = Router()
     router.subscribe(OrderPlaced, group="billing")(_ignore)
-    middleware = [Broken(), Tracing(tracer_provider=tracer), metrics, *default_middleware()]
+    middleware: list[Any] = [
+        Broken(),
+        Tracing(tracer_provider=tracer),
+        metrics,
+        *default_middleware(),
+    ]
     async with EventBus("memory://", middleware=middleware, routers=[router]) as bus:
         await bus.broker.send_raw("shop.order.placed", b"\xff not json", {})  # type: ignore[attr-defined]
         await bus.drain()
