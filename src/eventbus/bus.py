@@ -32,6 +32,7 @@ from eventbus.types import (
     PublishMiddleware,
     PublishSide,
 )
+from eventbus.upcasting import Upcasters
 
 __all__ = ["EventBus"]
 
@@ -51,7 +52,8 @@ class EventBus:
     failure that no middleware decided about is delivered again (doubling per attempt, at
     most a minute). ``max_message_bytes`` refuses larger payloads at publish; it defaults to
     the adapter's (see ``docs/events.md``). ``outbox`` (an ``eventbus.outbox.Outbox``) lets
-    ``publish(..., session=s)`` stage events in the caller's transaction.
+    ``publish(..., session=s)`` stage events in the caller's transaction. ``upcasters``
+    (:class:`eventbus.upcasting.Upcasters`) turn older payloads into the handler's version.
     """
 
     def __init__(
@@ -66,6 +68,7 @@ class EventBus:
         redelivery_delay: float = 1.0,
         max_message_bytes: int | None = None,
         outbox: OutboxStage | None = None,
+        upcasters: Upcasters | None = None,
         **broker_options: Any,
     ) -> None:
         if not service or not isinstance(service, str):
@@ -82,6 +85,7 @@ class EventBus:
         self.shutdown_timeout = shutdown_timeout
         self.redelivery_delay = float(redelivery_delay)
         self.outbox = outbox
+        self.upcasters = upcasters
         """Where ``publish(..., session=s)`` stages events (``eventbus.outbox.Outbox``)."""
         self.max_message_bytes: int = self.broker.max_message_bytes
         self.router = Router()
@@ -164,7 +168,7 @@ class EventBus:
         await self.broker.connect()
         try:
             for sub in subscriptions:
-                chain = build_chain(sub, self.middleware)
+                chain = build_chain(sub, self.middleware, self.upcasters)
                 consumer = await self.broker.subscribe(sub)
                 observers = undecodable_observers(sub, self.middleware)
                 handle = SubscriptionHandler(

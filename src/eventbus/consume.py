@@ -50,6 +50,7 @@ from eventbus.logfields import delivery_fields
 from eventbus.middleware.retry import Retry
 from eventbus.router import Subscription
 from eventbus.types import Clock, Delivery, SubscriptionView, UndecodableObserver
+from eventbus.upcasting import Upcasters
 
 __all__ = [
     "MAX_REDELIVERY_DELAY",
@@ -77,7 +78,9 @@ def undecodable_observers(
     return [m for m in (*bus_middleware, *sub.middleware) if isinstance(m, UndecodableObserver)]
 
 
-def build_chain(sub: Subscription, bus_middleware: Sequence[Middleware]) -> Next:
+def build_chain(
+    sub: Subscription, bus_middleware: Sequence[Middleware], upcasters: Upcasters | None = None
+) -> Next:
     """The bus's middleware, then the subscription's, around the handler (first = outermost).
 
     A subscription's ``retry=`` takes the place of every ``Retry`` in that chain; when there is
@@ -90,7 +93,7 @@ def build_chain(sub: Subscription, bus_middleware: Sequence[Middleware]) -> Next
         if replaced == middleware:
             replaced.insert(len(bus_middleware), sub.retry)
         middleware = replaced
-    chain: Next = handler_invoker(sub)
+    chain: Next = handler_invoker(sub, upcasters)
     for layer in reversed(middleware):
         chain = _bind(layer, chain)
     return chain

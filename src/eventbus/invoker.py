@@ -13,19 +13,53 @@ from typing import Any
 
 import anyio.to_thread
 from pydantic import ValidationError
+from pydantic_core import to_json
 
 from eventbus.context import Context, Next
 from eventbus.errors import PayloadValidationError
+from eventbus.event import Event
 from eventbus.router import Subscription
+from eventbus.upcasting import Upcasters
 
 __all__ = ["handler_invoker"]
 
 
-def handler_invoker(sub: Subscription) -> Next:
+def handler_invoker(sub: Subscription, upcasters: Upcasters | None = None) -> Next:
     """The innermost link of the chain: validate the payload into the handler's model, call it.
 
-    Built once per subscription, so the per-delivery path looks nothing up.
+    Built once per subscription, so the per-delivery path looks nothing up. With
+    ``upcasters`` that cover the handler's event type, a payload older than the model is
+    upcast first (:func:`_upcasting`); other subscriptions pay nothing for it.
     """
+    invoke = _invoker(sub)
+    model = sub.handler.model
+    if model is None or upcasters is None or not upcasters.covers(model.event_type):
+        return invoke
+    return _upcasting(invoke, model, upcasters)
+
+
+def _upcasting(invoke: Next, model: type[Event], upcasters: Upcasters) -> Next:
+    """``invoke`` once for each payload an older event becomes at the model's version, with
+    ``ctx.envelope`` carrying that payload and version (the handler, and a handler that
+    takes the raw envelope, see the upcast event); none when an upcaster dropped it."""
+    current = model.event_version
+
+    async def upcasting(ctx: Context) -> None:
+        original = ctx.envelope
+        if (original.dataversion or 1) >= current:
+            await invoke(ctx)
+            return
+        try:
+            for payload in upcasters.payloads(original, current):
+                ctx.envelope = original.replace(data=to_json(payload), dataversion=current)
+                await invoke(ctx)
+        finally:
+            ctx.envelope = original
+
+    return upcasting
+
+
+def _invoker(sub: Subscription) -> Next:
     spec = sub.handler
     func, model, wants_context = spec.func, spec.model, spec.wants_context
     validate = model.model_validate_json if model is not None else None
