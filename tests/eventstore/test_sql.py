@@ -116,3 +116,23 @@ async def _table_names(engine: AsyncEngine) -> set[str]:
 def test_an_engine_that_is_not_async_is_refused() -> None:
     with pytest.raises(ConfigurationError, match="AsyncEngine"):
         EventStore(sa.create_engine("sqlite://"))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "engine", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
+)
+async def test_a_conflict_found_only_at_the_insert_is_a_concurrency_error(
+    engine: AsyncEngine, store: EventStore
+) -> None:
+    """At REPEATABLE READ the transaction's snapshot predates the winner's commit, so the
+    version check passes and the unique key refuses the insert: still a ConcurrencyError
+    (the actual version cannot be read in that transaction), and nothing is stored."""
+    async with AsyncSession(engine) as session:
+        await session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+        assert await store.stream_version("s", session=session) == 0  # the snapshot is taken
+        await store.append("s", opened(1), expected_version=0)  # another transaction wins
+        with pytest.raises(ConcurrencyError) as caught:
+            await store.append("s", opened(2), expected_version=0, session=session)
+        assert (caught.value.expected, caught.value.actual) == (0, None)
+        await session.rollback()
+    assert [r.event for r in await store.read("s")] == opened(1)
