@@ -100,6 +100,22 @@ def test_middleware_imports_only_the_contract_and_the_context() -> None:
     assert _violations(CONTRACT | {"eventbus.context"}, "eventbus.middleware") == []
 
 
+def test_the_event_store_builds_on_the_contract_and_publishing_only() -> None:
+    assert _violations(CONTRACT | {"eventbus.publishing"}, "eventbus.eventstore") == []
+
+
+def test_only_the_testing_package_imports_the_event_store() -> None:
+    """A feature on top: the core, the adapters, the outbox never depend on it."""
+    found = [
+        f"{module}:{line} imports {target}"
+        for module in MODULES
+        if not module.startswith(("eventbus.eventstore", "eventbus.testing"))
+        for target, line, _ in imports(module)
+        if target.startswith("eventbus.eventstore")
+    ]
+    assert found == []
+
+
 def test_no_module_imports_eventbus_inside_a_function() -> None:
     """A function-level import of our own code is how a cycle hides: there is none."""
     found = [

@@ -25,11 +25,13 @@ def documented() -> dict[str, set[str]]:
 
 MODULES = [
     "eventbus",
+    "eventbus.eventstore",
     "eventbus.middleware",
     "eventbus.otel",
     "eventbus.outbox",
     "eventbus.redact",
     "eventbus.testing",
+    "eventbus.testing.eventstore",
     "eventbus.testing.telemetry",
 ]
 
@@ -53,7 +55,8 @@ def test_import_needs_no_extras() -> None:
     import sys
 
     code = (
-        "import sys, eventbus, eventbus.testing, eventbus.middleware\n"
+        "import sys, eventbus, eventbus.testing, eventbus.middleware, eventbus.eventstore\n"
+        "import eventbus.testing.eventstore\n"
         "loaded = {m.split('.')[0] for m in sys.modules}\n"
         "print(sorted(loaded & {'aiokafka', 'aio_pika', 'redis', 'sqlalchemy', 'opentelemetry'}))"
     )

@@ -135,4 +135,24 @@ class DeadLetterNotFound(EventBusError, LookupError):
 
 
 class ConcurrencyError(EventBusError):
-    """An optimistic-concurrency check failed (the stream moved on since it was read)."""
+    """An append to an event stream found it at another version than the one expected.
+
+    ``stream_id``, ``expected`` (the ``expected_version`` passed; None for "any") and
+    ``actual`` (the stream's version at the check; None when it could not be read in the
+    caller's transaction) say what happened. Nothing of the append was stored: read the
+    stream again, decide again, and append with the version read.
+    """
+
+    def __init__(
+        self, stream_id: str, expected: int | None, actual: int | None, detail: str = ""
+    ) -> None:
+        self.stream_id = stream_id
+        self.expected = expected
+        self.actual = actual
+        found = "another append got there first" if actual is None else f"it is at {actual}"
+        wanted = "any version" if expected is None else f"version {expected}"
+        super().__init__(
+            f"stream {stream_id!r} was expected at {wanted}, but {found}"
+            + (f" ({detail})" if detail else "")
+            + "; nothing was appended. Read the stream again and retry with its version"
+        )

@@ -1,0 +1,39 @@
+"""Event sourcing: streams of events as the record of what happened.
+
+* :class:`EventStore` — streams in a SQL database (SQLite, PostgreSQL) with optimistic
+  concurrency, idempotent appends and a global feed in commit order.
+* :class:`StoredEvent` — one stored event: its stream, version, position and envelope.
+* :class:`EventStoreProtocol` — what every store does (the in-memory one for unit tests is
+  :class:`eventbus.testing.eventstore.InMemoryEventStore`).
+
+``EventStore`` needs ``pip install "eventbus[sql]"``; it is imported when first asked for, so
+the rest of this package works without SQLAlchemy. See ``docs/event-sourcing.md``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from eventbus.errors import ConfigurationError
+from eventbus.eventstore.records import EventStoreProtocol, EventTypes, StoredEvent
+
+if TYPE_CHECKING:
+    from eventbus.eventstore.sql import EventStore
+
+__all__ = ["EventStore", "EventStoreProtocol", "EventTypes", "StoredEvent"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "EventStore":
+        import importlib
+
+        try:
+            module = importlib.import_module("eventbus.eventstore.sql")
+        except ImportError as exc:  # pragma: no cover - depends on the installed extras
+            if (exc.name or "").partition(".")[0] != "sqlalchemy":
+                raise
+            raise ConfigurationError(
+                'EventStore needs SQLAlchemy and a driver: pip install "eventbus[sql]"'
+            ) from exc
+        return module.EventStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
