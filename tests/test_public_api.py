@@ -25,14 +25,17 @@ def documented() -> dict[str, set[str]]:
 
 MODULES = [
     "eventbus",
+    "eventbus.aggregate",
     "eventbus.eventstore",
     "eventbus.middleware",
     "eventbus.otel",
     "eventbus.outbox",
     "eventbus.redact",
     "eventbus.testing",
+    "eventbus.testing.aggregates",
     "eventbus.testing.eventstore",
     "eventbus.testing.telemetry",
+    "eventbus.upcasting",
 ]
 
 

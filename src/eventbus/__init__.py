@@ -9,6 +9,7 @@ from eventbus.context import Context, Middleware, Next
 from eventbus.deadletters import DeadLetterRecord, DeadLetterStore
 from eventbus.envelope import Envelope
 from eventbus.errors import (
+    AggregateNotFound,
     BrokerUnavailable,
     BusNotStarted,
     ConcurrencyError,
@@ -44,6 +45,7 @@ from eventbus.types import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "AggregateNotFound",
     "Broker",
     "BrokerUnavailable",
     "BusNotStarted",

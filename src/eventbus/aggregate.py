@@ -62,10 +62,14 @@ class Aggregate:
 
     snapshot_version: ClassVar[int] = 1
     _appliers: ClassVar[dict[str, str]] = {}
+    event_classes: ClassVar[dict[str, type[Event]]] = {}
+    """The event classes the aggregate applies, by event type (what a repository decodes
+    stored events into)."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         own: dict[str, str] = {}  # event type -> this class's method applying it
+        classes: dict[str, type[Event]] = {}
         for name, member in vars(cls).items():
             event = getattr(member, _APPLIES, None)
             if event is None:
@@ -75,8 +79,9 @@ class Aggregate:
                     f"{cls.__name__} applies {event.__name__} twice: in "
                     f"{own[event.event_type]} and {name}"
                 )
-            own[event.event_type] = name
+            own[event.event_type], classes[event.event_type] = name, event
         cls._appliers = {**cls._appliers, **own}  # a subclass's method replaces its parent's
+        cls.event_classes = {**cls.event_classes, **classes}
 
     def __init__(self, id: str) -> None:
         if not id or not isinstance(id, str):

@@ -10,6 +10,7 @@ redelivery or dead-lettering. Every message says what to do next.
 from __future__ import annotations
 
 __all__ = [
+    "AggregateNotFound",
     "BrokerUnavailable",
     "BusNotStarted",
     "ConcurrencyError",
@@ -155,4 +156,15 @@ class ConcurrencyError(EventBusError):
             f"stream {stream_id!r} was expected at {wanted}, but {found}"
             + (f" ({detail})" if detail else "")
             + "; nothing was appended. Read the stream again and retry with its version"
+        )
+
+
+class AggregateNotFound(EventBusError, LookupError):
+    """``Repository.get`` found no event (and no snapshot) for the aggregate's stream."""
+
+    def __init__(self, kind: str, aggregate_id: str, stream_id: str) -> None:
+        self.aggregate_id, self.stream_id = aggregate_id, stream_id
+        super().__init__(
+            f"no {kind} {aggregate_id!r}: stream {stream_id!r} holds no event. Create it with "
+            f"{kind}({aggregate_id!r}), or call get(..., missing_ok=True) for a new one"
         )

@@ -30,7 +30,7 @@ An *upcaster* turns a payload of one version of one event type into the next ver
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from eventbus.envelope import Envelope
@@ -79,6 +79,16 @@ class Upcasters:
             )
         self._steps[(event_type, from_version)] = func
         self._types.add(event_type)
+
+    def steps(self, event_types: Iterable[str]) -> list[str]:
+        """The registered steps of ``event_types``, as ``type@version:function`` names (what
+        a snapshot records: another set of upcasters means another state)."""
+        wanted = set(event_types)
+        return sorted(
+            f"{event_type}@{version}:{getattr(func, '__qualname__', repr(func))}"
+            for (event_type, version), func in self._steps.items()
+            if event_type in wanted
+        )
 
     def covers(self, event_type: str) -> bool:
         """Whether any upcaster is registered for ``event_type``."""

@@ -73,12 +73,7 @@ class EventStore:
         schema: str | None = None,
         metadata: sa.MetaData | None = None,
     ) -> None:
-        if not isinstance(engine, AsyncEngine):
-            raise ConfigurationError(
-                f"EventStore takes a SQLAlchemy AsyncEngine (create_async_engine(url)), "
-                f"not {type(engine).__name__}"
-            )
-        self.engine = engine
+        self.engine = check_engine(engine, "EventStore")
         self.metadata = metadata if metadata is not None else sa.MetaData()
         self.table = events_table(self.metadata, f"{prefix}events", schema)
         self.types = EventTypes(events)
@@ -114,7 +109,7 @@ class EventStore:
         expected = check_expected(expected_version)
         envelopes = self._envelopes(stream_id, events)
         if session is not None:
-            connection = await _connection_of(session)
+            connection = await connection_of(session)
             try:
                 return await self._append_in(connection, stream_id, expected, envelopes)
             except IntegrityError as exc:  # another transaction got there first
@@ -172,7 +167,7 @@ class EventStore:
         """How many events the stream holds (0: it does not exist)."""
         stream_id = check_stream_id(stream_id)
         if session is not None:
-            return await self._version(await _connection_of(session), stream_id)
+            return await self._version(await connection_of(session), stream_id)
         async with self.engine.connect() as connection:
             return await self._version(connection, stream_id)
 
@@ -193,7 +188,7 @@ class EventStore:
             .order_by(t.c.version)
         )
         if session is not None:
-            rows = (await (await _connection_of(session)).execute(query)).all()
+            rows = (await (await connection_of(session)).execute(query)).all()
         else:
             async with self.engine.connect() as connection:
                 rows = (await connection.execute(query)).all()
@@ -229,7 +224,18 @@ class EventStore:
         )
 
 
-async def _connection_of(session: object) -> AsyncConnection:
+def check_engine(engine: object, owner: str) -> AsyncEngine:
+    """``engine``, if it is a SQLAlchemy ``AsyncEngine`` (else a ConfigurationError)."""
+    if not isinstance(engine, AsyncEngine):
+        raise ConfigurationError(
+            f"{owner} takes a SQLAlchemy AsyncEngine (create_async_engine(url)), "
+            f"not {type(engine).__name__}"
+        )
+    return engine
+
+
+async def connection_of(session: object) -> AsyncConnection:
+    """The connection of the caller's ``session`` (an AsyncSession or AsyncConnection)."""
     if isinstance(session, AsyncConnection):
         return session
     if isinstance(session, AsyncSession):
