@@ -17,7 +17,7 @@ from eventbus.errors import ConcurrencyError, ConfigurationError
 from eventbus.event import Event
 from eventbus.publishing import EnvelopeFactory
 
-__all__ = ["Envelopes", "check_expected", "check_stream_id", "decide"]
+__all__ = ["Envelopes", "check_expected", "check_stream_id", "decide", "publish_needs"]
 
 _NO_SIZE_LIMIT = 2**62  # a store is not a broker: no message size to check
 
@@ -68,6 +68,17 @@ class Envelopes:
         if len({envelope.id for envelope in out}) < len(out):
             raise ConfigurationError("an append holds the same event id twice; ids are unique")
         return out
+
+    def messages(self, envelopes: Sequence[Envelope]) -> list[tuple[str, Envelope]]:
+        """``(destination, envelope)`` for publishing what was appended: where events of the
+        envelope's type go, as the bus sends them (the class's topic; else the type)."""
+        return [(self._factory.destination(envelope), envelope) for envelope in envelopes]
+
+
+def publish_needs(where: object, what: str) -> None:
+    """Refuse ``append(publish=True)`` on a store that has nowhere to publish to."""
+    if where is None:
+        raise ConfigurationError(f"append(publish=True) needs {what}")
 
 
 def decide(

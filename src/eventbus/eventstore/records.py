@@ -96,6 +96,7 @@ class EventStoreProtocol(Protocol):
         *,
         expected_version: int | None,
         session: Any = None,
+        publish: bool = False,
     ) -> int: ...
 
     async def stream_version(self, stream_id: str, *, session: Any = None) -> int: ...

@@ -93,15 +93,20 @@ class Repository(Generic[A]):
             raise AggregateNotFound(self.aggregate.__name__, aggregate_id, stream_id)
         return found
 
-    async def save(self, aggregate: A, *, session: Any = None) -> int:
+    async def save(self, aggregate: A, *, session: Any = None, publish: bool = False) -> int:
         """Append the aggregate's pending events; returns its new version (unchanged when it
-        had none). With ``session``, in that transaction (the snapshot too)."""
+        had none). With ``session``, in that transaction (the snapshot too); with
+        ``publish``, the events are also published (see ``EventStore.append``)."""
         pending = aggregate.pending
         if not pending:
             return aggregate.version
         loaded_at = aggregate.version - len(pending)
         version = await self.store.append(
-            self.stream_id(aggregate.id), pending, expected_version=loaded_at, session=session
+            self.stream_id(aggregate.id),
+            pending,
+            expected_version=loaded_at,
+            session=session,
+            publish=publish,
         )
         aggregate.mark_saved()
         aggregate.version = version

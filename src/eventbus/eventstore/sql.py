@@ -23,6 +23,13 @@ the commit, and keep such transactions short. (A transaction that appends, then 
 row lock another appender holds, is a deadlock PostgreSQL detects and aborts.) Readers never
 wait for the lock.
 
+**Publishing what is stored.** ``append(..., publish=True)`` stages the appended envelopes
+in the store's ``outbox`` in the same transaction, after the rows: the relay publishes
+exactly what was stored, with the same ids, once it commits. On PostgreSQL staging takes the
+outbox's per-key locks after the store's lock, so a transaction that does both should append
+first and publish other events after (the other order can deadlock with a concurrent append,
+which PostgreSQL detects and aborts).
+
 **Idempotent appends.** Event ids are unique in the store. An append whose events are already
 stored, in order, right after ``expected_version`` (or anywhere in the stream, for
 ``expected_version=None``) is a retry of one that committed: it returns the version that
@@ -42,9 +49,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from eventbus.envelope import Envelope
 from eventbus.errors import ConcurrencyError, ConfigurationError
 from eventbus.event import Event
-from eventbus.eventstore.appends import Envelopes, check_expected, check_stream_id, decide
+from eventbus.eventstore.appends import (
+    Envelopes,
+    check_expected,
+    check_stream_id,
+    decide,
+    publish_needs,
+)
 from eventbus.eventstore.records import EventTypes, StoredEvent
 from eventbus.eventstore.schema import envelope_of, events_table, row_of
+from eventbus.types import OutboxStage
 
 __all__ = ["EventStore"]
 
@@ -72,8 +86,11 @@ class EventStore:
         prefix: str = "eventbus_",
         schema: str | None = None,
         metadata: sa.MetaData | None = None,
+        outbox: OutboxStage | None = None,
     ) -> None:
         self.engine = check_engine(engine, "EventStore")
+        self.outbox = outbox
+        """Where ``append(..., publish=True)`` stages what it appends (an ``Outbox``)."""
         self.metadata = metadata if metadata is not None else sa.MetaData()
         self.table = events_table(self.metadata, f"{prefix}events", schema)
         self.types = EventTypes(events)
@@ -97,6 +114,7 @@ class EventStore:
         *,
         expected_version: int | None,
         session: AsyncSession | AsyncConnection | None = None,
+        publish: bool = False,
     ) -> int:
         """Append ``events`` to the stream and return its new version.
 
@@ -104,20 +122,28 @@ class EventStore:
         exist yet); ``None``: any. Otherwise :class:`~eventbus.errors.ConcurrencyError`, and
         nothing is appended. With ``session`` the events are inserted in that transaction
         (they commit or roll back with it; this never commits); else in one of their own.
+
+        ``publish=True`` also stages the same envelopes in the store's ``outbox``, in the same
+        transaction: subscribers on the bus receive exactly what was stored, same ids, once it
+        has committed (a retried append that stores nothing stages nothing either).
         """
         stream_id = check_stream_id(stream_id)
         expected = check_expected(expected_version)
+        if publish:
+            publish_needs(self.outbox, "EventStore(..., outbox=Outbox(...)): where to stage")
         envelopes = self._envelopes(stream_id, events)
         if session is not None:
             connection = await connection_of(session)
             try:
-                return await self._append_in(connection, stream_id, expected, envelopes)
+                return await self._append_in(connection, stream_id, expected, envelopes, publish)
             except IntegrityError as exc:  # another transaction got there first
                 raise ConcurrencyError(stream_id, expected, None) from exc
         for attempt in range(1, _TRIES + 1):
             try:
                 async with self.engine.begin() as connection:
-                    return await self._append_in(connection, stream_id, expected, envelopes)
+                    return await self._append_in(
+                        connection, stream_id, expected, envelopes, publish
+                    )
             except IntegrityError as exc:  # read again: now it is committed, and decided
                 if attempt == _TRIES:
                     raise ConcurrencyError(stream_id, expected, None) from exc
@@ -129,6 +155,7 @@ class EventStore:
         stream_id: str,
         expected: int | None,
         envelopes: list[Envelope],
+        publish: bool = False,
     ) -> int:
         if envelopes and connection.dialect.name == "postgresql":
             await connection.execute(self._lock)  # positions in commit order: see the module
@@ -140,6 +167,8 @@ class EventStore:
         if envelopes:
             rows = [row_of(stream_id, current + i, e) for i, e in enumerate(envelopes, 1)]
             await connection.execute(sa.insert(self.table), rows)
+            if publish and self.outbox is not None:
+                await self.outbox.stage(connection, self._envelopes.messages(envelopes))
         return current + len(envelopes)
 
     async def _version(self, connection: AsyncConnection, stream_id: str) -> int:

@@ -19,7 +19,13 @@ from typing import TYPE_CHECKING, Any
 from eventbus.envelope import Envelope
 from eventbus.errors import ConfigurationError
 from eventbus.event import Event
-from eventbus.eventstore.appends import Envelopes, check_expected, check_stream_id, decide
+from eventbus.eventstore.appends import (
+    Envelopes,
+    check_expected,
+    check_stream_id,
+    decide,
+    publish_needs,
+)
 from eventbus.eventstore.records import EventTypes, StoredEvent
 
 if TYPE_CHECKING:
@@ -33,7 +39,12 @@ class InMemoryEventStore:
     check and its write), so concurrent appenders behave as on a database; there are no
     transactions, so ``session=`` is refused rather than ignored."""
 
-    def __init__(self, *, service: str = "app", events: Iterable[type[Event]] = ()) -> None:
+    def __init__(
+        self, *, service: str = "app", events: Iterable[type[Event]] = (), bus: Any = None
+    ) -> None:
+        self.bus = bus
+        """Where ``append(..., publish=True)`` publishes what it appends (an ``EventBus``;
+        the SQL store stages in its outbox instead)."""
         self.types = EventTypes(events)
         self._envelopes = Envelopes(service)
         self._streams: dict[str, list[StoredEvent]] = {}
@@ -47,9 +58,13 @@ class InMemoryEventStore:
         *,
         expected_version: int | None,
         session: Any = None,
+        publish: bool = False,
     ) -> int:
-        """As :meth:`eventbus.eventstore.EventStore.append`, without ``session``."""
+        """As :meth:`eventbus.eventstore.EventStore.append`, without ``session``; with
+        ``publish=True`` the stored envelopes are then published, unchanged, on ``bus``."""
         _refuse_session(session)
+        if publish:
+            publish_needs(self.bus, "InMemoryEventStore(bus=...): the bus to publish on")
         stream_id = check_stream_id(stream_id)
         expected = check_expected(expected_version)
         envelopes = self._envelopes(stream_id, events)
@@ -66,6 +81,9 @@ class InMemoryEventStore:
             self._where[envelope.id] = (stream_id, version)
         if stream:
             self._streams[stream_id] = stream
+        if publish:
+            for destination, envelope in self._envelopes.messages(envelopes):
+                await self.bus.publish_envelope(envelope, destination)
         return current + len(envelopes)
 
     async def stream_version(self, stream_id: str, *, session: Any = None) -> int:
