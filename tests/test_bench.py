@@ -139,3 +139,19 @@ def test_the_telemetry_benchmark_runs(tmp_path: Path, redis_url: str) -> None:
         f"{b}/{c}" for b in ("memory", "redis") for c in ("off", "api", "sdk", "sampled")
     }
     assert all(t["cpu_us_per_event"] > 0 for t in results["trials"])
+
+
+@pytest.mark.postgres
+def test_the_event_store_benchmark_runs(tmp_path: Path, postgres_url: str) -> None:
+    """A tiny run of ``bench.eventstore`` on both databases, into a temporary results file."""
+    out = tmp_path / "eventstore.json"
+    command = [sys.executable, "-m", "bench.eventstore", "--reps", "1", "--scale", "0.01"]
+    done = subprocess.run(
+        [*command, "--no-docs", "--out", str(out)],
+        cwd=ROOT, env={**os.environ, "EVENTBUS_TEST_POSTGRES_URL": postgres_url},
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads(out.read_text())["summary"]
+    assert set(summary) == {"sqlite", "postgresql"}
+    assert all(cell["median"] > 0 for rows in summary.values() for cell in rows.values())

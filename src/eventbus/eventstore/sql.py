@@ -159,8 +159,7 @@ class EventStore:
     ) -> int:
         if envelopes and connection.dialect.name == "postgresql":
             await connection.execute(self._lock)  # positions in commit order: see the module
-        current = await self._version(connection, stream_id)
-        stored = await self._stored(connection, [envelope.id for envelope in envelopes])
+        current, stored = await self._state(connection, stream_id, [e.id for e in envelopes])
         done = decide(stream_id, expected, current, envelopes, stored)
         if done is not None:
             return done
@@ -170,6 +169,29 @@ class EventStore:
             if publish and self.outbox is not None:
                 await self.outbox.stage(connection, self._envelopes.messages(envelopes))
         return current + len(envelopes)
+
+    async def _state(
+        self, connection: AsyncConnection, stream_id: str, ids: list[str]
+    ) -> tuple[int, dict[str, tuple[str, int]]]:
+        """The stream's version and where ``ids`` are stored already, in one round trip for
+        an append of up to a page of events (the lock is held meanwhile: every round trip
+        here is one the other appenders wait for)."""
+        if not ids or len(ids) > _PAGE:
+            return await self._version(connection, stream_id), await self._stored(connection, ids)
+        t = self.table
+        version = sa.select(
+            sa.literal(None).label("id"),
+            sa.literal(stream_id).label("stream_id"),
+            sa.func.coalesce(sa.func.max(t.c.version), 0).label("version"),
+        ).where(t.c.stream_id == stream_id)
+        found = sa.select(t.c.id, t.c.stream_id, t.c.version).where(t.c.id.in_(ids))
+        current, stored = 0, {}
+        for row in await connection.execute(sa.union_all(version, found)):
+            if row.id is None:
+                current = int(row.version)
+            else:
+                stored[row.id] = (row.stream_id, int(row.version))
+        return current, stored
 
     async def _version(self, connection: AsyncConnection, stream_id: str) -> int:
         t = self.table
