@@ -103,6 +103,9 @@ async def test_a_running_projection_catches_up_then_follows_new_appends(backend:
         head = (await backend.positions())[-1]
         await wait_until(lambda: runner.position == head, timeout=10)
     assert await backend.applied() == await backend.positions()
+    await append_each(backend, range(14, 16))  # stopped, it still runs when asked to
+    assert await runner.run_once() == 2
+    assert await backend.applied() == await backend.positions()
 
 
 async def test_wait_for_a_position_not_reached_says_where_the_projection_is(

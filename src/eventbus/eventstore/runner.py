@@ -193,12 +193,13 @@ class ProjectionRunner:
         """Apply every event committed now after the checkpoint, a batch per transaction;
         returns how many events were applied or passed over. A handler's error is raised once
         its batch has rolled back."""
-        total = 0
-        while not self._stopping.is_set():
+        return await self._catch_up(None)
+
+    async def _catch_up(self, stopping: asyncio.Event | None) -> int:
+        total, more = 0, True
+        while more and not (stopping is not None and stopping.is_set()):
             done, more = await self._batch()
             total += done
-            if not more:
-                break
         return total
 
     async def _batch(self) -> tuple[int, bool]:
@@ -301,7 +302,7 @@ class ProjectionRunner:
         failures = 0
         while not self._stopping.is_set():
             try:
-                await self.run_once()
+                await self._catch_up(self._stopping)  # stop() ends it between batches
             except Exception as exc:  # never end the runner for it: wait, and try again
                 failures += 1
                 delay = self.retry_delays[min(failures, len(self.retry_delays)) - 1]
