@@ -59,3 +59,10 @@ def __getattr__(name: str) -> Any:
             ) from exc
         return getattr(module, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# Projections: read models kept up to date from the global feed.
+from eventbus.eventstore.projections import Projection, ProjectionContext  # noqa: E402
+from eventbus.eventstore.runner import ProjectionFailure, ProjectionRunner  # noqa: E402
+
+__all__ += ["Projection", "ProjectionContext", "ProjectionFailure", "ProjectionRunner"]
