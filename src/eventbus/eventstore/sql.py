@@ -13,7 +13,9 @@ skipped for good. So positions are handed out one transaction at a time:
   positions increase in commit order, and everything below a visible position is visible.
   The same lock makes the version check exact.
 * SQLite has one writer at a time, who holds the database's write lock from its first write
-  to its commit: the same order, for free.
+  to its commit: the same order. An append starts with a write that changes nothing, so it
+  holds that lock before it reads the stream's version, and concurrent appends to one
+  stream wait for each other instead of colliding on the unique key.
 
 The cost: appends to one store follow each other, across all streams, each holding the lock
 from its first statement to its commit (a few round trips and one commit; many events in one
@@ -100,6 +102,9 @@ class EventStore:
         """The advisory lock an append holds on PostgreSQL until it commits (``pg_locks``:
         ``locktype = 'advisory'``, ``classid``, ``objid``): who holds it holds up appends."""
         self._lock = sa.select(sa.func.pg_advisory_xact_lock(*self.lock_key))
+        self._sqlite_lock = (
+            sa.update(self.table).where(sa.false()).values(version=self.table.c.version)
+        )  # a write that changes nothing: SQLite's write lock, taken before the version read
 
     async def create_tables(self) -> None:
         """Create the table (and its indexes) if it does not exist."""
@@ -157,8 +162,11 @@ class EventStore:
         envelopes: list[Envelope],
         publish: bool = False,
     ) -> int:
-        if envelopes and connection.dialect.name == "postgresql":
+        dialect = connection.dialect.name
+        if envelopes and dialect == "postgresql":
             await connection.execute(self._lock)  # positions in commit order: see the module
+        elif envelopes and dialect == "sqlite":
+            await connection.execute(self._sqlite_lock)  # the write lock before the reads
         current, stored = await self._state(connection, stream_id, [e.id for e in envelopes])
         done = decide(stream_id, expected, current, envelopes, stored)
         if done is not None:

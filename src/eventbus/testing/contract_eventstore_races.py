@@ -52,6 +52,19 @@ class RaceContract(EventStoreBase):
         assert [r.version for r in records] == [1, 2, 3]
         assert records[1].event == records[2].event  # both events of the one winner
 
+    async def test_appenders_expecting_any_version_of_one_stream_all_succeed(self) -> None:
+        """``expected_version=None`` means any: racing appenders must not collide, each
+        event is stored once and the versions stay dense."""
+        store, stream = await self.store(), self.stream("s")
+
+        async def appender(n: int) -> int:
+            return await store.append(stream, opened(n), expected_version=None)
+
+        versions = await asyncio.gather(*(appender(n) for n in range(self.concurrent_appenders)))
+        assert sorted(versions) == list(range(1, self.concurrent_appenders + 1)), versions
+        records = await store.read(stream)
+        assert [r.version for r in records] == sorted(versions)
+
     async def test_retries_of_one_append_racing_each_other_store_it_once(self) -> None:
         store, stream = await self.store(), self.stream("s")
         batch = [_envelope(1), _envelope(2)]
