@@ -7,6 +7,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -15,6 +16,7 @@ from eventbus import ConfigurationError, Event
 from eventbus.eventstore import Projection, ProjectionContext, StoredEvent
 from eventbus.testing import wait_until
 from eventbus.testing.eventstore import InMemoryEventStore
+from eventbus.upcasting import Upcasters
 from tests.eventstore.conftest import postgres_engine, sqlite_engine
 from tests.eventstore.projectionsupport import (
     Backend,
@@ -235,6 +237,37 @@ async def test_an_event_of_a_handled_type_in_an_unknown_dataversion_blocks(
         await runner.run_once()
     assert runner.position == 0
     assert seen == []
+
+
+async def test_older_events_go_through_the_projections_upcasters(backend: Backend) -> None:
+    """The stored version 1 events reach the version 2 handler upcast; one is split in two
+    and one dropped, and the checkpoint moves past all of them."""
+
+    class OpenedV2(Event):
+        event_type = Opened.event_type
+        event_version = 2
+        n: int
+        doubled: int
+
+    upcasters = Upcasters()
+
+    @upcasters.register(OpenedV2, from_version=1)
+    def double(data: dict[str, Any]) -> list[dict[str, Any]]:
+        n = data["n"]
+        return [] if n == 0 else [{"n": n, "doubled": 2 * n}] * (2 if n == 2 else 1)
+
+    projection = Projection("upcast", upcasters=upcasters)
+    seen: list[tuple[int, int]] = []
+
+    @projection.on(OpenedV2)
+    async def opened(event: OpenedV2) -> None:
+        seen.append((event.n, event.doubled))
+
+    await append_each(backend, range(3))
+    runner = await backend.runner(projection)
+    await runner.run_once()
+    assert seen == [(1, 2), (2, 4), (2, 4)]
+    assert runner.position == [r.position async for r in backend.store.read_all()][-1]
 
 
 async def test_many_writers_while_the_projection_follows(backend: Backend) -> None:

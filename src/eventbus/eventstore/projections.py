@@ -16,9 +16,11 @@ with. It never commits or rolls back that session itself: the runner does.
 
 Events of types the projection has no handler for are passed over (the checkpoint moves past
 them). An event of a handled type in a ``dataversion`` no handler claims is not passed over: it
-is an error, and the projection waits on it (an upcaster, or a handler for that version, is
-missing). A :class:`~eventbus.eventstore.projections.Projection` holds no state and no
-connection: :class:`~eventbus.eventstore.ProjectionRunner` runs it.
+goes through the projection's ``upcasters`` to the newest version a handler takes (an
+upcaster may split or drop it); without one it is an error, and the projection waits on it
+(an upcaster, or a handler for that version, is missing). A
+:class:`~eventbus.eventstore.projections.Projection` holds no state and no connection:
+:class:`~eventbus.eventstore.ProjectionRunner` runs it.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from eventbus.errors import ConfigurationError
 from eventbus.event import Event
 from eventbus.eventstore.records import EventTypes, StoredEvent
+from eventbus.upcasting import Upcasters
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
@@ -77,13 +80,15 @@ class _Handler:
 class Projection:
     """A named read model and its handlers, one per event type (see the module)."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *, upcasters: Upcasters | None = None) -> None:
         if not isinstance(name, str) or not name or len(name) > 255:
             raise ConfigurationError(
                 f"a projection's name is a non-empty string of at most 255 characters (its "
                 f"checkpoint is kept under it), got {name!r:.80}"
             )
         self.name = name
+        self.upcasters = upcasters
+        """Turn stored events older than a handler's version into it (split or drop too)."""
         self._handlers: dict[tuple[str, int], _Handler] = {}
         self._types = EventTypes()
         self._reset: Callable[..., Awaitable[None]] | None = None
@@ -129,21 +134,40 @@ class Projection:
         handler = self._handlers.get((envelope.type, envelope.dataversion or 1))
         if handler is None:
             if envelope.type in self.event_types:
-                raise ConfigurationError(
-                    f"projection {self.name!r} handles {envelope.type!r}, but not dataversion "
-                    f"{envelope.dataversion or 1}, which position {record.position} (stream "
-                    f"{record.stream_id!r} version {record.version}) has: register an upcaster "
-                    "or a handler for that version. The projection waits on this event"
-                )
+                return await self._upcast(record, session)
             return False
         event = record.event
         if not isinstance(event, handler.event):
             event = self._types.decode(record.stream_id, record.version, envelope)
+        assert event is not None, "a handler's own class decodes its type and version"
+        await self._call(handler, event, record, session)
+        return True
+
+    async def _upcast(self, record: StoredEvent, session: Any) -> bool:
+        """An older event of a handled type: through the upcasters to the newest version a
+        handler takes, then that handler once per event it became (none: dropped)."""
+        envelope, version = record.envelope, record.envelope.dataversion or 1
+        newer = [h for (t, v), h in self._handlers.items() if t == envelope.type and v > version]
+        upcasters = self.upcasters
+        if not newer or upcasters is None or not upcasters.covers(envelope.type):
+            raise ConfigurationError(
+                f"projection {self.name!r} handles {envelope.type!r}, but not dataversion "
+                f"{version}, which position {record.position} (stream {record.stream_id!r} "
+                f"version {record.version}) has: register an upcaster (Projection(..., "
+                "upcasters=...)) or a handler for that version. The projection waits on it"
+            )
+        handler = max(newer, key=lambda h: h.event.event_version)
+        for payload in upcasters.payloads(envelope, handler.event.event_version):
+            await self._call(handler, handler.event.model_validate(payload), record, session)
+        return True
+
+    async def _call(
+        self, handler: _Handler, event: Event, record: StoredEvent, session: Any
+    ) -> None:
         if handler.wants_context:
             await handler.func(event, ProjectionContext(self.name, record, session))
         else:
             await handler.func(event)
-        return True
 
     async def reset(self, session: Any = None) -> None:
         """Clear the read model with the :meth:`on_reset` hook (nothing when there is none)."""
