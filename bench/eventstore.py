@@ -12,7 +12,9 @@ On SQLite (a file, the driver's default synchronous mode) and on the PostgreSQL 
   an aggregate through the ``Repository``, run a command, save its event (the figure the
   ``eventsourcing`` library publishes, about 3,100 per second on PostgreSQL);
 * ``read_all``: catching up on the whole global feed (everything appended above): events
-  per second.
+  per second;
+* ``projection``: a projection catching up on that feed into a table of the same database
+  (an upsert per event; batches of 100 commit with the checkpoint): events per second.
 
 The figure is the median over the repetitions. Writes ``bench/results/eventstore.json`` and
 the table between the ``eventstore`` markers of ``docs/benchmarks.md``.
@@ -38,17 +40,24 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from bench.report import update_docs
 from eventbus import Event
 from eventbus.aggregate import Aggregate, applies
-from eventbus.eventstore import EventStore, Repository
+from eventbus.eventstore import (
+    EventStore,
+    Projection,
+    ProjectionContext,
+    ProjectionRunner,
+    Repository,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 MARKERS = ("<!-- eventstore:start -->", "<!-- eventstore:end -->")
-WORKLOADS = ("commit-floor", "append-1", "append-100", "operation", "read_all")
+WORKLOADS = ("commit-floor", "append-1", "append-100", "operation", "read_all", "projection")
 UNITS = {
     "commit-floor": "commits/s",
     "append-1": "appends/s",
     "append-100": "events/s",
     "operation": "operations/s",
     "read_all": "events/s",
+    "projection": "events/s",
 }
 
 
@@ -83,6 +92,7 @@ async def trial(database: str, counts: dict[str, int]) -> dict[str, float]:
             "append-100": await _append_hundred(store, counts["append-100"]),
             "operation": await _operations(store, counts["operation"]),
             "read_all": await _read_all(store),
+            "projection": await _projection(engine, store),
         }
     finally:
         async with engine.begin() as connection:
@@ -157,6 +167,38 @@ async def _read_all(store: EventStore) -> float:
     return read / (time.perf_counter() - start)
 
 
+async def _projection(engine: AsyncEngine, store: EventStore) -> float:
+    """A projection catching up on the whole feed into a table of the same database: one
+    upsert per event, in batches of 100 whose transaction also moves the checkpoint."""
+    balances = sa.Table(
+        f"{store.table.name}_balances",
+        store.metadata,
+        sa.Column("account", sa.String(255), primary_key=True),
+        sa.Column("balance", sa.BigInteger, nullable=False),
+    )
+    async with engine.begin() as connection:
+        await connection.run_sync(store.metadata.create_all, tables=[balances])
+    projection = Projection("balances")
+
+    @projection.on(Deposited)
+    async def deposited(event: Deposited, ctx: ProjectionContext) -> None:
+        changed = await ctx.session.execute(
+            sa.update(balances)
+            .where(balances.c.account == event.account)
+            .values(balance=balances.c.balance + event.amount)
+        )
+        if not changed.rowcount:  # type: ignore[attr-defined]
+            await ctx.session.execute(
+                sa.insert(balances).values(account=event.account, balance=event.amount)
+            )
+
+    runner = ProjectionRunner(store, projection, batch_size=100)
+    await runner.create_tables()
+    start = time.perf_counter()
+    applied = await runner.run_once()
+    return applied / (time.perf_counter() - start)
+
+
 def measure(reps: int, scale: float) -> dict[str, Any]:
     counts = {
         "append-1": max(20, int(2_000 * scale)),
@@ -190,7 +232,8 @@ def render(results: dict[str, Any]) -> str:
     lines = [
         f"{results['reps']} repetitions; {counts['append-1']:,} one-event appends, "
         f"{counts['append-100']:,} hundred-event appends and {counts['operation']:,} "
-        "operations per repetition, then one read of the whole feed. Medians with (min–max).",
+        "operations per repetition, then one read of the whole feed and one projection of it. "
+        "Medians with (min–max).",
         "",
         "| database | workload | rate |",
         "|---|---|---|",
