@@ -204,3 +204,38 @@ def _noop() -> Upcasters:
     upcasters = Upcasters()
     upcasters.add(Deposited, 1, lambda data: {"amount": data["cents"] / 100})
     return upcasters
+
+
+class DepositedV3(Event):
+    event_type = "bank.money.deposited"
+    event_version = 3
+    amount: float
+    currency: str
+
+
+class EuroAccount(Aggregate):
+    def __init__(self, id: str) -> None:
+        super().__init__(id)
+        self.deposits: list[tuple[float, str]] = []
+
+    @applies(DepositedV3)
+    def _deposited(self, event: DepositedV3) -> None:
+        self.deposits.append((event.amount, event.currency))
+
+
+async def test_a_three_version_chain_rebuilds_an_aggregate_from_its_first_events(
+    stores: Any,
+) -> None:
+    """Version 1 and version 2 events stored years apart both reach the version 3 aggregate."""
+    store, _ = stores
+    await store.append(
+        "EuroAccount-e-1",
+        [DepositedV1(cents=250), Deposited(amount=1.5)],
+        expected_version=0,
+    )
+    upcasters = Upcasters()
+    upcasters.add(DepositedV3, 1, lambda data: {"amount": data["cents"] / 100})
+    upcasters.add(DepositedV3, 2, lambda data: {**data, "currency": "EUR"})
+    account = await Repository(store, EuroAccount, upcasters=upcasters).get("e-1")
+    assert account.deposits == [(2.5, "EUR"), (1.5, "EUR")]
+    assert account.version == 2
