@@ -101,9 +101,16 @@ def test_middleware_imports_only_the_contract_and_the_context() -> None:
 
 
 def test_the_event_store_builds_on_the_contract_and_publishing_only() -> None:
-    """And on the two pieces of plain domain code it loads events into: aggregates and the
-    upcasters (both import only the contract)."""
-    allowed = CONTRACT | {"eventbus.publishing", "eventbus.aggregate", "eventbus.upcasting"}
+    """And on the two pieces of plain domain code it loads events into, aggregates and the
+    upcasters (both import only the contract), and on the router and context through which
+    a projection is fed from the bus."""
+    allowed = CONTRACT | {
+        "eventbus.publishing",
+        "eventbus.aggregate",
+        "eventbus.upcasting",
+        "eventbus.router",
+        "eventbus.context",
+    }
     assert _violations(allowed, "eventbus.eventstore") == []
     for module in ("eventbus.aggregate", "eventbus.upcasting"):
         assert {t for t, _, _ in imports(module)} <= CONTRACT, module

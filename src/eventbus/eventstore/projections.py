@@ -27,12 +27,14 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from eventbus.context import Context, Middleware
 from eventbus.errors import ConfigurationError
 from eventbus.event import Event
 from eventbus.eventstore.records import EventTypes, StoredEvent
+from eventbus.router import Router
 from eventbus.upcasting import Upcasters
 
 if TYPE_CHECKING:
@@ -182,6 +184,34 @@ class Projection:
                 "checkpoint is kept in memory: there is none; make the hook take no parameter"
             )
         await self._reset(session)
+
+    def subscribe(
+        self, router: Router, *, group: str, middleware: Sequence[Middleware] = ()
+    ) -> None:
+        """Feed the projection from the bus instead of a store: on ``router``, a subscription
+        in ``group`` for each event class it handles (with ``middleware``).
+
+        With the ``Inbox`` in ``middleware`` (``Inbox(engine, outbox=...)``), each event is
+        applied once, in the inbox's transaction (``ctx.session``), which records it as
+        handled in the same commit: a redelivery finds the record and is not applied again.
+        ``ctx.record`` then carries the envelope and the event; the bus has no stream
+        version or feed position, so its ``stream_id`` is the partition key and its
+        ``version`` and ``position`` are 0. Order is the bus's: per partition key.
+        """
+        for handler in self._handlers.values():
+            router.subscribe(handler.event, group=group, middleware=middleware)(
+                self._from_bus(handler)
+            )
+
+    def _from_bus(self, handler: _Handler) -> Callable[..., Awaitable[None]]:
+        async def on_event(event: Event, ctx: Context) -> None:
+            envelope = ctx.envelope
+            record = StoredEvent(envelope.partitionkey or "", 0, 0, envelope, event)
+            await self._call(handler, event, record, ctx.session)
+
+        on_event.__annotations__["event"] = handler.event  # what the router validates into
+        on_event.__qualname__ = f"{self.name}:{handler.func.__qualname__}"
+        return on_event
 
     def __repr__(self) -> str:
         return f"Projection({self.name!r}, handles={sorted(self.event_types)})"
