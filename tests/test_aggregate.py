@@ -128,3 +128,44 @@ def test_a_snapshot_restores_the_same_state_at_its_version() -> None:
     assert (copy.status, copy.items, copy.version) == ("placed", ["a", "b"], 1)
     copy.catch_up([OrderShipped(order_id="o-1", carrier="post")])
     assert (copy.status, copy.version, copy.pending) == ("shipped", 2, [])
+
+
+class CardIssued(Event):
+    event_type = "bank.card.issued"
+    expires_at: float
+
+
+class CardExpired(Event):
+    event_type = "bank.card.expired"
+
+
+class Card(Aggregate):
+    def __init__(self, id: str) -> None:
+        super().__init__(id)
+        self.expires_at = 0.0
+
+    def expire(self, now: float) -> None:
+        if now < self.expires_at:
+            raise ValueError("the card is still valid")
+        self.record(CardExpired())
+
+    @applies(CardIssued)
+    def _issued(self, event: CardIssued) -> None:
+        self.expires_at = event.expires_at
+
+    @applies(CardExpired)
+    def _expired(self, event: CardExpired) -> None:
+        self.expires_at = -1.0
+
+
+def test_a_command_may_take_the_scenarios_fake_clock() -> None:
+    from eventbus.testing import FakeClock
+
+    issued = [CardIssued(expires_at=100.0)]
+    given(Card, issued).when(lambda card, clock: card.expire(clock.now())).then_raises(
+        ValueError, match="still valid"
+    )
+    later = FakeClock(start=150.0)
+    given(Card, issued, clock=later).when(lambda card, clock: card.expire(clock.now())).then(
+        CardExpired()
+    )

@@ -13,16 +13,23 @@
 ``given`` rebuilds the aggregate from past events (none: a new one); ``when`` runs one
 command on it; ``then`` asserts the events it recorded, in order, and returns the
 aggregate for more checks of its state; ``then_raises`` asserts the command refused.
-Commands that need the time take it as an argument, so a test passes a fixed one.
+
+Commands that need the time take it as an argument (an aggregate reads no clock). A command
+given to ``when`` with two parameters also gets the scenario's clock, a
+:class:`~eventbus.clock.FakeClock` (``given(..., clock=...)`` to start it elsewhere)::
+
+    given(Card, [CardIssued(...)]).when(lambda card, clock: card.expire(now=clock.now()))
 """
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar
 
 from eventbus.aggregate import Aggregate
+from eventbus.clock import FakeClock
 from eventbus.event import Event
 
 __all__ = ["Outcome", "Scenario", "given"]
@@ -30,20 +37,28 @@ __all__ = ["Outcome", "Scenario", "given"]
 A = TypeVar("A", bound=Aggregate)
 
 
-def given(cls: type[A], events: Iterable[Event] = (), *, id: str = "test-1") -> Scenario[A]:
+def given(
+    cls: type[A],
+    events: Iterable[Event] = (),
+    *,
+    id: str = "test-1",
+    clock: FakeClock | None = None,
+) -> Scenario[A]:
     """The aggregate ``cls`` with ``id`` after ``events``."""
-    return Scenario(cls.rehydrate(id, events))
+    return Scenario(cls.rehydrate(id, events), clock if clock is not None else FakeClock())
 
 
 class Scenario(Generic[A]):
-    def __init__(self, aggregate: A) -> None:
-        self.aggregate = aggregate
+    def __init__(self, aggregate: A, clock: FakeClock) -> None:
+        self.aggregate, self.clock = aggregate, clock
 
-    def when(self, command: Callable[[A], Any]) -> Outcome[A]:
-        """Run ``command`` on the aggregate; what it raises is kept for ``then_raises``."""
+    def when(self, command: Callable[..., Any]) -> Outcome[A]:
+        """Run ``command`` on the aggregate (and the clock, if it takes two parameters);
+        what it raises is kept for ``then_raises``."""
         before = len(self.aggregate.pending)
+        takes_clock = len(inspect.signature(command).parameters) == 2
         try:
-            command(self.aggregate)
+            command(self.aggregate, self.clock) if takes_clock else command(self.aggregate)
         except Exception as exc:
             return Outcome(self.aggregate, self.aggregate.pending[before:], exc)
         return Outcome(self.aggregate, self.aggregate.pending[before:], None)
