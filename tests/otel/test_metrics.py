@@ -203,3 +203,27 @@ async def test_an_undecodable_message_is_counted_traced_and_still_dead_lettered(
 
 async def _ignore(event: OrderPlaced) -> None:
     """A handler that is never called here: the message cannot be decoded."""
+
+
+async def test_watch_samples_each_projections_lag(reader: InMemoryMetricReader) -> None:
+    from eventbus.eventstore import Projection, ProjectionRunner
+    from eventbus.testing.eventstore import InMemoryEventStore
+
+    metrics = Metrics(meter_provider=MeterProvider(metric_readers=[reader]))
+    store, projection = InMemoryEventStore(), Projection("order-totals")
+
+    @projection.on(OrderPlaced)
+    async def placed(event: OrderPlaced) -> None:
+        pass
+
+    for n in range(3):
+        await store.append(f"order-{n}", [OrderPlaced(order_id=str(n))], expected_version=0)
+    runner = ProjectionRunner(store, projection)
+    async with EventBus("memory://") as bus:
+        async with metrics.watch(bus, projections=[runner], interval=3600):
+            behind = points(reader)["eventbus.projection.lag"]
+        await runner.run_once()
+        await metrics.sample(bus, projections=[runner])
+        caught_up = points(reader)["eventbus.projection.lag"]
+    assert [(a, p.value) for a, p, _ in behind] == [({"eventbus.projection": "order-totals"}, 3)]
+    assert [p.value for _, p, _ in caught_up] == [0]

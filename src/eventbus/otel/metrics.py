@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
@@ -159,33 +160,50 @@ class Metrics:
     # ---------------------------------------------------------------- gauges
     @contextlib.asynccontextmanager
     async def watch(
-        self, bus: Any, *, outbox: Any = None, engine: Any = None, interval: float = 15.0
+        self,
+        bus: Any,
+        *,
+        outbox: Any = None,
+        engine: Any = None,
+        projections: Sequence[Any] = (),
+        interval: float = 15.0,
     ) -> AsyncIterator[None]:
         """Sample the gauges every ``interval`` seconds while the block runs: each
-        subscription's lag (where its adapter can tell), each group's dead-letter depth, and
-        the outbox's backlog (with ``outbox`` and its ``engine``)."""
+        subscription's lag (where its adapter can tell), each group's dead-letter depth, the
+        outbox's backlog (with ``outbox`` and its ``engine``) and each projection runner's
+        lag (``projections``: ``ProjectionRunner`` objects)."""
         if (outbox is None) != (engine is None):
             raise ConfigurationError("watch(outbox=..., engine=...) needs both or neither")
+        sample = functools.partial(
+            self.sample, bus, outbox=outbox, engine=engine, projections=projections
+        )
         task = asyncio.get_running_loop().create_task(
-            self._sample_forever(bus, outbox, engine, interval), name="eventbus:metrics"
+            self._sample_forever(sample, interval), name="eventbus:metrics"
         )
         try:
-            await self.sample(bus, outbox=outbox, engine=engine)
+            await sample()
             yield
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    async def _sample_forever(self, bus: Any, outbox: Any, engine: Any, interval: float) -> None:
+    async def _sample_forever(self, sample: Any, interval: float) -> None:
         while True:
             await asyncio.sleep(interval)
             try:
-                await self.sample(bus, outbox=outbox, engine=engine)
+                await sample()
             except Exception:  # a broker or database away: keep the last values, try later
                 log.warning("sampling the eventbus gauges failed", exc_info=True)
 
-    async def sample(self, bus: Any, *, outbox: Any = None, engine: Any = None) -> None:
+    async def sample(
+        self,
+        bus: Any,
+        *,
+        outbox: Any = None,
+        engine: Any = None,
+        projections: Sequence[Any] = (),
+    ) -> None:
         """Take the gauges' values now (``watch`` calls this every interval)."""
         system = self.system or sc.system_of(bus.broker)
         lag = getattr(bus.broker, "lag", None)
@@ -212,6 +230,11 @@ class Metrics:
             self.samples["eventbus.outbox.pending"] = [(float(backlog.pending), table)]
             age = backlog.oldest_age or 0.0
             self.samples["eventbus.outbox.oldest_age"] = [(age, table)]
+        if projections:
+            self.samples["eventbus.projection.lag"] = [
+                (float(await r.lag()), {"eventbus.projection": r.projection.name})
+                for r in projections
+            ]
 
     def _observer(self, name: str) -> Any:
         def observe(options: CallbackOptions) -> Iterable[Observation]:
@@ -231,6 +254,7 @@ _GAUGES = (
     ("eventbus.dead_letters.depth", "{message}", "Dead letters waiting in a group's DLQ."),
     ("eventbus.outbox.pending", "{row}", "Outbox rows committed and not yet published."),
     ("eventbus.outbox.oldest_age", "s", "Age of the oldest unpublished outbox row."),
+    ("eventbus.projection.lag", "{event}", "Stored events a projection has not applied yet."),
 )
 
 
