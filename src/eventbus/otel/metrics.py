@@ -104,15 +104,8 @@ class Metrics:
             await call_next(ctx)
             return
         sub = ctx.subscription
-        destination = ctx.delivery.destination if ctx.delivery is not None else sub.topic
-        destination = self.name_of(destination, getattr(ctx.delivery, "queue", None))
-        attributes: dict[str, Any] = {
-            sc.SYSTEM: self.system or "unknown",
-            sc.OPERATION_NAME: sc.PROCESS,
-            sc.OPERATION_TYPE: sc.PROCESS,
-            sc.DESTINATION: destination,
-            sc.CONSUMER_GROUP: sub.group or "",
-        }
+        _, destination = sc.delivered_to(self.name_of, sub, ctx.delivery)
+        attributes = sc.process_attributes(self.system, destination, sub.group)
         self.consumed.add(1, attributes)
         running = (destination, sub.group or "")
         self.running[running] = self.running.get(running, 0) + 1
@@ -132,14 +125,9 @@ class Metrics:
         policy does it next), with ``error.type`` ``DecodeError``."""
         if not self.live():
             return
-        attributes = {
-            sc.SYSTEM: self.system or "unknown",
-            sc.OPERATION_NAME: sc.PROCESS,
-            sc.OPERATION_TYPE: sc.PROCESS,
-            sc.DESTINATION: self.name_of(delivery.destination, getattr(delivery, "queue", None)),
-            sc.CONSUMER_GROUP: sub.group or "",
-            sc.ERROR_TYPE: type(error).__qualname__,
-        }
+        _, name = sc.delivered_to(self.name_of, sub, delivery)
+        attributes = sc.process_attributes(self.system, name, sub.group)
+        attributes[sc.ERROR_TYPE] = type(error).__qualname__
         self.consumed.add(1, attributes)
         self.dead_letters.add(1, attributes)
 

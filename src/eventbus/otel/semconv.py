@@ -30,11 +30,13 @@ __all__ = [
     "SETTLE_OUTCOME",
     "SETTLE_REASON",
     "SYSTEM",
+    "delivered_to",
     "delivery_attributes",
     "destination_attributes",
     "destination_namer",
     "liveness",
     "message_attributes",
+    "process_attributes",
     "system_of",
 ]
 
@@ -125,6 +127,25 @@ def destination_namer(broker: Any) -> Any:
         return ":".join(part for part in parts if part) or "amq.default"
 
     return name
+
+
+def delivered_to(namer: Any, sub: Any, delivery: Any) -> tuple[str, str]:
+    """``(destination, name)`` of a delivery to ``sub``: where it came from (the
+    subscription's topic without a delivery) and how ``namer`` names it (its queue too)."""
+    destination = delivery.destination if delivery is not None else sub.topic
+    return destination, namer(destination, getattr(delivery, "queue", None))
+
+
+def process_attributes(system: str | None, name: str, group: str | None) -> dict[str, Any]:
+    """What every ``process`` measurement and span carries: the system, the operation, the
+    destination's ``name`` and the consumer group."""
+    return {
+        SYSTEM: system or "unknown",
+        OPERATION_NAME: PROCESS,
+        OPERATION_TYPE: PROCESS,
+        DESTINATION: name,
+        CONSUMER_GROUP: group or "",
+    }
 
 
 def destination_attributes(system: str, name: str, destination: str) -> dict[str, Any]:

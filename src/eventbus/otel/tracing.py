@@ -70,20 +70,11 @@ class Tracing:
             await call_next(ctx)
             return
         envelope, sub = ctx.envelope, ctx.subscription
-        destination = ctx.delivery.destination if ctx.delivery is not None else sub.topic
-        name = self.name_of(destination, getattr(ctx.delivery, "queue", None))
+        destination, name = sc.delivered_to(self.name_of, sub, ctx.delivery)
         creation = _creation_context(envelope.traceparent, envelope.tracestate)
         links, parent = self._correlate(creation)
-        attributes = {
-            sc.SYSTEM: self.system or "unknown",
-            sc.OPERATION_NAME: sc.PROCESS,
-            sc.OPERATION_TYPE: sc.PROCESS,
-            **sc.destination_attributes(self.system or "", name, destination),
-            sc.CONSUMER_GROUP: sub.group or "",
-            "eventbus.delivery.attempt": ctx.attempt,
-            **sc.message_attributes(self.system or "", envelope),
-            **sc.delivery_attributes(self.system or "", ctx.delivery),
-        }
+        attributes = self._process_attributes(sub, ctx.delivery, destination, name, ctx.attempt)
+        attributes.update(sc.message_attributes(self.system or "", envelope))
         with self.tracer.start_as_current_span(
             f"process {name}",
             context=parent,
@@ -108,23 +99,25 @@ class Tracing:
         policy dead-letters it next). No event, so no message id and no link."""
         if not self.live():
             return
-        name = self.name_of(delivery.destination, getattr(delivery, "queue", None))
-        attributes = {
-            sc.SYSTEM: self.system or "unknown",
-            sc.OPERATION_NAME: sc.PROCESS,
-            sc.OPERATION_TYPE: sc.PROCESS,
-            **sc.destination_attributes(self.system or "", name, delivery.destination),
-            sc.CONSUMER_GROUP: sub.group or "",
-            "eventbus.delivery.attempt": delivery.attempt,
-            **sc.delivery_attributes(self.system or "", delivery),
-            sc.ERROR_TYPE: type(error).__qualname__,
-        }
+        destination, name = sc.delivered_to(self.name_of, sub, delivery)
+        attributes = self._process_attributes(sub, delivery, destination, name, delivery.attempt)
+        attributes[sc.ERROR_TYPE] = type(error).__qualname__
         span = self.tracer.start_span(
             f"process {name}", kind=trace.SpanKind.CONSUMER, attributes=attributes
         )
         reason = f"{type(error).__name__}: {error}"[:_MAX_REASON]
         span.add_event("settle", {sc.SETTLE_OUTCOME: "dead_letter", sc.SETTLE_REASON: reason})
         span.end()
+
+    def _process_attributes(
+        self, sub: SubscriptionView, delivery: Any, destination: str, name: str, attempt: int
+    ) -> dict[str, Any]:
+        system = self.system or ""
+        attributes = sc.process_attributes(self.system, name, sub.group)
+        attributes.update(sc.destination_attributes(system, name, destination))
+        attributes["eventbus.delivery.attempt"] = attempt
+        attributes.update(sc.delivery_attributes(system, delivery))
+        return attributes
 
     def _correlate(self, creation: Any) -> tuple[list[trace.Link], Any]:
         """(links, parent context) of a handler's span, by the link-or-parent choice."""
