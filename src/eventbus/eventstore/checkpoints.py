@@ -23,13 +23,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from eventbus.errors import ConfigurationError
 from eventbus.eventstore.records import EventStoreProtocol
 from eventbus.eventstore.runner import CheckpointTransaction, count_after
-from eventbus.eventstore.sql import EventStore
+from eventbus.eventstore.sql import EventStore, upsert_insert
 
 __all__ = ["SqlCheckpoints", "checkpoints_table"]
 
@@ -73,14 +72,10 @@ class SqlCheckpoints:
                 f"engine= takes the SQLAlchemy AsyncEngine of the read model's database, "
                 f"not {type(engine).__name__}"
             )
-        if engine.dialect.name not in ("postgresql", "sqlite"):
-            raise ConfigurationError(
-                f"projection checkpoints support PostgreSQL and SQLite, not {engine.dialect.name}"
-            )
+        self._insert = upsert_insert(engine, "projection checkpoints")
         self.engine = engine
         self.metadata = metadata if metadata is not None else sa.MetaData()
         self.table = checkpoints_table(self.metadata, f"{prefix}checkpoints", schema)
-        self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
 
     @classmethod

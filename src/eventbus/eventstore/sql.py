@@ -45,6 +45,7 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
@@ -291,6 +292,19 @@ def check_engine(engine: object, owner: str) -> AsyncEngine:
             f"not {type(engine).__name__}"
         )
     return engine
+
+
+def upsert_insert(engine: AsyncEngine, owner: str) -> Any:
+    """The ``INSERT`` construct of ``engine``'s dialect that has ``on_conflict_do_*``, for a
+    table ``owner`` keeps there; a database other than PostgreSQL or SQLite is refused here,
+    when ``owner`` is built, not at its first write."""
+    insert = _UPSERTS.get(engine.dialect.name)
+    if insert is None:
+        raise ConfigurationError(f"{owner} needs PostgreSQL or SQLite, not {engine.dialect.name!r}")
+    return insert
+
+
+_UPSERTS: dict[str, Any] = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
 
 
 async def connection_of(session: object) -> AsyncConnection:

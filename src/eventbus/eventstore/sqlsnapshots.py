@@ -16,12 +16,10 @@ from typing import Any
 
 import pydantic_core
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
-from eventbus.errors import ConfigurationError
 from eventbus.eventstore.snapshots import Snapshot
-from eventbus.eventstore.sql import check_engine, connection_of
+from eventbus.eventstore.sql import check_engine, connection_of, upsert_insert
 
 __all__ = ["SnapshotStore"]
 
@@ -39,6 +37,7 @@ class SnapshotStore:
         metadata: sa.MetaData | None = None,
     ) -> None:
         self.engine = check_engine(engine, "SnapshotStore")
+        self._insert = upsert_insert(self.engine, "SnapshotStore")
         self.metadata = metadata if metadata is not None else sa.MetaData()
         self.table = sa.Table(
             f"{prefix}snapshots",
@@ -89,18 +88,10 @@ class SnapshotStore:
             "schema": snapshot.schema,
             "state": pydantic_core.to_json(snapshot.state).decode(),
         }
-        dialect = connection.dialect.name
-        if dialect not in _UPSERTS:
-            raise ConfigurationError(
-                f"SnapshotStore supports SQLite and PostgreSQL, not {dialect!r}"
-            )
-        insert = _UPSERTS[dialect](t).values(values)
+        insert = self._insert(t).values(values)
         statement = insert.on_conflict_do_update(
             index_elements=[t.c.stream_id],
             set_={k: insert.excluded[k] for k in ("version", "schema", "state")},
             where=t.c.version < insert.excluded.version,
         )
         await connection.execute(statement)
-
-
-_UPSERTS: dict[str, Any] = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
