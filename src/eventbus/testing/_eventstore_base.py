@@ -3,10 +3,8 @@ stores, the namespaces and the feed of one test."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, ClassVar
 
 import pytest
@@ -75,13 +73,6 @@ class EventStoreBase:
         """The records of this test's streams (those starting with ``prefix``) after ``after``."""
         prefix = self.ns if prefix is None else prefix
         return [r async for r in store.read_all(after) if r.stream_id.startswith(prefix)]
-
-    async def wait(self, condition: Callable[[], bool], what: str) -> None:
-        deadline = time.monotonic() + self.timeout
-        while not condition():
-            if time.monotonic() > deadline:
-                pytest.fail(f"timed out after {self.timeout}s waiting until {what}")
-            await asyncio.sleep(0.005)
 
 
 def opened(*numbers: int) -> list[Event]:
