@@ -29,6 +29,7 @@ from typing import Any
 
 from bench.common import UserCreated, make_event, server_url
 from bench.report import update_docs
+from eventbus.testing import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ("off", "api", "sdk", "sampled")
@@ -95,7 +96,9 @@ async def trial(broker: str, config: str, events: int) -> dict[str, float]:
     ) as bus:
         for n in range(50):  # warm-up, not measured
             await bus.publish(make_event(n))
-        await _until(lambda: handled[0] >= 50)
+        await wait_until(
+            lambda: handled[0] >= 50, timeout=60, message="the warm-up events were not handled"
+        )
         handled[0], done = 0, asyncio.Event()
         wall, cpu = time.perf_counter(), time.process_time()
         for n in range(events):
@@ -103,14 +106,6 @@ async def trial(broker: str, config: str, events: int) -> dict[str, float]:
         await asyncio.wait_for(done.wait(), 300)
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     return {"cpu_us_per_event": cpu / events * 1e6, "events_per_s": events / wall}
-
-
-async def _until(condition: Any) -> None:
-    deadline = time.monotonic() + 60
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError("the warm-up events were not handled")
-        await asyncio.sleep(0.001)
 
 
 def sdk_floor(n: int = 20_000) -> dict[str, float]:
