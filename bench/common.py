@@ -95,11 +95,11 @@ class Workload(abc.ABC):
     async def stop(self) -> None:
         """Stop consuming and close every connection (what the trial made stays)."""
 
+    @abc.abstractmethod
     async def unsettled(self) -> int:
         """After :meth:`stop`: the messages of the trial the broker still holds as not
         acknowledged (pending entries, uncommitted offsets, messages back in the queue).
         The harness reports it for every trial; anything but 0 is a lost acknowledgement."""
-        raise NotImplementedError
 
     async def cleanup(self) -> None:
         """After :meth:`unsettled`: remove what the trial left on the server."""
