@@ -1,0 +1,1 @@
+"""The example apps (``scripts/example`` runs them); each subpackage is one app."""

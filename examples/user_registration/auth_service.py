@@ -1,0 +1,82 @@
+"""The auth service: ``POST /users`` saves the user and publishes ``UserRegistered``.
+
+The user row and the event are written in **one transaction**: the event is staged in the
+outbox table, and the outbox relay publishes it once the transaction has committed. A crash
+between the two, or a broker that is down, can neither lose the event nor publish one for a
+user that was never saved.
+
+Run it on its own with ``uvicorn examples.user_registration.auth_service:app``: the app's
+lifespan starts the bus and the relay.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, HTTPException
+from pydantic import BaseModel
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from eventbus import EventBus
+from eventbus.middleware import default_middleware
+from eventbus.otel import Tracing
+from eventbus.outbox import OutboxRelay
+from examples.timeline import say
+from examples.user_registration.events import UserRegistered
+from examples.user_registration.settings import broker_url, engine, outbox
+from examples.user_registration.tables import users
+
+bus = EventBus(
+    broker_url(),
+    service="auth",
+    middleware=[Tracing(), *default_middleware()],
+    outbox=outbox,
+)
+relay = OutboxRelay(engine, bus, poll_interval=0.05)
+sessions = async_sessionmaker(engine, expire_on_commit=False)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async with bus, relay:
+        yield
+
+
+app = FastAPI(title="auth", lifespan=lifespan)
+
+
+class Registration(BaseModel):
+    email: str
+    name: str
+
+
+class User(BaseModel):
+    id: str
+    email: str
+    name: str
+
+
+async def session() -> AsyncIterator[AsyncSession]:
+    """The request's transaction: committed when the endpoint returns, rolled back if it raises."""
+    async with sessions() as s, s.begin():
+        yield s
+
+
+@app.post("/users", status_code=201)
+async def register(
+    registration: Registration, db: Annotated[AsyncSession, Depends(session)]
+) -> User:
+    user = User(id=str(uuid.uuid4()), **registration.model_dump())
+    try:
+        await db.execute(users.insert().values(**user.model_dump()))
+        await db.flush()
+    except IntegrityError:
+        raise HTTPException(409, f"{user.email} is registered already") from None
+    event = UserRegistered(user_id=user.id, email=user.email, name=user.name)
+    envelope = await bus.publish(event, key=user.id, session=db)  # staged in this transaction
+    say("auth", f"registered {user.email}; UserRegistered staged in the outbox", envelope)
+    return user
