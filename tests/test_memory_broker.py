@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from eventbus import Context, Event, EventBus, PermanentError, RetryLater, Router
@@ -132,3 +134,30 @@ async def test_fake_clock_wakes_sleepers_in_deadline_order() -> None:
     assert woke == [1, 2, 3]
     with pytest.raises(ValueError, match="forward"):
         await clock.advance(-1)
+
+
+def test_a_named_broker_serves_bus_after_bus_across_event_loops(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Each test of a suite runs in an event loop of its own; a ``memory://NAME`` broker that
+    outlives one test (held by a module, or not yet collected) must serve the next."""
+    router, seen = Router(), []
+
+    @router.subscribe(Tick, group="ticks")
+    async def handle(event: Tick) -> None:
+        seen.append(event.n)
+
+    broker = MemoryBroker.named("across-loops")
+
+    async def run(n: int, queued_for_later: int | None = None) -> None:
+        async with EventBus(broker, routers=[router]) as bus:
+            await bus.publish(Tick(n=n))
+            await bus.drain()
+        if queued_for_later is not None:  # no consumer runs: it waits in the group's queue
+            async with EventBus(broker) as publisher:
+                await publisher.publish(Tick(n=queued_for_later))
+
+    asyncio.run(run(1, queued_for_later=2))
+    asyncio.run(run(3))
+    assert seen == [1, 2, 3]
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text

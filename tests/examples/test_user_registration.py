@@ -45,7 +45,8 @@ def test_every_service_reacts_once_and_the_dead_letter_is_replayed(tmp_path: Pat
     assert mails == [(email, users[email]) for email in sorted(users)]
     assert signups == [("example.com", 2)]  # the duplicate was not counted
     assert sorted(c for (c,) in contacts) == sorted(users.values())
-    assert inbox == (2,) and outbox == (0,)
+    assert inbox == (2,)
+    assert outbox == (0,)
 
     out = run.stdout
     assert "the mail API answered 503" in out  # the transient failure was retried

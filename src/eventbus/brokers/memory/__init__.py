@@ -112,6 +112,9 @@ class MemoryBroker:
         return broker
 
     async def connect(self) -> None:
+        if not self._connected:  # the first bus since the last one closed: maybe a new loop
+            for group_queue in self._queues.values():
+                group_queue.rebind()
         self._connected += 1
 
     async def close(self) -> None:

@@ -97,6 +97,14 @@ class GroupQueue:
         self.queue = _Queue()
         self.unacked = 0
 
+    def rebind(self) -> None:
+        """Move the waiting messages to a fresh queue, in order: an ``asyncio.Queue`` belongs
+        to the event loop that first waited on it, and a broker connected again (a named one
+        shared by the tests of a suite, say) may be in another loop."""
+        old, self.queue = self.queue, _Queue()
+        self.queue._queue.extend(old._queue)
+        self.queue._front = old._front
+
     def matches(self, destination: str) -> bool:
         return (
             topic_matches(self.topic, destination) if self.is_pattern else self.topic == destination
