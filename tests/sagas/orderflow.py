@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from eventbus import Context, Event, Router
+from eventbus import Context, Event, PermanentError, Router
 from eventbus.sagas import Saga, SagaStep, Step, orchestration
 
 
@@ -100,7 +100,7 @@ class OrderState(BaseModel):
 class Faults:
     """What the outside world does; the compensations call ``check`` before they publish."""
 
-    payment: str = "ok"  # "ok", "declined"
+    payment: str = "ok"  # "ok", "declined", "refused here" (the step raises)
     shipping_answers: bool = True
     failures: dict[str, int] = dataclasses.field(default_factory=dict)
     calls: dict[str, int] = dataclasses.field(default_factory=dict)
@@ -123,6 +123,8 @@ def order_saga(faults: Faults, **options: Any) -> Saga[OrderState]:
 
     def charge(step: SagaStep[OrderState]) -> None:
         step.publish(ChargePayment(order_id=step.state.order_id, amount=step.state.amount))
+        if faults.payment == "refused here":
+            raise PermanentError("the card is blocked")
 
     def ship(step: SagaStep[OrderState]) -> None:
         step.publish(ScheduleShipment(order_id=step.state.order_id))

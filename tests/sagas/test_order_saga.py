@@ -104,7 +104,9 @@ async def test_a_compensation_that_fails_twice_is_retried_with_its_own_budget() 
     assert sent(scenario).count("shop.payment.refund") == 1
 
 
-async def test_a_compensation_that_always_fails_stops_the_saga_until_an_operator_resumes_it() -> None:
+async def test_a_compensation_that_always_fails_stops_the_saga_until_an_operator_resumes_it() -> (
+    None
+):
     faults = Faults(payment="declined", failures={"inventory": 100})
     saga = order_saga(faults)
     async with SagaScenario(saga, routers=[services(faults)]) as scenario:

@@ -93,16 +93,17 @@ class Saga(SagaDefinition[S]):
                 group=f"saga.{self.name}.{model.event_type}",
                 concurrency=self.concurrency,
                 middleware=middleware,
-            )(self._handler())
+            )(self._handler(model))
         return router
 
-    def _handler(self) -> Any:
+    def _handler(self, model: type[Event]) -> Any:
         engine = self.engine
 
         async def handle(event: Event, ctx: Context) -> None:
             await engine.on_event(event, ctx)
 
-        handle.__qualname__ = handle.__name__ = f"saga_{self.name.replace('.', '_')}"
+        handle.__name__ = f"saga_{self.name.replace('.', '_')}"
+        handle.__qualname__ = f"Saga[{self.name}].on[{model.__name__}]"  # its log name
         return handle
 
     # ---------------------------------------------------------------- the operator's view

@@ -1,0 +1,102 @@
+"""What a saga does with events it cannot apply: for no instance, a second start, a repeated
+delivery, a step that raises, a late reply; and how the declaration is checked."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from pydantic import BaseModel
+
+from eventbus import EventBus
+from eventbus.errors import ConfigurationError
+from eventbus.sagas import COMPENSATED, MemorySagaStore, Saga, SagaNotFound, SagaWorker
+from eventbus.testing import FakeClock, published
+from eventbus.testing.sagas import SagaScenario
+from tests.sagas.orderflow import (
+    Faults,
+    OrderCreated,
+    PaymentProcessed,
+    StockReserved,
+    order_saga,
+    services,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_an_event_for_no_instance_is_ignored_with_a_log_and_creates_none(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    saga = order_saga(Faults())
+    async with SagaScenario(saga) as scenario:
+        with caplog.at_level(logging.WARNING, "eventbus.sagas"):
+            await scenario.publish(StockReserved(order_id="nobody"), key="nobody")
+        assert await saga.list() == []
+        with pytest.raises(SagaNotFound, match="'nobody'"):
+            await saga.show("nobody")
+        assert await scenario.bus.dead_letters.list() == []
+    assert "names instance 'nobody', which does not exist; ignored" in caplog.text
+
+
+async def test_an_event_for_no_instance_can_be_dead_lettered_instead() -> None:
+    saga = order_saga(Faults(), on_missing="dead_letter")
+    async with SagaScenario(saga) as scenario:
+        await scenario.publish(StockReserved(order_id="nobody"), key="nobody")
+        letters = await scenario.bus.dead_letters.list()
+        assert await saga.list() == []
+    assert [letter.event_type for letter in letters] == ["shop.stock.reserved"]
+    assert letters[0].error_type == "eventbus.sagas.records.SagaNotFound"
+    assert "has no instance 'nobody'" in letters[0].error_message
+
+
+async def test_a_second_start_event_and_a_redelivered_one_change_nothing() -> None:
+    faults = Faults(shipping_answers=False)
+    saga = order_saga(faults)
+    async with SagaScenario(saga, routers=[services(faults)]) as scenario:
+        first = await scenario.publish(OrderCreated(order_id="o-1", amount=30), key="o-1")
+        before = await scenario.instance(saga, "o-1")
+        await scenario.publish(OrderCreated(order_id="o-1", amount=999), key="o-1")
+        await scenario.publish_envelope(first)  # the same event delivered again
+        reply = published(scenario.bus, PaymentProcessed)[0]
+        await scenario.publish_envelope(reply)  # a reply delivered twice
+        after = await scenario.instance(saga, "o-1")
+    assert after == before
+    assert after.state.amount == 30
+    assert scenario.types().count("shop.stock.reserve") == 1
+
+
+async def test_a_step_that_raises_a_permanent_error_fails_the_saga_and_keeps_nothing_of_it() -> (
+    None
+):
+    """The payment step refuses before sending anything that counts: what it published is
+    dropped with it, and the completed stock reservation is compensated."""
+    faults = Faults(payment="refused here")
+    saga = order_saga(faults)
+    async with SagaScenario(saga, routers=[services(faults)]) as scenario:
+        await scenario.publish(OrderCreated(order_id="o-2", amount=30), key="o-2")
+        instance = await scenario.instance(saga, "o-2")
+    assert instance.status == COMPENSATED
+    assert "shop.payment.charge" not in scenario.types()
+    assert faults.done == ["shop.stock.release", "shop.order.cancel"]
+    assert instance.history[1].error == (
+        "step charge_payment failed: PermanentError: the card is blocked"
+    )
+
+
+async def test_declarations_are_checked_when_they_are_made() -> None:
+    class State(BaseModel):
+        n: int = 0
+
+    with pytest.raises(ConfigurationError, match="on_missing must be 'ignore'"):
+        Saga("x", State, key="order_id", on_missing="create")
+    saga = Saga("x", State, key="order_id")
+    saga.starts(OrderCreated)(lambda event, step: None)
+    with pytest.raises(ConfigurationError, match="starts on OrderCreated"):
+        saga.on(OrderCreated)(lambda event, step: None)
+    with pytest.raises(ConfigurationError, match="no store"):
+        await saga.list()
+    with pytest.raises(ConfigurationError, match="share one store"):
+        SagaWorker(EventBus("memory://"), [saga])
+    saga.store = MemorySagaStore()
+    assert SagaWorker(EventBus("memory://", clock=FakeClock()), [saga]).store is saga.store
