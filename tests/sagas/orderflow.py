@@ -8,6 +8,7 @@ shipping service answers at all, and how often the systems a compensation calls 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel
@@ -106,6 +107,13 @@ class Faults:
     calls: dict[str, int] = dataclasses.field(default_factory=dict)
     done: list[str] = dataclasses.field(default_factory=list)
     """The compensating commands and outcomes the services received, in order."""
+    hooks: dict[str, Callable[[], None]] = dataclasses.field(default_factory=dict)
+    """Run when a step passes the point of that name (a crash test kills itself there)."""
+
+    def visit(self, point: str) -> None:
+        hook = self.hooks.get(point)
+        if hook is not None:
+            hook()
 
     def check(self, system: str) -> None:
         self.calls[system] = self.calls.get(system, 0) + 1
@@ -123,6 +131,7 @@ def order_saga(faults: Faults, **options: Any) -> Saga[OrderState]:
 
     def charge(step: SagaStep[OrderState]) -> None:
         step.publish(ChargePayment(order_id=step.state.order_id, amount=step.state.amount))
+        faults.visit("charge")
         if faults.payment == "refused here":
             raise PermanentError("the card is blocked")
 

@@ -175,7 +175,15 @@ def _session(session: Any) -> AsyncSession:
     return session
 
 
+def _existing(metadata: sa.MetaData, name: str, schema: str | None) -> sa.Table | None:
+    """The table, if another store on this metadata declared it (several workers' stores)."""
+    return metadata.tables.get(f"{schema}.{name}" if schema else name)
+
+
 def _instances(metadata: sa.MetaData, name: str, schema: str | None) -> sa.Table:
+    found = _existing(metadata, name, schema)
+    if found is not None:
+        return found
     return sa.Table(
         name,
         metadata,
@@ -199,6 +207,9 @@ def _instances(metadata: sa.MetaData, name: str, schema: str | None) -> sa.Table
 
 
 def _timers(metadata: sa.MetaData, name: str, schema: str | None) -> sa.Table:
+    found = _existing(metadata, name, schema)
+    if found is not None:
+        return found
     return sa.Table(
         name,
         metadata,
