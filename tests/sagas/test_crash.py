@@ -46,7 +46,8 @@ def die():
 class DieAfterCommit:
     async def __call__(self, ctx, call_next):
         await call_next(ctx)  # the saga's Inbox transaction has committed
-        if ctx.envelope.type == "shop.stock.reserved" and ctx.subscription.group.startswith("saga."):
+        group = ctx.subscription.group
+        if ctx.envelope.type == "shop.stock.reserved" and group.startswith("saga."):
             die()
 
 async def main(database, table, inbox, sagas, timers, redis_url, prefix, point):
