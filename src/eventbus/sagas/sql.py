@@ -27,7 +27,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from eventbus.errors import ConfigurationError
-from eventbus.outbox import Inbox, Outbox
+from eventbus.outbox.inbox import Inbox
+from eventbus.outbox.store import Outbox
 from eventbus.sagas.records import Change, SagaConflict, SagaRecord, Timer, Transition
 
 __all__ = ["SqlSagaStore"]
