@@ -10,13 +10,22 @@ from pydantic import BaseModel
 
 from eventbus import EventBus
 from eventbus.errors import ConfigurationError
-from eventbus.sagas import COMPENSATED, MemorySagaStore, Saga, SagaNotFound, SagaWorker
+from eventbus.sagas import (
+    COMPENSATED,
+    MemorySagaStore,
+    Saga,
+    SagaNotFound,
+    SagaStep,
+    SagaWorker,
+)
 from eventbus.testing import FakeClock, published
 from eventbus.testing.sagas import SagaScenario
+from eventbus.upcasting import Upcasters
 from tests.sagas.orderflow import (
     Faults,
     OrderCreated,
     PaymentProcessed,
+    ShipmentScheduled,
     StockReserved,
     order_saga,
     services,
@@ -100,3 +109,45 @@ async def test_declarations_are_checked_when_they_are_made() -> None:
         SagaWorker(EventBus("memory://"), [saga])
     saga.store = MemorySagaStore()
     assert SagaWorker(EventBus("memory://", clock=FakeClock()), [saga]).store is saga.store
+
+
+async def test_a_reply_that_arrives_after_its_timeout_changes_nothing() -> None:
+    faults = Faults(shipping_answers=False)
+    saga = order_saga(faults)
+    async with SagaScenario(saga, routers=[services(faults)]) as scenario:
+        await scenario.publish(OrderCreated(order_id="o-7", amount=30), key="o-7")
+        await scenario.advance(60)
+        before = await scenario.instance(saga, "o-7")
+        await scenario.publish(ShipmentScheduled(order_id="o-7"), key="o-7")
+        after = await scenario.instance(saga, "o-7")
+    assert before.status == COMPENSATED
+    assert after == before
+
+
+async def test_state_stored_by_an_older_version_is_upcast_when_read() -> None:
+    class Old(BaseModel):
+        order_id: str
+        total: int = 0
+
+    class New(BaseModel):
+        order_id: str
+        amount: int
+
+    upcasters = Upcasters()
+
+    @upcasters.register("saga.billing", from_version=1)
+    def rename(data: dict[str, object]) -> dict[str, object]:
+        return {"order_id": data["order_id"], "amount": data["total"]}
+
+    old: Saga[Old] = Saga("billing", Old, key="order_id")
+
+    @old.starts(OrderCreated)
+    def start(event: OrderCreated, step: SagaStep[Old]) -> None:
+        step.state = Old(order_id=event.order_id, total=event.amount)
+
+    async with SagaScenario(old) as scenario:
+        await scenario.publish(OrderCreated(order_id="b-1", amount=12), key="b-1")
+    new: Saga[New] = Saga(
+        "billing", New, key="order_id", store=scenario.store, upcasters=upcasters, state_version=2
+    )
+    assert (await new.show("b-1")).state == New(order_id="b-1", amount=12)

@@ -3,6 +3,7 @@ it publishes (through the outbox) and the inbox record of its event in one trans
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -86,3 +87,35 @@ async def test_a_timeout_survives_in_the_table_and_compensates_on_the_fake_clock
     ]  # the failed refund attempt published nothing: its transaction rolled back
     assert faults.done == ["shop.payment.refund", "shop.stock.release", "shop.order.cancel"]
     assert await count(engine, store.timer_table) == 0
+
+
+async def test_two_workers_fire_each_due_timer_once(
+    engine: AsyncEngine, outbox: Outbox, store: SqlSagaStore
+) -> None:
+    """Six orders time out at once; two workers fire their timers at the same time: each
+    timeout and each compensation runs once (a worker takes a timer by deleting it first)."""
+    faults = Faults(shipping_answers=False)
+    clock = FakeClock(start=time.time())
+    saga = order_saga(faults, store=store, clock=clock)
+    bus = EventBus("memory://", service="shop", outbox=outbox, routers=[services(faults)])
+    bus.include_router(saga.router())
+    keys = [f"o-{n}" for n in range(6)]
+    async with bus:
+        relay, worker = OutboxRelay(engine, bus), SagaWorker(bus, [saga])
+        for key in keys:
+            await bus.publish(OrderCreated(order_id=key, amount=1), key=key)
+        await settle(bus, relay, worker)
+        await clock.advance(60)
+        racing = [SagaWorker(bus, [saga]) for _ in "ab"]
+        await asyncio.gather(*(w.run_once() for w in racing))
+        await settle(bus, relay, worker)
+        instances = [await saga.show(key) for key in keys]
+    for instance in instances:
+        causes = [t.cause for t in instance.history]
+        assert instance.status == COMPENSATED
+        assert causes[3:] == [
+            "timeout:schedule_shipment", "compensate:charge_payment",
+            "compensate:reserve_stock", "compensate:(on_compensated)",
+        ]  # fmt: skip
+    assert faults.done.count("shop.payment.refund") == len(keys)
+    assert faults.done.count("shop.order.cancel") == len(keys)
