@@ -176,18 +176,18 @@ def _session(session: Any) -> AsyncSession:
     return session
 
 
-def _existing(metadata: sa.MetaData, name: str, schema: str | None) -> sa.Table | None:
-    """The table, if another store on this metadata declared it (several workers' stores)."""
-    return metadata.tables.get(f"{schema}.{name}" if schema else name)
+def _table(metadata: sa.MetaData, name: str, schema: str | None, *items: Any) -> sa.Table:
+    """The table, declared once per metadata: several stores (one per worker engine, say)
+    on one metadata share it."""
+    found = metadata.tables.get(f"{schema}.{name}" if schema else name)
+    return found if found is not None else sa.Table(name, metadata, *items, schema=schema)
 
 
 def _instances(metadata: sa.MetaData, name: str, schema: str | None) -> sa.Table:
-    found = _existing(metadata, name, schema)
-    if found is not None:
-        return found
-    return sa.Table(
-        name,
+    return _table(
         metadata,
+        name,
+        schema,
         sa.Column("saga", sa.String(255), primary_key=True),
         sa.Column("key", sa.String(255), primary_key=True),
         sa.Column("status", sa.String(32), nullable=False),
@@ -203,17 +203,14 @@ def _instances(metadata: sa.MetaData, name: str, schema: str | None) -> sa.Table
         sa.Column("created_at", sa.Double(), nullable=False),
         sa.Column("updated_at", sa.Double(), nullable=False),
         sa.Index(f"ix_{name}_saga_status", "saga", "status"),
-        schema=schema,
     )
 
 
 def _timers(metadata: sa.MetaData, name: str, schema: str | None) -> sa.Table:
-    found = _existing(metadata, name, schema)
-    if found is not None:
-        return found
-    return sa.Table(
-        name,
+    return _table(
         metadata,
+        name,
+        schema,
         sa.Column("id", sa.String(36), primary_key=True),
         sa.Column("saga", sa.String(255), nullable=False),
         sa.Column("key", sa.String(255), nullable=False),
@@ -222,7 +219,6 @@ def _timers(metadata: sa.MetaData, name: str, schema: str | None) -> sa.Table:
         sa.Column("due_at", sa.Double(), nullable=False),
         sa.Index(f"ix_{name}_due", "saga", "due_at"),
         sa.Index(f"ix_{name}_instance", "saga", "key"),
-        schema=schema,
     )
 
 
