@@ -143,6 +143,7 @@ def order_saga(faults: Faults, **options: Any) -> Saga[OrderState]:
 
     def release(step: SagaStep[OrderState]) -> None:
         faults.check("inventory")
+        faults.visit("release")
         step.publish(ReleaseStock(order_id=step.state.order_id))
 
     def refund(step: SagaStep[OrderState]) -> None:

@@ -2,10 +2,11 @@
 applied twice, on SQLite and on PostgreSQL.
 
 A real worker process (bus on Redis Streams, outbox relay, saga worker) runs the order saga
-and kills itself at one of two points of the ``StockReserved`` transition: *inside* it (the
-step is running, nothing is committed) or *after* it committed and before the delivery was
-acknowledged. A fresh worker in this process then takes over the dead one's deliveries and
-outbox rows and finishes the order.
+and kills itself at one of three points: *inside* the ``StockReserved`` transition (the step
+is running, nothing is committed), *after* it committed and before the delivery was
+acknowledged, or while *compensating* a declined payment (the stock release is running in
+the saga worker's transaction). A fresh worker in this process then takes over the dead
+one's deliveries, outbox rows and timers and finishes the order.
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ async def main(database, table, inbox, sagas, timers, redis_url, prefix, point):
     outbox = Outbox(table=table, inbox=inbox)
     store = SqlSagaStore(engine, outbox=outbox, table=sagas, timers=timers)
     faults = Faults(hooks={"charge": die} if point == "inside" else {})
+    if point == "compensating":  # the payment is declined; die releasing the stock
+        faults = Faults(payment="declined", hooks={"release": die})
     saga = order_saga(faults, store=store)
     middleware = [DieAfterCommit(), Retry()] if point == "after" else [Retry()]
     broker = RedisBroker(redis_url, prefix=prefix)
@@ -71,9 +74,21 @@ asyncio.run(main(*sys.argv[1:]))
 
 HAPPY = ["shop.order.created", "shop.stock.reserved", "shop.payment.processed",
          "shop.shipment.scheduled"]  # fmt: skip
+COMPENSATED = ["shop.order.created", "shop.stock.reserved", "shop.payment.failed",
+               "compensate:reserve_stock", "compensate:(on_compensated)"]  # fmt: skip
+EXPECTED = {
+    "inside": (("reserve_stock", 1), HAPPY, COMPLETED, ["shop.order.confirmed"]),
+    "after": (("charge_payment", 2), HAPPY, COMPLETED, ["shop.order.confirmed"]),
+    "compensating": (
+        ("charge_payment", 3),
+        COMPENSATED,
+        "compensated",
+        ["shop.stock.release", "shop.order.cancel"],
+    ),
+}
 
 
-@pytest.mark.parametrize("point", ["inside", "after"])
+@pytest.mark.parametrize("point", sorted(EXPECTED))
 async def test_a_worker_killed_between_steps_resumes_without_losing_or_repeating_one(
     engine: AsyncEngine,
     outbox: Outbox,
@@ -108,12 +123,11 @@ async def test_a_worker_killed_between_steps_resumes_without_losing_or_repeating
         stderr.close()
     assert victim.returncode == -signal.SIGKILL, (tmp_path / "victim.err").read_text()
 
+    where, history, status, done = EXPECTED[point]
     dead = await saga.show("o-1")
-    assert (dead.phase, dead.version) == (
-        ("reserve_stock", 1) if point == "inside" else ("charge_payment", 2)
-    )
+    assert (dead.phase, dead.version) == where
 
-    faults = Faults()
+    faults = Faults(payment="declined" if point == "compensating" else "ok")
     saga = order_saga(faults, store=store)
     broker = RedisBroker(redis_url, prefix=prefix, claim_idle=0.5, claim_interval=0.2)
     bus = EventBus(broker, service="shop", outbox=outbox, routers=[services(faults)])
@@ -121,13 +135,14 @@ async def test_a_worker_killed_between_steps_resumes_without_losing_or_repeating
     relay = OutboxRelay(engine, bus, poll_interval=0.05, now=lambda: time.time() + 60)
     async with bus, relay, SagaWorker(bus, [saga], poll_interval=0.05):
 
-        async def completed() -> bool:
-            return (await saga.show("o-1")).status == COMPLETED
+        async def finished() -> bool:
+            return (await saga.show("o-1")).status == status
 
-        await wait_until(completed, timeout=30, message="the order was not finished")
-        await wait_until(lambda: bool(faults.done), timeout=30, message="never confirmed")
+        await wait_until(finished, timeout=30, message="the order was not finished")
+        await wait_until(lambda: len(faults.done) == len(done), timeout=30, message="not sent")
         instance = await saga.show("o-1")
-    assert [t.cause for t in instance.history] == HAPPY
-    assert len({t.event_id for t in instance.history}) == len(HAPPY)
-    assert instance.version == len(HAPPY)
-    assert faults.done == ["shop.order.confirmed"]
+    assert [t.cause for t in instance.history] == history
+    assert instance.version == len(history)
+    events = [t.event_id for t in instance.history if t.event_id is not None]
+    assert len(set(events)) == len(events)
+    assert faults.done == done

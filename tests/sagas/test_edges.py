@@ -8,7 +8,7 @@ import logging
 import pytest
 from pydantic import BaseModel
 
-from eventbus import EventBus
+from eventbus import EventBus, PermanentError
 from eventbus.errors import ConfigurationError
 from eventbus.sagas import (
     COMPENSATED,
@@ -105,6 +105,8 @@ async def test_declarations_are_checked_when_they_are_made() -> None:
         saga.on(OrderCreated)(lambda event, step: None)
     with pytest.raises(ConfigurationError, match="no store"):
         await saga.list()
+    with pytest.raises(ConfigurationError, match="no store yet"):
+        saga.router()
     with pytest.raises(ConfigurationError, match="share one store"):
         SagaWorker(EventBus("memory://"), [saga])
     saga.store = MemorySagaStore()
@@ -151,3 +153,21 @@ async def test_state_stored_by_an_older_version_is_upcast_when_read() -> None:
         "billing", New, key="order_id", store=scenario.store, upcasters=upcasters, state_version=2
     )
     assert (await new.show("b-1")).state == New(order_id="b-1", amount=12)
+
+
+async def test_a_start_handler_that_refuses_creates_no_instance() -> None:
+    class State(BaseModel):
+        order_id: str
+
+    saga: Saga[State] = Saga("refusing", State, key="order_id")
+
+    @saga.starts(OrderCreated)
+    def start(event: OrderCreated, step: SagaStep[State]) -> None:
+        step.state = State(order_id=event.order_id)
+        raise PermanentError("orders over 100 are not taken")
+
+    async with SagaScenario(saga) as scenario:
+        await scenario.publish(OrderCreated(order_id="big", amount=500), key="big")
+        assert await saga.list() == []
+        letters = await scenario.bus.dead_letters.list()
+    assert [letter.event_type for letter in letters] == ["shop.order.created"]

@@ -31,6 +31,7 @@ from typing import Any, Generic, TypeVar
 from pydantic import BaseModel
 
 from eventbus.context import Context
+from eventbus.errors import ConfigurationError
 from eventbus.event import Event
 from eventbus.router import Router
 from eventbus.sagas.definition import SagaDefinition
@@ -85,8 +86,13 @@ class Saga(SagaDefinition[S]):
 
     def router(self) -> Router:
         """The saga's subscriptions, one per event type it handles, for ``include_router``."""
+        if self.store is None:
+            raise ConfigurationError(
+                f"saga {self.name!r} has no store yet: give it one (Saga(..., store=...) or "
+                "saga.store = ...) before router(), whose subscriptions run in its transactions"
+            )
         router = Router()
-        middleware = tuple(self.store.middleware()) if self.store is not None else ()
+        middleware = tuple(self.store.middleware())
         for model in self.event_types:
             router.subscribe(
                 model,
