@@ -310,7 +310,13 @@ class Engine:
         saga, data = self.saga, record.data
         if saga.upcasters is not None and record.state_version < saga.state_version:
             kind = f"saga.{saga.name}"
-            (data,) = saga.upcasters.upcast(kind, record.state_version, data, saga.state_version)
+            states = saga.upcasters.upcast(kind, record.state_version, data, saga.state_version)
+            if len(states) != 1:
+                raise ConfigurationError(
+                    f"the upcasters of {kind!r} made {len(states)} states of instance "
+                    f"{record.key!r} out of one: a state upcaster returns exactly one"
+                )
+            data = states[0]
         state: BaseModel = saga.state_model.model_validate(data)
         return state
 

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-from eventbus.sagas.records import Change, SagaConflict, SagaRecord, Timer
+from eventbus.sagas.records import TIMEOUT, Change, SagaConflict, SagaRecord, Timer
 
 __all__ = ["MemorySagaStore"]
 
@@ -67,7 +67,7 @@ class MemorySagaStore:
         self.records[(record.saga, record.key)] = record
         mine = [t for t in self._timers.values() if (t.saga, t.key) == (record.saga, record.key)]
         for timer in mine:
-            if change.cancel_all or timer.name in change.cancel:
+            if change.cancel_all or (timer.kind == TIMEOUT and timer.name in change.cancel):
                 del self._timers[timer.id]
         if change.claimed is not None:
             self._timers.pop(change.claimed.id, None)

@@ -145,7 +145,7 @@ class Change:
     """The version it was read at (``None``: a new instance)."""
     schedule: list[Timer] = dataclasses.field(default_factory=list)
     cancel: set[str] = dataclasses.field(default_factory=set)
-    """Names of this instance's timers to remove."""
+    """Names of this instance's timeouts to remove."""
     cancel_all: bool = False
     claimed: Timer | None = None
     """The timer this transition fires (removed with it; gone already → a conflict)."""

@@ -29,7 +29,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from eventbus.errors import ConfigurationError
 from eventbus.outbox.inbox import Inbox
 from eventbus.outbox.store import Outbox
-from eventbus.sagas.records import Change, SagaConflict, SagaRecord, Timer, Transition
+from eventbus.sagas.records import (
+    TIMEOUT,
+    Change,
+    SagaConflict,
+    SagaRecord,
+    Timer,
+    Transition,
+)
 
 __all__ = ["SqlSagaStore"]
 
@@ -130,7 +137,8 @@ class SqlSagaStore:
         if change.cancel_all:
             await db.execute(sa.delete(t).where(mine))
         elif change.cancel:
-            await db.execute(sa.delete(t).where(mine, t.c.name.in_(sorted(change.cancel))))
+            names = t.c.name.in_(sorted(change.cancel))
+            await db.execute(sa.delete(t).where(mine, t.c.kind == TIMEOUT, names))
         if change.schedule:
             rows = [
                 {"id": x.id, "saga": x.saga, "key": x.key, "kind": x.kind, "name": x.name,
