@@ -171,3 +171,12 @@ async def test_a_start_handler_that_refuses_creates_no_instance() -> None:
         assert await saga.list() == []
         letters = await scenario.bus.dead_letters.list()
     assert [letter.event_type for letter in letters] == ["shop.order.created"]
+
+
+async def test_an_event_without_its_key_is_dead_lettered() -> None:
+    saga = order_saga(Faults())
+    async with SagaScenario(saga) as scenario:
+        await scenario.publish(StockReserved(order_id=""))
+        letters = await scenario.bus.dead_letters.list()
+    assert [letter.event_type for letter in letters] == ["shop.stock.reserved"]
+    assert "has no 'order_id' to find its saga instance by" in letters[0].error_message
