@@ -145,4 +145,4 @@ async def test_a_worker_killed_between_steps_resumes_without_losing_or_repeating
     assert instance.version == len(history)
     events = [t.event_id for t in instance.history if t.event_id is not None]
     assert len(set(events)) == len(events)
-    assert faults.done == done
+    assert sorted(faults.done) == sorted(done)  # each received once (streams: no order)

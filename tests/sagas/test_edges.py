@@ -87,7 +87,8 @@ async def test_a_step_that_raises_a_permanent_error_fails_the_saga_and_keeps_not
         instance = await scenario.instance(saga, "o-2")
     assert instance.status == COMPENSATED
     assert "shop.payment.charge" not in scenario.types()
-    assert faults.done == ["shop.stock.release", "shop.order.cancel"]
+    assert scenario.types()[-2:] == ["shop.stock.release", "shop.order.cancel"]
+    assert sorted(faults.done) == ["shop.order.cancel", "shop.stock.release"]
     assert instance.history[1].error == (
         "step charge_payment failed: PermanentError: the card is blocked"
     )
