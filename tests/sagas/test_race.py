@@ -50,7 +50,7 @@ class Rendezvous:
         if self.runs == 2:
             self._both.set()
         if self.runs <= 2:
-            with contextlib.suppress(TimeoutError):
+            with contextlib.suppress(asyncio.TimeoutError):  # not the builtin on 3.10
                 await asyncio.wait_for(self._both.wait(), 10)
 
 
