@@ -128,6 +128,31 @@ def test_only_the_testing_package_imports_the_event_store() -> None:
     assert found == []
 
 
+def test_sagas_build_on_the_context_router_inbox_and_outbox_staging_only() -> None:
+    """A saga is subscriptions (router), handlers publishing through the context, transitions
+    committed in the inbox's transaction with the outbox's staging, and stored state upcast
+    with the upcasters: never the bus, the consume policy or an adapter."""
+    allowed = CONTRACT | {
+        "eventbus.context",
+        "eventbus.router",
+        "eventbus.upcasting",
+        "eventbus.outbox.inbox",
+        "eventbus.outbox.store",
+    }
+    assert _violations(allowed, "eventbus.sagas") == []
+
+
+def test_only_the_testing_package_imports_the_sagas() -> None:
+    found = [
+        f"{module}:{line} imports {target}"
+        for module in MODULES
+        if not module.startswith(("eventbus.sagas", "eventbus.testing"))
+        for target, line, _ in imports(module)
+        if target.startswith("eventbus.sagas")
+    ]
+    assert found == []
+
+
 def test_no_module_imports_eventbus_inside_a_function() -> None:
     """A function-level import of our own code is how a cycle hides: there is none."""
     found = [

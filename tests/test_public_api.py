@@ -31,9 +31,11 @@ MODULES = [
     "eventbus.otel",
     "eventbus.outbox",
     "eventbus.redact",
+    "eventbus.sagas",
     "eventbus.testing",
     "eventbus.testing.aggregates",
     "eventbus.testing.eventstore",
+    "eventbus.testing.sagas",
     "eventbus.testing.telemetry",
     "eventbus.upcasting",
 ]
@@ -59,7 +61,7 @@ def test_import_needs_no_extras() -> None:
 
     code = (
         "import sys, eventbus, eventbus.testing, eventbus.middleware, eventbus.eventstore\n"
-        "import eventbus.testing.eventstore\n"
+        "import eventbus.testing.eventstore, eventbus.sagas, eventbus.testing.sagas\n"
         "loaded = {m.split('.')[0] for m in sys.modules}\n"
         "print(sorted(loaded & {'aiokafka', 'aio_pika', 'redis', 'sqlalchemy', 'opentelemetry'}))"
     )
