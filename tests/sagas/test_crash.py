@@ -12,6 +12,7 @@ one's deliveries, outbox rows and timers and finishes the order.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 import time
@@ -103,9 +104,11 @@ async def test_a_worker_killed_between_steps_resumes_without_losing_or_repeating
     database = engine.url.render_as_string(hide_password=False)
     tables = (outbox.table.name, outbox.inbox.name, store.table.name, store.timer_table.name)
     stderr = (tmp_path / "victim.err").open("wb")
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     victim = await asyncio.create_subprocess_exec(
         sys.executable, str(script), database, *tables, redis_url, prefix, point,
         stdout=asyncio.subprocess.PIPE, stderr=stderr, cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": path},  # the victim imports tests.sagas.orderflow
     )  # fmt: skip
     saga = order_saga(Faults(), store=store)
     try:
