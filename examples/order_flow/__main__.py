@@ -1,0 +1,110 @@
+"""Run the order flow as choreography, then as a saga: ``python -m examples.order_flow``.
+
+``--fail payment`` declines the card; ``--fail shipment-timeout`` makes shipping go silent.
+Each variant places one order through ``POST /orders`` and prints its timeline; then both
+outcomes are put side by side: the order's status in the read model, and what was done and
+undone, in order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+from contextlib import AsyncExitStack
+
+import httpx
+
+from eventbus import EventBus, Router
+from eventbus.outbox import Outbox, OutboxRelay
+from eventbus.sagas import COMPENSATION_FAILED, Saga, SagaNotFound, SagaWorker, SqlSagaStore
+from examples.order_flow import choreography, orchestration
+from examples.order_flow.domain import Faults, Shop
+from examples.order_flow.orchestration import OrderState
+from examples.order_flow.orders import OrderService, Variant
+from examples.order_flow.settings import broker_url, fresh_engine
+
+FINISHED = {"completed", "compensated", COMPENSATION_FAILED}
+
+
+async def run(variant: Variant, shop: Shop) -> tuple[str, str]:
+    """Place one order in ``variant``; its status in the read model, and the saga's (or "-")."""
+    engine = await fresh_engine(variant)
+    outbox = Outbox()
+    await outbox.create_tables(engine)
+    orders = OrderService(engine, outbox, variant)
+    await orders.create_tables()
+    routers: list[Router] = [orders.router()]
+    saga: Saga[OrderState] | None = None
+    if variant == "saga":
+        saga = orchestration.order_saga()
+        saga.store = SqlSagaStore(engine, outbox=outbox)
+        await saga.store.create_tables()
+        routers += [saga.router(), *orchestration.services(shop)]
+    else:
+        routers += choreography.routers(shop)
+    bus = EventBus(broker_url(variant), service="shop", routers=routers, outbox=outbox)
+    app = orders.app(bus)
+    async with AsyncExitStack() as stack:
+        await stack.enter_async_context(bus)
+        await stack.enter_async_context(OutboxRelay(engine, bus, poll_interval=0.02))
+        if saga is not None:
+            await stack.enter_async_context(SagaWorker(bus, [saga], poll_interval=0.05))
+        await stack.enter_async_context(app.router.lifespan_context(app))
+        client = await stack.enter_async_context(
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://orders")
+        )
+        order = {"sku": "book-42", "quantity": 1, "amount_cents": 2500}
+        placed = (await client.post("/orders", json=order)).raise_for_status().json()
+        saga_status = await _settled(bus, outbox, orders, saga, placed["order_id"])
+        view = (await client.get(f"/orders/{placed['order_id']}")).raise_for_status().json()
+    await engine.dispose()
+    return view["status"], saga_status
+
+
+async def _settled(
+    bus: EventBus, outbox: Outbox, orders: OrderService, saga: Saga[OrderState] | None, key: str
+) -> str:
+    """Wait (at most 30 s) until nothing more happens: the saga, if any, has ended, and
+    everything published has been handled. Returns the saga's status, "-" without one."""
+    for _ in range(600):
+        status = "-"
+        if saga is not None:
+            with contextlib.suppress(SagaNotFound):  # not until OrderCreated is handled
+                status = (await saga.show(key)).status
+        if saga is None or status in FINISHED:
+            await bus.drain()
+            if (await outbox.backlog(orders.engine)).pending == 0:
+                await bus.drain()
+                return status
+        await asyncio.sleep(0.05)
+    raise TimeoutError("the order flow did not settle within 30 s")
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m examples.order_flow", description=__doc__)
+    parser.add_argument("--fail", choices=["payment", "shipment-timeout"], default=None)
+    fail = parser.parse_args().fail
+    logging.basicConfig(level=logging.CRITICAL)  # the timeline tells the story
+
+    outcomes = {}
+    variants: tuple[Variant, ...] = ("choreography", "saga")
+    for variant in variants:
+        faults = Faults(
+            payment_declined=fail == "payment", shipping_silent=fail == "shipment-timeout"
+        )
+        shop = Shop(faults=faults)
+        print(f"== {variant}{f' (--fail {fail})' if fail else ''}")
+        outcomes[variant] = (*await run(variant, shop), shop)
+
+    print("== side by side")
+    for variant, (order, saga_status, shop) in outcomes.items():
+        ending = f"the saga {saga_status}" if saga_status != "-" else "no one owns the flow"
+        print(f"  {variant:<12} order {order!r} ({ending})")
+        print(f"  {'':<12} done and undone: {', '.join(shop.journal) or 'nothing'}")
+        print(f"  {'':<12} stock left {shop.stock}, money held {shop.charged}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
