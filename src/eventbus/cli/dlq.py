@@ -121,7 +121,16 @@ async def _matching(store: DeadLetterStore, chosen: Filter, limit: int) -> list[
 
 
 # ---------------------------------------------------------------- list, show
-@dlq.command("list")
+@dlq.command(
+    "list",
+    epilog="""\b
+Examples:
+  eventbus dlq list --broker redis://localhost:6379/0
+  eventbus dlq list --broker kafka://localhost:9092 --group billing.charge --since 2h
+  eventbus dlq list --broker amqp://guest:guest@localhost/ --json | jq '.[].event_id'
+  eventbus dlq list --db postgresql+asyncpg://app@db/app    (the outbox's dead rows)
+""",
+)
 @_source
 @_filters
 @click.option(
@@ -172,7 +181,14 @@ def list_command(
     click.echo(f"{len(records)} dead letter(s)", err=True)
 
 
-@dlq.command("show")
+@dlq.command(
+    "show",
+    epilog="""\b
+Examples:
+  eventbus dlq show 1714561234567-0 --broker redis://localhost:6379/0
+  eventbus dlq show 42 --db sqlite+aiosqlite:///app.db --json
+""",
+)
 @click.argument("dead_letter_id", metavar="ID")
 @_source
 @click.option("--json", "as_json", is_flag=True, help="JSON on stdout, for scripts.")
@@ -250,7 +266,16 @@ def _text(value: Any) -> str:
 
 
 # ---------------------------------------------------------------- replay, purge
-@dlq.command("replay")
+@dlq.command(
+    "replay",
+    epilog="""\b
+Examples:
+  eventbus dlq replay 1714561234567-0 --broker redis://localhost:6379/0
+  eventbus dlq replay --broker kafka://localhost:9092 --group billing.charge
+  eventbus dlq replay --broker amqp://localhost/ --error-type TimeoutError --since 2h
+  eventbus dlq replay --broker redis://localhost:6379/0 --all
+""",
+)
 @click.argument("ids", nargs=-1, metavar="[ID]...")
 @_source
 @_filters
@@ -320,7 +345,14 @@ async def _replay_all(store: DeadLetterStore, ids: list[str]) -> tuple[list[str]
     return replayed, failed
 
 
-@dlq.command("purge")
+@dlq.command(
+    "purge",
+    epilog="""\b
+Examples:
+  eventbus dlq purge --broker redis://localhost:6379/0 --group billing.charge
+  eventbus dlq purge --broker kafka://localhost:9092 --yes
+""",
+)
 @_source
 @click.option("--group", metavar="GROUP", help="Only this consumer group's (default: all).")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")

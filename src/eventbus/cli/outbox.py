@@ -47,7 +47,14 @@ def _db_option(command: Any) -> Any:
     )(command)
 
 
-@outbox.command("status")
+@outbox.command(
+    "status",
+    epilog="""\b
+Examples:
+  eventbus outbox status --db postgresql+asyncpg://app@db/app
+  eventbus outbox status --db sqlite+aiosqlite:///app.db --json
+""",
+)
 @_db_option
 @click.option("--json", "as_json", is_flag=True, help="JSON on stdout, for scripts.")
 def status(db: str, table: str, as_json: bool) -> None:
@@ -77,7 +84,14 @@ def status(db: str, table: str, as_json: bool) -> None:
     click.echo(f"held keys:   {backlog.held_keys}")
 
 
-@outbox.command("relay")
+@outbox.command(
+    "relay",
+    epilog="""\b
+Examples:
+  eventbus outbox relay --db postgresql+asyncpg://app@db/app --broker kafka://kafka:9092
+  eventbus outbox relay --db sqlite+aiosqlite:///app.db --broker redis://localhost:6379/0 --once
+""",
+)
 @_db_option
 @broker_options()
 @click.option(

@@ -83,7 +83,14 @@ def _chosen(runners: list[ProjectionRunner], names: Sequence[str]) -> list[Proje
     return [by_name[name] for name in names] if names else runners
 
 
-@projections.command("status")
+@projections.command(
+    "status",
+    epilog="""\b
+Examples:
+  eventbus projections status app.read_models:runners
+  eventbus projections status app.read_models:runners order-totals --json --max-lag 1000
+""",
+)
 @click.argument("target", metavar="MODULE:RUNNERS")
 @click.argument("names", nargs=-1, metavar="[NAME]...")
 @click.option("--json", "as_json", is_flag=True, help="JSON on stdout, for scripts.")
@@ -120,7 +127,14 @@ def status(target: str, names: Sequence[str], as_json: bool, max_lag: int | None
         raise fail(f"more than {max_lag} events behind: {', '.join(behind)}")
 
 
-@projections.command("rebuild")
+@projections.command(
+    "rebuild",
+    epilog="""\b
+Examples:
+  eventbus projections rebuild app.read_models:runners order-totals
+  eventbus projections rebuild app.read_models:runners order-totals --yes --no-catch-up
+""",
+)
 @click.argument("target", metavar="MODULE:RUNNERS")
 @click.argument("names", nargs=-1, required=True, metavar="NAME...")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
@@ -163,7 +177,14 @@ async def _rebuild(runners: Sequence[ProjectionRunner], catch_up: bool) -> None:
             click.echo(f"{name}: rebuilt, {applied} event(s) applied", err=True)
 
 
-@projections.command("run")
+@projections.command(
+    "run",
+    epilog="""\b
+Examples:
+  eventbus projections run app.read_models:runners
+  eventbus projections run app.read_models:runners order-totals --log-level debug
+""",
+)
 @click.argument("target", metavar="MODULE:RUNNERS")
 @click.argument("names", nargs=-1, metavar="[NAME]...")
 @click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="info")
