@@ -20,12 +20,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from eventbus.bus import EventBus
 from eventbus.cli.common import (
     broker_options,
     confirm,
     database,
     echo_json,
     fail,
+    load,
     open_bus,
     out_of_process_warning,
     run,
@@ -65,6 +67,12 @@ def _source(command: Callable[..., Any]) -> Callable[..., Any]:
     command = click.option(
         "--db", metavar="URL", help="Work on the outbox's dead rows in this database instead."
     )(command)
+    command = click.option(
+        "--app",
+        metavar="MODULE:BUS",
+        help="Take the broker and the subscriptions from the application's bus (needed on "
+        "RabbitMQ, whose dead-letter queues are named after the subscriptions).",
+    )(command)
     return broker_options(required=False)(command)
 
 
@@ -96,13 +104,17 @@ def _filter(
 
 @contextlib.asynccontextmanager
 async def _store(
-    broker: str | None, db: str | None, table: str, options: dict[str, Any]
+    broker: str | None, db: str | None, table: str, options: dict[str, Any], app: str | None
 ) -> AsyncIterator[DeadLetterStore]:
-    if (broker is None) == (db is None):
+    if sum(x is not None for x in (broker, db, app)) != 1:
         raise click.UsageError(
-            "give --broker URL (the broker's dead letters) or --db URL (the outbox's dead "
-            "rows), one of them"
+            "give one of --broker URL (the broker's dead letters), --app MODULE:BUS (the "
+            "broker of the application's bus) or --db URL (the outbox's dead rows)"
         )
+    if app is not None:
+        async with _app_store(load(app, EventBus)) as store:
+            yield store
+        return
     if broker is not None:
         out_of_process_warning(broker)
         async with open_bus(broker, options) as bus:
@@ -114,6 +126,20 @@ async def _store(
         yield importlib.import_module("eventbus.outbox").Outbox(table=table).dead_letters(engine)
     finally:
         await engine.dispose()
+
+
+@contextlib.asynccontextmanager
+async def _app_store(bus: EventBus) -> AsyncIterator[DeadLetterStore]:
+    """The dead letters of ``bus``'s broker, connected without starting a subscription."""
+    await bus.broker.connect()
+    try:
+        include = getattr(bus.broker.dead_letters, "include", None)
+        if include is not None:
+            for subscription in bus.subscriptions:
+                include(subscription)
+        yield bus.dead_letters
+    finally:
+        await bus.broker.close()
 
 
 async def _matching(store: DeadLetterStore, chosen: Filter, limit: int) -> list[DeadLetterRecord]:
@@ -145,6 +171,7 @@ def list_command(
     broker: str | None,
     broker_option: dict[str, Any],
     db: str | None,
+    app: str | None,
     table: str,
     group: str | None,
     error_type: str | None,
@@ -157,7 +184,7 @@ def list_command(
     chosen = _filter(group, error_type, event_type, since)
 
     async def main() -> list[DeadLetterRecord]:
-        async with _store(broker, db, table, broker_option) as store:
+        async with _store(broker, db, table, broker_option, app) as store:
             return await _matching(store, chosen, limit)
 
     records = run(main())
@@ -197,13 +224,14 @@ def show(
     broker: str | None,
     broker_option: dict[str, Any],
     db: str | None,
+    app: str | None,
     table: str,
     as_json: bool,
 ) -> None:
     """Show one dead letter: why it failed, its headers, its body and the traceback."""
 
     async def main() -> DeadLetterRecord | None:
-        async with _store(broker, db, table, broker_option) as store:
+        async with _store(broker, db, table, broker_option, app) as store:
             return await store.get(dead_letter_id)
 
     record = run(main())
@@ -293,6 +321,7 @@ def replay(
     broker: str | None,
     broker_option: dict[str, Any],
     db: str | None,
+    app: str | None,
     table: str,
     group: str | None,
     error_type: str | None,
@@ -315,7 +344,7 @@ def replay(
         )
 
     async def main() -> tuple[list[str], list[str]]:
-        async with _store(broker, db, table, broker_option) as store:
+        async with _store(broker, db, table, broker_option, app) as store:
             found = [] if ids else await _matching(store, chosen, limit)
             targets = list(ids) or [r.id for r in found]
             return await _replay_all(store, targets)
@@ -361,6 +390,7 @@ def purge(
     broker: str | None,
     broker_option: dict[str, Any],
     db: str | None,
+    app: str | None,
     table: str,
     group: str | None,
     yes: bool,
@@ -369,9 +399,9 @@ def purge(
     """Delete dead letters for good: all of them, or one group's. Asks first, unless --yes."""
 
     async def main() -> int:
-        async with _store(broker, db, table, broker_option) as store:
+        async with _store(broker, db, table, broker_option, app) as store:
             count = len(await store.list(group=group, limit=SCAN_LIMIT))
-            where = redact_url(broker or db)
+            where = redact_url(broker or db or app)
             whose = f"of group {group!r}" if group else "of every group"
             if count == 0:
                 return 0
