@@ -7,7 +7,6 @@ import os
 import signal
 import textwrap
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -45,9 +44,9 @@ READY = r"\[(?:eventbus|worker-\d+) (\d+)\] eventbus\.cli: worker ready"
 
 
 @pytest.fixture
-def app(tmp_path: Path, redis_url: str, prefix: str) -> Iterator[dict[str, str]]:
+def app(tmp_path: Path, redis_url: str, prefix: str) -> dict[str, str]:
     (tmp_path / "cliapp.py").write_text(APP)
-    yield {
+    return {
         "CLIAPP_LOG": str(tmp_path / "handled.log"),
         "CLIAPP_TYPE": f"clitest.job.{uuid.uuid4().hex[:8]}",
         "CLIAPP_BROKER": redis_url,
@@ -86,7 +85,8 @@ async def test_sigterm_drains_the_running_handlers_exits_0_and_loses_nothing(
     finally:
         worker.stop()
     started, done = _handled(app, "start"), _handled(app, "done")
-    assert started and started <= done, "a handler running at SIGTERM was cut off"
+    assert started, "a handler running at SIGTERM was cut off"
+    assert started <= done, "a handler running at SIGTERM was cut off"
     assert "draining" in worker.stderr
     assert len(done) < 12, "the worker stopped only after all of the work: nothing drained"
 

@@ -1,0 +1,245 @@
+"""publish, tail, outbox, projections and the shared rules: examples in every --help, one
+error line naming the fix, exit codes, passwords never printed."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from eventbus.cli.app import COMMANDS, cli
+from tests.cli.support import Running, environment, eventbus
+
+
+def _leaf_commands() -> list[list[str]]:
+    found: list[list[str]] = []
+    for name in sorted(COMMANDS):
+        command = cli.get_command(click.Context(cli), name)
+        assert command is not None
+        if isinstance(command, click.Group):
+            found += [[name, sub] for sub in sorted(command.commands)]
+        else:
+            found.append([name])
+    return found
+
+
+@pytest.mark.parametrize("path", _leaf_commands(), ids=" ".join)
+def test_every_command_has_help_with_examples(path: list[str]) -> None:
+    result = CliRunner().invoke(cli, [*path, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Examples:\n" in result.output
+    assert f"eventbus {' '.join(path)} " in result.output.split("Examples:")[1]
+
+
+def test_an_unreachable_broker_is_one_line_without_the_password(tmp_path: Path) -> None:
+    result = eventbus("dlq", "list", "--broker", "redis://app:s3cret@127.0.0.1:1/0", cwd=tmp_path)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: "), result.stderr
+    assert "s3cret" not in result.stderr
+    assert "redis://app:***@127.0.0.1:1/0" in lines[0]
+    assert "check that" in lines[0]
+
+
+def test_a_bad_url_names_the_schemes_and_a_usage_error_exits_2(tmp_path: Path) -> None:
+    result = eventbus("publish", "--broker", "rediss2://u:pw@h/", "a.b", "{}", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "use one of amqp://" in result.stderr
+    assert "pw" not in result.stderr
+    assert (
+        eventbus("publish", "--broker", "memory://", "a.b", "{not json", cwd=tmp_path).returncode
+        == 2
+    )
+    assert eventbus("dlq", "frobnicate", cwd=tmp_path).returncode == 2
+    bad_db = eventbus("outbox", "status", "--db", "postgres://u:pw@h/db", cwd=tmp_path)
+    assert bad_db.returncode == 1
+    assert "postgresql+asyncpg://" in bad_db.stderr
+    assert ":pw@" not in bad_db.stderr
+    assert "Traceback" not in bad_db.stderr
+
+
+@pytest.mark.redis
+def test_tail_prints_what_publish_sends_in_a_group_of_its_own(
+    tmp_path: Path, redis_url: str
+) -> None:
+    prefix = f"ebtest:{uuid.uuid4().hex[:10]}:"
+    broker = ["--broker", redis_url, "--broker-option", f"prefix={prefix}"]
+    kind = f"clitest.order.{uuid.uuid4().hex[:8]}"
+    tail = Running("tail", *broker, kind, "--count", "1", cwd=tmp_path)  # no patterns on Redis
+    try:
+        tail.wait_for("tailing")
+        sent = eventbus(
+            "publish",
+            *broker,
+            "--key",
+            "o1",
+            "--header",
+            "tenant=acme",
+            kind,
+            '{"order_id": "o1"}',
+            cwd=tmp_path,
+        )
+        assert sent.returncode == 0, sent.stderr
+        printed = json.loads(tail.wait_for(r"^\{.*\}$", stream="stdout")[0].group(0))
+        assert tail.finish() == 0, tail.stderr
+    finally:
+        tail.stop()
+    assert printed["id"] == sent.stdout.strip()
+    assert printed["type"] == kind
+    assert printed["data"] == {"order_id": "o1"}
+    assert printed["partitionkey"] == "o1"
+    assert printed["tenant"] == "acme"
+
+
+OUTBOX_APP = textwrap.dedent(
+    """
+    import asyncio, sys
+    import sqlalchemy as sa
+    from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+    from eventbus import Event, EventBus
+    from eventbus.outbox import Outbox
+
+    class Shipped(Event):
+        event_type = sys.argv[3]
+        parcel: int
+
+    async def main() -> None:
+        engine = create_async_engine(sys.argv[1])
+        outbox = Outbox()
+        await outbox.create_tables(engine)
+        bus = EventBus(sys.argv[2], outbox=outbox, prefix=sys.argv[4])
+        async with AsyncSession(engine) as session, session.begin():
+            for n in range(3):
+                await bus.publish(Shipped(parcel=n), session=session)
+        await engine.dispose()
+
+    asyncio.run(main())
+    """
+)
+
+
+@pytest.mark.redis
+def test_outbox_status_then_relay_publishes_the_backlog(tmp_path: Path, redis_url: str) -> None:
+    db = f"sqlite+aiosqlite:///{tmp_path}/app.db"
+    prefix = f"ebtest:{uuid.uuid4().hex[:10]}:"
+    kind = f"clitest.shipped.{uuid.uuid4().hex[:8]}"
+    (tmp_path / "stage.py").write_text(OUTBOX_APP)
+    subprocess.run(
+        [sys.executable, "stage.py", db, redis_url, kind, prefix],
+        cwd=tmp_path,
+        env=environment(tmp_path),
+        check=True,
+    )
+    status = eventbus("outbox", "status", "--db", db, "--json", cwd=tmp_path)
+    assert status.returncode == 0, status.stderr
+    backlog = json.loads(status.stdout)
+    assert backlog["pending"] == 3
+    assert backlog["dead"] == 0
+    assert backlog["oldest_age_seconds"] >= 0
+
+    broker = ["--broker", redis_url, "--broker-option", f"prefix={prefix}"]
+    relayed = eventbus("outbox", "relay", "--db", db, *broker, "--once", cwd=tmp_path)
+    assert relayed.returncode == 0, relayed.stderr
+    assert "published 3 row(s)" in relayed.stderr
+    assert (
+        json.loads(eventbus("outbox", "status", "--db", db, "--json", cwd=tmp_path).stdout)[
+            "pending"
+        ]
+        == 0
+    )
+
+    running = Running("outbox", "relay", "--db", db, *broker, cwd=tmp_path)
+    try:
+        running.wait_for("outbox relay ready")
+        running.signal(signal.SIGTERM)
+        assert running.finish() == 0, running.stderr
+    finally:
+        running.stop()
+
+
+PROJECTION_APP = textwrap.dedent(
+    """
+    import os
+    from eventbus import Event
+    from sqlalchemy.ext.asyncio import create_async_engine
+    from eventbus.eventstore import EventStore, Projection, ProjectionContext, ProjectionRunner
+
+    class Deposited(Event):
+        amount: int
+
+    totals: dict[str, int] = {}
+    balance = Projection("balance")
+
+    @balance.on(Deposited)
+    async def deposited(event: Deposited, ctx: ProjectionContext) -> None:
+        totals["sum"] = totals.get("sum", 0) + event.amount
+
+    @balance.on_reset
+    async def reset() -> None:
+        totals.clear()
+
+    store = EventStore(create_async_engine(os.environ["CLIAPP_DB"]))
+    runners = [ProjectionRunner(store, balance)]
+    """
+)
+
+
+def test_projections_status_and_rebuild(tmp_path: Path) -> None:
+    db = f"sqlite+aiosqlite:///{tmp_path}/events.db"
+    (tmp_path / "ledger.py").write_text(PROJECTION_APP)
+    (tmp_path / "fill.py").write_text(
+        textwrap.dedent(
+            """
+        import asyncio
+        from ledger import Deposited, runners, store
+
+        async def main() -> None:
+            await store.create_tables()
+            await runners[0].create_tables()
+            for n in range(5):
+                await store.append(f"account-{n}", [Deposited(amount=n)], expected_version=0)
+            await runners[0].run_once()
+            await store.append("account-9", [Deposited(amount=9)], expected_version=0)
+            await store.engine.dispose()
+
+        asyncio.run(main())
+        """
+        )
+    )
+    env = {"CLIAPP_DB": db}
+    subprocess.run(
+        [sys.executable, "fill.py"], cwd=tmp_path, env=environment(tmp_path, env), check=True
+    )
+    status = eventbus("projections", "status", "ledger:runners", "--json", cwd=tmp_path, env=env)
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout) == [{"name": "balance", "position": 5, "head": 6, "lag": 1}]
+    alarm = eventbus(
+        "projections", "status", "ledger:runners", "--max-lag", "0", cwd=tmp_path, env=env
+    )
+    assert alarm.returncode == 1
+    assert "balance" in alarm.stderr
+
+    refused = eventbus("projections", "rebuild", "ledger:runners", "balance", cwd=tmp_path, env=env)
+    assert refused.returncode == 1
+    assert "--yes" in refused.stderr
+    rebuilt = eventbus(
+        "projections", "rebuild", "ledger:runners", "balance", "--yes", cwd=tmp_path, env=env
+    )
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert "6 event(s) applied" in rebuilt.stderr
+    status = eventbus("projections", "status", "ledger:runners", "--json", cwd=tmp_path, env=env)
+    assert json.loads(status.stdout)[0]["lag"] == 0
+    unknown = eventbus(
+        "projections", "rebuild", "ledger:runners", "nope", "--yes", cwd=tmp_path, env=env
+    )
+    assert unknown.returncode == 1
+    assert "there are: balance" in unknown.stderr
