@@ -3,6 +3,7 @@ error line naming the fix, exit codes, passwords never printed."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
@@ -67,16 +68,26 @@ def test_a_bad_url_names_the_schemes_and_a_usage_error_exits_2(tmp_path: Path) -
     assert "Traceback" not in bad_db.stderr
 
 
-@pytest.mark.redis
-def test_tail_prints_what_publish_sends_in_a_group_of_its_own(
-    tmp_path: Path, redis_url: str
+@pytest.fixture(params=["redis", "rabbitmq", "kafka"])
+def server(request: pytest.FixtureRequest) -> tuple[str, str, list[str]]:
+    """(kind, URL, the --broker options) of one real broker."""
+    kind = request.param
+    request.applymarker(getattr(pytest.mark, kind))
+    url = request.getfixturevalue(f"{kind}_url")
+    options = ["--broker-option", f"prefix=ebtest:{uuid.uuid4().hex[:10]}:"] * (kind == "redis")
+    return kind, url, ["--broker", url, *options]
+
+
+def test_tail_prints_what_publish_sends_and_removes_its_group(
+    tmp_path: Path, server: tuple[str, str, list[str]]
 ) -> None:
-    prefix = f"ebtest:{uuid.uuid4().hex[:10]}:"
-    broker = ["--broker", redis_url, "--broker-option", f"prefix={prefix}"]
-    kind = f"clitest.order.{uuid.uuid4().hex[:8]}"
-    tail = Running("tail", *broker, kind, "--count", "1", cwd=tmp_path)  # no patterns on Redis
+    kind, url, broker = server
+    word = f"clitest{uuid.uuid4().hex[:8]}"
+    event_type = f"{word}.order.placed"
+    pattern = f"{word}.order.*" if kind == "rabbitmq" else event_type  # Redis has no routing
+    tail = Running("tail", *broker, pattern, "--count", "1", cwd=tmp_path)
     try:
-        tail.wait_for("tailing")
+        group = tail.wait_for(r"in group '(eventbus-tail-\w+)'")[0].group(1)
         sent = eventbus(
             "publish",
             *broker,
@@ -84,20 +95,59 @@ def test_tail_prints_what_publish_sends_in_a_group_of_its_own(
             "o1",
             "--header",
             "tenant=acme",
-            kind,
+            event_type,
             '{"order_id": "o1"}',
             cwd=tmp_path,
         )
         assert sent.returncode == 0, sent.stderr
-        printed = json.loads(tail.wait_for(r"^\{.*\}$", stream="stdout")[0].group(0))
+        printed = json.loads(tail.wait_for(r"^\{.*\}$", stream="stdout", timeout=60)[0].group(0))
         assert tail.finish() == 0, tail.stderr
     finally:
         tail.stop()
     assert printed["id"] == sent.stdout.strip()
-    assert printed["type"] == kind
+    assert printed["type"] == event_type
     assert printed["data"] == {"order_id": "o1"}
     assert printed["partitionkey"] == "o1"
     assert printed["tenant"] == "acme"
+    assert "stays" not in tail.stderr
+    assert not asyncio.run(_group_exists(kind, url, broker, group, event_type, pattern))
+
+
+async def _group_exists(
+    kind: str, url: str, broker: list[str], group: str, event_type: str, pattern: str
+) -> bool:
+    """Whether the broker still keeps anything for the tail's group."""
+    if kind == "redis":
+        import redis.asyncio as aioredis
+
+        prefix = broker[-1].removeprefix("prefix=")
+        client = aioredis.Redis.from_url(url)
+        async with client:
+            groups = await client.xinfo_groups(f"{prefix}{event_type}")
+            await client.delete(f"{prefix}{event_type}")
+        return any(g["name"].decode() == group for g in groups)
+    if kind == "rabbitmq":
+        import aio_pika
+        import aiormq
+
+        from eventbus.brokers.rabbitmq import queue_name
+
+        connection = await aio_pika.connect(url)
+        async with connection:
+            channel = await connection.channel()
+            try:
+                await channel.declare_queue(queue_name(group, pattern), passive=True)
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                return False
+            return True
+    from aiokafka.admin import AIOKafkaAdminClient  # type: ignore[import-untyped]
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=url.removeprefix("kafka://"))
+    await admin.start()
+    try:
+        return group in {g[0] for g in await admin.list_consumer_groups()}
+    finally:
+        await admin.close()
 
 
 OUTBOX_APP = textwrap.dedent(

@@ -12,11 +12,13 @@ from typing import Any
 
 import click
 
-from eventbus.cli.common import broker_options, open_bus, run
+from eventbus.bus import EventBus
+from eventbus.cli.common import broker_options, describe, open_bus, run
 from eventbus.cli.signals import on_signals
 from eventbus.envelope import Envelope, new_envelope, to_structured, validate_extension_name
+from eventbus.errors import EventBusError
 from eventbus.publishing import new_event_id
-from eventbus.router import Router
+from eventbus.router import Router, Subscription
 from eventbus.topics import validate_type_name
 
 __all__ = ["publish", "tail"]
@@ -145,16 +147,14 @@ def tail(
 
     Events are acknowledged as they are printed, in a group of the tail's own.
     """
-    run(
-        _tail(
-            pattern, broker, broker_option, count, group or f"eventbus-tail-{uuid.uuid4().hex[:12]}"
-        )
-    )
+    run(_tail(pattern, broker, broker_option, count, group))
 
 
 async def _tail(
-    pattern: str, broker: str, options: dict[str, Any], count: int | None, group: str
+    pattern: str, broker: str, options: dict[str, Any], count: int | None, group: str | None
 ) -> None:
+    own_group = group is None
+    group = group or f"eventbus-tail-{uuid.uuid4().hex[:12]}"
     stopping = asyncio.Event()
     seen = 0
     router = Router()
@@ -168,6 +168,23 @@ async def _tail(
             stopping.set()
 
     on_signals(stopping)
-    async with open_bus(broker, options, routers=[router], middleware=()):
+    async with open_bus(broker, options, routers=[router], middleware=()) as bus:
         click.echo(f"tailing {pattern!r} in group {group!r}; Ctrl-C to stop", err=True)
         await stopping.wait()
+    if own_group:
+        await _remove_group(bus, bus.subscriptions[0])
+
+
+async def _remove_group(bus: EventBus, subscription: Subscription) -> None:
+    """Delete the tail's own group from the broker, so that nothing keeps collecting for it."""
+    remove = getattr(bus.broker, "remove_group", None)
+    if remove is None:
+        click.echo(f"note: this broker keeps the group {subscription.group!r}", err=True)
+        return
+    await bus.broker.connect()
+    try:
+        await remove(subscription)
+    except EventBusError as exc:
+        click.echo(f"warning: the group {subscription.group!r} stays: {describe(exc)}", err=True)
+    finally:
+        await bus.broker.close()
