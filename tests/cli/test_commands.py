@@ -194,7 +194,11 @@ def test_outbox_status_then_relay_publishes_the_backlog(tmp_path: Path, redis_ur
     backlog = json.loads(status.stdout)
     assert backlog["pending"] == 3
     assert backlog["dead"] == 0
-    assert backlog["oldest_age_seconds"] >= 0
+    assert backlog["oldest_age_seconds"] > 0
+    assert eventbus("outbox", "status", "--db", db, "--max-dead", "0", cwd=tmp_path).returncode == 0
+    old = eventbus("outbox", "status", "--db", db, "--max-age", "0", cwd=tmp_path)
+    assert old.returncode == 1
+    assert "over --max-age 0s" in old.stderr
 
     broker = ["--broker", redis_url, "--broker-option", f"prefix={prefix}"]
     relayed = eventbus("outbox", "relay", "--db", db, *broker, "--once", cwd=tmp_path)

@@ -10,8 +10,10 @@ import uuid
 from pathlib import Path
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
 from eventbus import Event, EventBus
+from eventbus.outbox import Outbox
 from eventbus.testing import wait_until
 from tests.cli.support import Running, alive, eventbus, lines_of
 
@@ -153,3 +155,62 @@ def test_a_bad_module_path_is_one_line_naming_the_fix(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "has no attribute 'bus'; it has EventBus objects: mine" in result.stderr
     assert eventbus("worker", "run", "app_without_bus", cwd=tmp_path).returncode == 2
+
+
+RELAY_APP = textwrap.dedent(
+    """
+    import os, pathlib
+    from eventbus import Event, EventBus
+    from eventbus.outbox import Outbox
+
+    LOG = pathlib.Path(os.environ["CLIAPP_LOG"])
+
+    class Job(Event):
+        event_type = os.environ["CLIAPP_TYPE"]
+        n: int
+
+    outbox = Outbox()
+    bus = EventBus(os.environ["CLIAPP_BROKER"], service="cliapp", outbox=outbox,
+                   prefix=os.environ["CLIAPP_PREFIX"])
+
+    @bus.subscribe(Job, group="cliapp.work")
+    async def work(job: Job) -> None:
+        with LOG.open("a") as log:
+            log.write(f"done {job.n} {os.getpid()}\\n")
+    """
+)
+
+
+async def test_relay_publishes_what_the_app_staged_to_its_own_consumers(
+    tmp_path: Path, app: dict[str, str]
+) -> None:
+    (tmp_path / "relayapp.py").write_text(RELAY_APP)
+    db = f"sqlite+aiosqlite:///{tmp_path}/app.db"
+    engine = create_async_engine(db)
+    outbox = Outbox()
+    await outbox.create_tables(engine)
+
+    class Job(Event):
+        event_type = app["CLIAPP_TYPE"]
+        n: int
+
+    worker = Running("worker", "run", "relayapp:bus", "--relay", "--db", db, cwd=tmp_path, env=app)
+    try:
+        worker.wait_for(READY)
+        assert "outbox relay on sqlite+aiosqlite:///" in worker.stderr
+        staging = EventBus("memory://", outbox=outbox)  # this process only stages
+        async with AsyncSession(engine) as session, session.begin():
+            for n in range(3):
+                await staging.publish(Job(n=n), session=session)
+        await wait_until(lambda: _handled(app, "done") == {0, 1, 2}, timeout=30)
+        worker.signal(signal.SIGTERM)
+        assert worker.finish() == 0, worker.stderr
+    finally:
+        worker.stop()
+        await engine.dispose()
+
+
+def test_relay_without_a_database_is_a_usage_error(tmp_path: Path) -> None:
+    result = eventbus("worker", "run", "anything:bus", "--relay", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "give --db URL" in result.stderr

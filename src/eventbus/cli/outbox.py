@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from eventbus.cli.common import broker_options, database, echo_json, open_bus, run
+from eventbus.cli.common import broker_options, database, echo_json, fail, open_bus, run
 from eventbus.cli.signals import LOG_LEVELS, configure_logging, on_signals
 
 __all__ = ["outbox"]
@@ -53,11 +53,23 @@ def _db_option(command: Any) -> Any:
 Examples:
   eventbus outbox status --db postgresql+asyncpg://app@db/app
   eventbus outbox status --db sqlite+aiosqlite:///app.db --json
+  eventbus outbox status --db postgresql+asyncpg://app@db/app --max-age 60 --max-dead 0
 """,
 )
 @_db_option
 @click.option("--json", "as_json", is_flag=True, help="JSON on stdout, for scripts.")
-def status(db: str, table: str, as_json: bool) -> None:
+@click.option(
+    "--max-age",
+    type=click.FloatRange(min=0),
+    metavar="SECONDS",
+    help="Exit 1 when the oldest pending row is older than this (for alerts).",
+)
+@click.option(
+    "--max-dead",
+    type=click.IntRange(min=0),
+    help="Exit 1 when more rows than this are dead (for alerts).",
+)
+def status(db: str, table: str, as_json: bool, max_age: float | None, max_dead: int | None) -> None:
     """How many rows wait to be published, how old the oldest is, how many are dead."""
 
     async def main() -> Any:
@@ -76,12 +88,22 @@ def status(db: str, table: str, as_json: bool) -> None:
     }
     if as_json:
         echo_json(shown)
+        _alert(backlog, max_age, max_dead)
         return
     age = "-" if backlog.oldest_age is None else f"{backlog.oldest_age:.1f}s"
     click.echo(f"pending:     {backlog.pending}")
     click.echo(f"oldest age:  {age}")
     click.echo(f"dead:        {backlog.dead}   (eventbus dlq list --db ...)")
     click.echo(f"held keys:   {backlog.held_keys}")
+    _alert(backlog, max_age, max_dead)
+
+
+def _alert(backlog: Any, max_age: float | None, max_dead: int | None) -> None:
+    age = backlog.oldest_age
+    if max_age is not None and age is not None and age > max_age:
+        raise fail(f"the oldest pending row is {age:.1f}s old, over --max-age {max_age:g}s")
+    if max_dead is not None and backlog.dead > max_dead:
+        raise fail(f"{backlog.dead} dead row(s), over --max-dead {max_dead}")
 
 
 @outbox.command(
