@@ -132,3 +132,22 @@ async def test_fake_clock_wakes_sleepers_in_deadline_order() -> None:
     assert woke == [1, 2, 3]
     with pytest.raises(ValueError, match="forward"):
         await clock.advance(-1)
+
+
+class Pinged(Event):
+    n: int
+
+
+async def test_a_removed_group_is_no_longer_kept_for() -> None:
+    bus = EventBus("memory://")
+
+    @bus.subscribe(Pinged, group="short-lived")
+    async def on_ping(event: Pinged) -> None: ...
+
+    async with bus:
+        await bus.publish(Pinged(n=1))
+        await bus.drain()
+        subscription = bus.subscriptions[0]
+        assert await bus.broker.lag(subscription) == 0  # type: ignore[attr-defined]
+        await bus.broker.remove_group(subscription)  # type: ignore[attr-defined]
+        assert await bus.broker.lag(subscription) is None  # type: ignore[attr-defined]

@@ -70,6 +70,9 @@ async def test_list_then_replay_keeps_the_event_ids(
     group = f"clitest.charge.{uuid.uuid4().hex[:8]}"
     charged, handler = _event_class(), _Failing()
     if url.startswith("amqp"):  # its DLQs are named after the subscriptions: --app names them
+        refused = await _eventbus("dlq", "list", *args, cwd=tmp_path)
+        assert refused.returncode == 1
+        assert "pass --app MODULE:BUS" in refused.stderr
         (tmp_path / "billing.py").write_text(
             _APP.format(url=url, type=charged.event_type, group=group)
         )

@@ -141,6 +141,23 @@ async def test_the_supervisor_restarts_a_killed_worker_and_passes_sigterm_on(
     assert not any(alive(pid) for pid in (first | {third}) - {killed})
 
 
+async def test_workers_drain_and_stop_when_their_supervisor_is_killed(
+    tmp_path: Path, app: dict[str, str]
+) -> None:
+    supervisor = Running("worker", "run", "cliapp:bus", "--workers", "2", cwd=tmp_path, env=app)
+    try:
+        workers = {int(m.group(1)) for m in supervisor.wait_for(READY, count=2)}
+        supervisor.process.kill()
+        supervisor.finish()
+        await wait_until(lambda: not any(alive(pid) for pid in workers), timeout=20)
+    finally:
+        for pid in workers:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        supervisor.stop()
+    assert supervisor.stderr.count("is gone: draining and stopping") == 2
+
+
 def test_a_bad_module_path_is_one_line_naming_the_fix(tmp_path: Path) -> None:
     result = eventbus("worker", "run", "no_such_app.main:bus", cwd=tmp_path)
     assert result.returncode == 1

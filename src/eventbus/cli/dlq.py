@@ -118,6 +118,12 @@ async def _store(
     if broker is not None:
         out_of_process_warning(broker)
         async with open_bus(broker, options) as bus:
+            if hasattr(bus.broker.dead_letters, "include"):
+                raise fail(
+                    f"the dead-letter queues of {redact_url(broker)} are named after the "
+                    "subscriptions: pass --app MODULE:BUS (the application's bus) instead of "
+                    "--broker"
+                )
             yield bus.dead_letters
         return
     assert db is not None
