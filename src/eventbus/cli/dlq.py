@@ -10,9 +10,7 @@ unchanged, so idempotent consumers recognise it.
 from __future__ import annotations
 
 import base64
-import contextlib
-import importlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import click
@@ -20,22 +18,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from eventbus.bus import EventBus
 from eventbus.cli.common import (
-    broker_options,
     confirm,
-    database,
     echo_json,
     fail,
-    load,
-    open_bus,
-    out_of_process_warning,
     run,
 )
-from eventbus.cli.filters import Filter, parse_since
+from eventbus.cli.filters import Filter, Source, filter_options, open_store, source_options
 from eventbus.deadletters import DeadLetterRecord, DeadLetterStore
 from eventbus.errors import DeadLetterNotFound
-from eventbus.redact import redact_url
 
 __all__ = ["dlq", "record_json"]
 
@@ -57,97 +48,6 @@ def dlq() -> None:
     """List, inspect, replay and purge dead letters."""
 
 
-def _source(command: Callable[..., Any]) -> Callable[..., Any]:
-    command = click.option(
-        "--table",
-        default="eventbus_outbox",
-        show_default=True,
-        help="With --db: the outbox table.",
-    )(command)
-    command = click.option(
-        "--db", metavar="URL", help="Work on the outbox's dead rows in this database instead."
-    )(command)
-    command = click.option(
-        "--app",
-        metavar="MODULE:BUS",
-        help="Take the broker and the subscriptions from the application's bus (needed on "
-        "RabbitMQ, whose dead-letter queues are named after the subscriptions).",
-    )(command)
-    return broker_options(required=False)(command)
-
-
-def _filters(command: Callable[..., Any]) -> Callable[..., Any]:
-    for option in (
-        click.option(
-            "--since",
-            metavar="WHEN",
-            help="Failed at most this long ago (2h, 7d) or since this ISO-8601 time.",
-        ),
-        click.option("--event-type", metavar="TYPE", help="Only dead letters of this event type."),
-        click.option(
-            "--error-type",
-            metavar="NAME",
-            help="Only those that failed with this "
-            "error (ValueError or app.errors.PaymentDeclined).",
-        ),
-        click.option("--group", metavar="GROUP", help="Only this consumer group's."),
-    ):
-        command = option(command)
-    return command
-
-
-def _filter(
-    group: str | None, error_type: str | None, event_type: str | None, since: str | None
-) -> Filter:
-    return Filter(group, error_type, event_type, parse_since(since))
-
-
-@contextlib.asynccontextmanager
-async def _store(
-    broker: str | None, db: str | None, table: str, options: dict[str, Any], app: str | None
-) -> AsyncIterator[DeadLetterStore]:
-    if sum(x is not None for x in (broker, db, app)) != 1:
-        raise click.UsageError(
-            "give one of --broker URL (the broker's dead letters), --app MODULE:BUS (the "
-            "broker of the application's bus) or --db URL (the outbox's dead rows)"
-        )
-    if app is not None:
-        async with _app_store(load(app, EventBus)) as store:
-            yield store
-        return
-    if broker is not None:
-        out_of_process_warning(broker)
-        async with open_bus(broker, options) as bus:
-            if hasattr(bus.broker.dead_letters, "include"):
-                raise fail(
-                    f"the dead-letter queues of {redact_url(broker)} are named after the "
-                    "subscriptions: pass --app MODULE:BUS (the application's bus) instead of "
-                    "--broker"
-                )
-            yield bus.dead_letters
-        return
-    assert db is not None
-    engine = database(db)
-    try:
-        yield importlib.import_module("eventbus.outbox").Outbox(table=table).dead_letters(engine)
-    finally:
-        await engine.dispose()
-
-
-@contextlib.asynccontextmanager
-async def _app_store(bus: EventBus) -> AsyncIterator[DeadLetterStore]:
-    """The dead letters of ``bus``'s broker, connected without starting a subscription."""
-    await bus.broker.connect()
-    try:
-        include = getattr(bus.broker.dead_letters, "include", None)
-        if include is not None:
-            for subscription in bus.subscriptions:
-                include(subscription)
-        yield bus.dead_letters
-    finally:
-        await bus.broker.close()
-
-
 async def _matching(store: DeadLetterStore, chosen: Filter, limit: int) -> list[DeadLetterRecord]:
     return [r for r in await store.list(group=chosen.group, limit=limit) if chosen(r)]
 
@@ -163,8 +63,8 @@ Examples:
   eventbus dlq list --db postgresql+asyncpg://app@db/app    (the outbox's dead rows)
 """,
 )
-@_source
-@_filters
+@source_options
+@filter_options
 @click.option(
     "--limit",
     type=click.IntRange(min=1),
@@ -174,23 +74,15 @@ Examples:
 )
 @click.option("--json", "as_json", is_flag=True, help="JSON on stdout, for scripts.")
 def list_command(
-    broker: str | None,
-    broker_option: dict[str, Any],
-    db: str | None,
-    app: str | None,
-    table: str,
-    group: str | None,
-    error_type: str | None,
-    event_type: str | None,
-    since: str | None,
+    source: Source,
+    chosen: Filter,
     limit: int,
     as_json: bool,
 ) -> None:
     """List dead letters, oldest first: a table, or JSON with --json."""
-    chosen = _filter(group, error_type, event_type, since)
 
     async def main() -> list[DeadLetterRecord]:
-        async with _store(broker, db, table, broker_option, app) as store:
+        async with open_store(source) as store:
             return await _matching(store, chosen, limit)
 
     records = run(main())
@@ -223,21 +115,17 @@ Examples:
 """,
 )
 @click.argument("dead_letter_id", metavar="ID")
-@_source
+@source_options
 @click.option("--json", "as_json", is_flag=True, help="JSON on stdout, for scripts.")
 def show(
     dead_letter_id: str,
-    broker: str | None,
-    broker_option: dict[str, Any],
-    db: str | None,
-    app: str | None,
-    table: str,
+    source: Source,
     as_json: bool,
 ) -> None:
     """Show one dead letter: why it failed, its headers, its body and the traceback."""
 
     async def main() -> DeadLetterRecord | None:
-        async with _store(broker, db, table, broker_option, app) as store:
+        async with open_store(source) as store:
             return await store.get(dead_letter_id)
 
     record = run(main())
@@ -311,8 +199,8 @@ Examples:
 """,
 )
 @click.argument("ids", nargs=-1, metavar="[ID]...")
-@_source
-@_filters
+@source_options
+@filter_options
 @click.option("--all", "everything", is_flag=True, help="Replay every dead letter.")
 @click.option(
     "--limit",
@@ -324,15 +212,8 @@ Examples:
 @click.option("--json", "as_json", is_flag=True, help="A JSON summary on stdout.")
 def replay(
     ids: Sequence[str],
-    broker: str | None,
-    broker_option: dict[str, Any],
-    db: str | None,
-    app: str | None,
-    table: str,
-    group: str | None,
-    error_type: str | None,
-    event_type: str | None,
-    since: str | None,
+    source: Source,
+    chosen: Filter,
     everything: bool,
     limit: int,
     as_json: bool,
@@ -342,7 +223,6 @@ def replay(
     Each goes back to the subscription it failed in, with its event id unchanged, and leaves
     the dead-letter queue. A progress bar shows on a terminal.
     """
-    chosen = _filter(group, error_type, event_type, since)
     if not ids and chosen.empty and not everything:
         raise click.UsageError(
             "say which dead letters to replay: IDs, a filter (--group, --error-type, "
@@ -350,7 +230,7 @@ def replay(
         )
 
     async def main() -> tuple[list[str], list[str]]:
-        async with _store(broker, db, table, broker_option, app) as store:
+        async with open_store(source) as store:
             found = [] if ids else await _matching(store, chosen, limit)
             targets = list(ids) or [r.id for r in found]
             return await _replay_all(store, targets)
@@ -388,16 +268,12 @@ Examples:
   eventbus dlq purge --broker kafka://localhost:9092 --yes
 """,
 )
-@_source
+@source_options
 @click.option("--group", metavar="GROUP", help="Only this consumer group's (default: all).")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--json", "as_json", is_flag=True, help="A JSON summary on stdout.")
 def purge(
-    broker: str | None,
-    broker_option: dict[str, Any],
-    db: str | None,
-    app: str | None,
-    table: str,
+    source: Source,
     group: str | None,
     yes: bool,
     as_json: bool,
@@ -405,13 +281,12 @@ def purge(
     """Delete dead letters for good: all of them, or one group's. Asks first, unless --yes."""
 
     async def main() -> int:
-        async with _store(broker, db, table, broker_option, app) as store:
+        async with open_store(source) as store:
             count = len(await store.list(group=group, limit=SCAN_LIMIT))
-            where = redact_url(broker or db or app)
             whose = f"of group {group!r}" if group else "of every group"
             if count == 0:
                 return 0
-            confirm(f"Delete {count} dead letter(s) {whose} on {where} for good?", yes)
+            confirm(f"Delete {count} dead letter(s) {whose} on {source.shown} for good?", yes)
             return await store.purge(group=group)
 
     purged = run(main())

@@ -1,16 +1,33 @@
-"""Choosing dead letters: by group, error type, event type and time (``--since``)."""
+"""Which dead letters a ``dlq`` command works on: where they are (``--broker``, ``--app`` or
+``--db``, given to the command as a :class:`Source`) and which of them (``--group``,
+``--error-type``, ``--event-type``, ``--since``, given as a :class:`Filter`)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
+import importlib
 import re
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import click
 
-from eventbus.deadletters import DeadLetterRecord
+from eventbus.bus import EventBus
+from eventbus.cli.common import (
+    broker_options,
+    database,
+    fail,
+    load,
+    open_bus,
+    out_of_process_warning,
+)
+from eventbus.deadletters import DeadLetterRecord, DeadLetterStore
+from eventbus.redact import redact_url
 
-__all__ = ["Filter", "parse_since"]
+__all__ = ["Filter", "Source", "parse_since", "filter_options", "open_store", "source_options"]
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -69,3 +86,145 @@ def _same_error(recorded: str, wanted: str) -> bool:
 
 def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """Where the dead letters are: ``--broker``, ``--app`` or ``--db`` (one of them)."""
+
+    broker: str | None
+    broker_option: dict[str, Any]
+    db: str | None
+    app: str | None
+    table: str
+
+    @property
+    def shown(self) -> str:
+        return redact_url(self.broker or self.db or self.app)
+
+
+def _wrapping(wrapper: Callable[..., Any], command: Callable[..., Any]) -> Callable[..., Any]:
+    """``wrapper`` in the place of ``command``: its name, help and options. Not
+    ``functools.wraps``: click would read the wrapped signature and pass it fewer options."""
+    functools.update_wrapper(wrapper, command)
+    del wrapper.__wrapped__  # type: ignore[attr-defined]
+    return wrapper
+
+
+def source_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The options that say where the dead letters are, given to ``command`` as ``source``."""
+
+    def with_source(
+        *args: Any,
+        broker: str | None,
+        broker_option: dict[str, Any],
+        db: str | None,
+        app: str | None,
+        table: str,
+        **kwargs: Any,
+    ) -> Any:
+        return command(*args, source=Source(broker, broker_option, db, app, table), **kwargs)
+
+    wrapped = _wrapping(with_source, command)
+    for option in (
+        click.option(
+            "--table",
+            default="eventbus_outbox",
+            show_default=True,
+            help="With --db: the outbox table.",
+        ),
+        click.option(
+            "--db", metavar="URL", help="Work on the outbox's dead rows in this database instead."
+        ),
+        click.option(
+            "--app",
+            metavar="MODULE:BUS",
+            help="Take the broker and the subscriptions from the application's bus (needed "
+            "on RabbitMQ, whose dead-letter queues are named after the subscriptions).",
+        ),
+    ):
+        wrapped = option(wrapped)
+    return broker_options(required=False)(wrapped)
+
+
+def filter_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The options that choose dead letters, given to ``command`` as ``chosen``."""
+
+    def with_filter(
+        *args: Any,
+        group: str | None,
+        error_type: str | None,
+        event_type: str | None,
+        since: str | None,
+        **kwargs: Any,
+    ) -> Any:
+        chosen = Filter(group, error_type, event_type, parse_since(since))
+        return command(*args, chosen=chosen, **kwargs)
+
+    wrapped = _wrapping(with_filter, command)
+    for option in (
+        click.option(
+            "--since",
+            metavar="WHEN",
+            help="Failed at most this long ago (2h, 7d) or since this ISO-8601 time.",
+        ),
+        click.option("--event-type", metavar="TYPE", help="Only dead letters of this event type."),
+        click.option(
+            "--error-type",
+            metavar="NAME",
+            help="Only those that failed with this "
+            "error (ValueError or app.errors.PaymentDeclined).",
+        ),
+        click.option("--group", metavar="GROUP", help="Only this consumer group's."),
+    ):
+        wrapped = option(wrapped)
+    return wrapped
+
+
+@contextlib.asynccontextmanager
+async def open_store(source: Source) -> AsyncIterator[DeadLetterStore]:
+    broker, db, app = source.broker, source.db, source.app
+    if sum(x is not None for x in (broker, db, app)) != 1:
+        raise click.UsageError(
+            "give one of --broker URL (the broker's dead letters), --app MODULE:BUS (the "
+            "broker of the application's bus) or --db URL (the outbox's dead rows)"
+        )
+    if app is not None:
+        async with _app_store(load(app, EventBus)) as store:
+            yield store
+        return
+    if broker is not None:
+        out_of_process_warning(broker)
+        async with open_bus(broker, source.broker_option) as bus:
+            if hasattr(bus.broker.dead_letters, "include"):
+                raise fail(
+                    f"the dead-letter queues of {redact_url(broker)} are named after the "
+                    "subscriptions: pass --app MODULE:BUS (the application's bus) instead of "
+                    "--broker"
+                )
+            yield bus.dead_letters
+        return
+    assert db is not None
+    engine = database(db)
+    try:
+        yield (
+            importlib.import_module("eventbus.outbox")
+            .Outbox(table=source.table)
+            .dead_letters(engine)
+        )
+    finally:
+        await engine.dispose()
+
+
+@contextlib.asynccontextmanager
+async def _app_store(bus: EventBus) -> AsyncIterator[DeadLetterStore]:
+    """The dead letters of ``bus``'s broker, connected without starting a subscription."""
+    await bus.broker.connect()
+    try:
+        include = getattr(bus.broker.dead_letters, "include", None)
+        if include is not None:
+            for subscription in bus.subscriptions:
+                include(subscription)
+        yield bus.dead_letters
+    finally:
+        await bus.broker.close()
