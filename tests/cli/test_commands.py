@@ -68,6 +68,13 @@ def test_a_bad_url_names_the_schemes_and_a_usage_error_exits_2(tmp_path: Path) -
     assert "Traceback" not in bad_db.stderr
 
 
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    result = eventbus("--debug", "dlq", "list", "--broker", "redix://u:pw@h/", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "Traceback (most recent call last)" in result.stderr
+    assert "ConfigurationError: unknown broker URL" in result.stderr
+
+
 @pytest.fixture(params=["redis", "rabbitmq", "kafka"])
 def server(request: pytest.FixtureRequest) -> tuple[str, str, list[str]]:
     """(kind, URL, the --broker options) of one real broker."""
