@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 from typing import Any
 
@@ -71,6 +72,14 @@ Exit codes: 0 ok, 1 failure (one line on stderr says why), 2 bad usage.
 @click.version_option(package_name="eventbus", prog_name="eventbus")
 def cli(debug: bool) -> None:
     """Run eventbus workers and operate the dead letters, the outbox and the projections."""
+    # A one-shot command speaks through its output and its one error line: the drivers' own
+    # log records (a refused connection, logged before it is raised) would be noise. With
+    # --debug every record shows; `worker run` and the other long-running commands configure
+    # logging themselves (--log-level).
+    if debug:
+        logging.basicConfig(stream=sys.stderr, level=logging.DEBUG, force=True)
+    else:
+        logging.basicConfig(handlers=[logging.NullHandler()], force=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -9,6 +9,7 @@ import importlib
 import json
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -72,7 +73,13 @@ def describe(exc: BaseException) -> str:
     elif isinstance(exc, (ConnectionError, OSError)) and not isinstance(exc, EventBusError):
         text = f"{type(exc).__name__}: {text}; check that the server is running and reachable"
     elif type(exc).__module__.startswith("sqlalchemy"):
-        text = f"the database refused: {text.split(' (Background on this error')[0]}"
+        text = "the database refused: " + text.split(" (Background on this error")[0]
+        text = text.split(" [SQL: ")[0]
+        if "no such table" in text or "does not exist" in text:
+            text += (
+                "; check that --db is the application's database and --table its table "
+                "(created by create_tables() or the application's migrations)"
+            )
     elif not isinstance(exc, EventBusError):
         text = f"{type(exc).__name__}: {text} (run with --debug for the traceback)"
     return redact_text(text)
@@ -198,6 +205,9 @@ def database(url: str) -> Any:
         engine = create_async_engine(url)
     except Exception as exc:
         raise fail(f"bad database URL {redact_url(url)!r} ({describe(exc)}); {example}") from exc
+    path = engine.url.database if engine.dialect.name == "sqlite" else None
+    if path and path != ":memory:" and not path.startswith("file:") and not Path(path).exists():
+        raise fail(f"there is no SQLite database at {path!r}: check --db")
     if not engine.dialect.is_async:  # pragma: no cover - create_async_engine refuses first
         raise fail(f"{redact_url(url)!r} names a synchronous driver; {example}")
     return engine

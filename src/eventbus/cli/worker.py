@@ -100,7 +100,8 @@ def run_command(
             "EventBus(..., outbox=Outbox()) (from eventbus.outbox import Outbox)"
         )
     if workers > 1:
-        command = [sys.executable, "-m", "eventbus.cli", "worker", "run", target]
+        debug = ["--debug"] * bool(click.get_current_context().find_root().params.get("debug"))
+        command = [sys.executable, "-m", "eventbus.cli", *debug, "worker", "run", target]
         command += ["--log-level", log_level]
         if shutdown_timeout is not None:
             command += ["--shutdown-timeout", str(shutdown_timeout)]
