@@ -17,6 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from eventbus.cli.app import COMMANDS, cli
+from eventbus.testing import wait_until
 from tests.cli.support import Running, environment, eventbus
 
 
@@ -204,6 +205,7 @@ OUTBOX_APP = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.redis
 def test_outbox_status_then_relay_publishes_the_backlog(tmp_path: Path, redis_url: str) -> None:
     db = f"sqlite+aiosqlite:///{tmp_path}/app.db"
@@ -274,6 +276,7 @@ PROJECTION_APP = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_projections_status_and_rebuild(tmp_path: Path) -> None:
     db = f"sqlite+aiosqlite:///{tmp_path}/events.db"
     (tmp_path / "ledger.py").write_text(PROJECTION_APP)
@@ -324,3 +327,35 @@ def test_projections_status_and_rebuild(tmp_path: Path) -> None:
     )
     assert unknown.returncode == 1
     assert "there are: balance" in unknown.stderr
+
+    reset = eventbus(
+        "projections",
+        "rebuild",
+        "ledger:runners",
+        "balance",
+        "--yes",
+        "--no-catch-up",
+        cwd=tmp_path,
+        env=env,
+    )
+    assert reset.returncode == 0, reset.stderr
+    assert _lag(tmp_path, env) == 6
+    following = Running("projections", "run", "ledger:runners", cwd=tmp_path, env=env)
+    try:
+        following.wait_for("projections running: balance")
+
+        async def caught_up() -> bool:
+            return await asyncio.to_thread(_lag, tmp_path, env) == 0
+
+        asyncio.run(wait_until(caught_up, timeout=30))
+    finally:
+        following.signal(signal.SIGTERM)
+        assert following.finish() == 0, following.stderr
+        following.stop()
+
+
+def _lag(cwd: Path, env: dict[str, str]) -> int:
+    status = eventbus("projections", "status", "ledger:runners", "--json", cwd=cwd, env=env)
+    assert status.returncode == 0, status.stderr
+    lag: int = json.loads(status.stdout)[0]["lag"]
+    return lag
