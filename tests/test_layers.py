@@ -116,12 +116,12 @@ def test_the_event_store_builds_on_the_contract_and_publishing_only() -> None:
         assert {t for t, _, _ in imports(module)} <= CONTRACT, module
 
 
-def test_only_the_testing_package_imports_the_event_store() -> None:
+def test_only_the_testing_package_and_the_command_line_import_the_event_store() -> None:
     """A feature on top: the core, the adapters, the outbox never depend on it."""
     found = [
         f"{module}:{line} imports {target}"
         for module in MODULES
-        if not module.startswith(("eventbus.eventstore", "eventbus.testing"))
+        if not module.startswith(("eventbus.eventstore", "eventbus.testing", "eventbus.cli"))
         for target, line, _ in imports(module)
         if target.startswith("eventbus.eventstore")
     ]
@@ -149,6 +149,28 @@ def test_only_the_testing_package_imports_the_sagas() -> None:
         if not module.startswith(("eventbus.sagas", "eventbus.testing"))
         for target, line, _ in imports(module)
         if target.startswith("eventbus.sagas")
+    ]
+    assert found == []
+
+
+def test_the_command_line_sits_on_top_and_nothing_imports_it() -> None:
+    """``eventbus.cli`` builds on the library's public modules, never on an adapter's
+    insides (it reaches adapters through ``from_url``) or the test kit; no module of the
+    library imports it."""
+    public = {
+        *CONTRACT,
+        "eventbus.bus",
+        "eventbus.publishing",
+        "eventbus.router",
+        "eventbus.eventstore",
+    }
+    assert _violations(public, "eventbus.cli") == []
+    found = [
+        f"{module}:{line} imports {target}"
+        for module in MODULES
+        if not module.startswith("eventbus.cli")
+        for target, line, _ in imports(module)
+        if target.startswith("eventbus.cli")
     ]
     assert found == []
 

@@ -161,3 +161,22 @@ def test_a_named_broker_serves_bus_after_bus_across_event_loops(
     asyncio.run(run(3))
     assert seen == [1, 2, 3]
     assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
+
+
+class Pinged(Event):
+    n: int
+
+
+async def test_a_removed_group_is_no_longer_kept_for() -> None:
+    bus = EventBus("memory://")
+
+    @bus.subscribe(Pinged, group="short-lived")
+    async def on_ping(event: Pinged) -> None: ...
+
+    async with bus:
+        await bus.publish(Pinged(n=1))
+        await bus.drain()
+        subscription = bus.subscriptions[0]
+        assert await bus.broker.lag(subscription) == 0  # type: ignore[attr-defined]
+        await bus.broker.remove_group(subscription)  # type: ignore[attr-defined]
+        assert await bus.broker.lag(subscription) is None  # type: ignore[attr-defined]

@@ -37,3 +37,8 @@ print("ok", eventbus.__version__)
     out = subprocess.run([python, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("ok ")
+    command = subprocess.run(
+        [tmp_path / "env" / "bin" / "eventbus", "--help"], capture_output=True, text=True
+    )
+    assert command.returncode == 1
+    assert command.stderr == 'error: the eventbus command needs: pip install "eventbus[cli]"\n'

@@ -188,6 +188,11 @@ class Broker(Protocol):
     where it cannot tell), raising :class:`~eventbus.errors.BrokerUnavailable` when the broker
     does not answer. ``EventBus.health()`` looks it up with ``getattr``; every adapter of this
     package has one.
+
+    **Optional:** ``async def remove_group(subscription: SubscriptionView) -> None`` — delete
+    what the broker keeps for the subscription's group once no consumer of it runs (its
+    position or queue, its private retry storage; dead letters are kept), for a consumer that
+    reads for a while and goes away (``eventbus tail``). Every adapter of this package has one.
     """
 
     capabilities: Capabilities

@@ -40,6 +40,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
+from aiokafka.admin import AIOKafkaAdminClient  # type: ignore[import-untyped]
+from aiokafka.protocol.admin import DeleteGroupsRequest  # type: ignore[import-untyped]
 
 from eventbus.brokers._wire import check_max_message_bytes
 from eventbus.brokers.kafka.consumer import KafkaConsumer
@@ -47,10 +49,15 @@ from eventbus.brokers.kafka.deadletters import KafkaDeadLetters
 from eventbus.brokers.kafka.delivery import KafkaDelivery
 from eventbus.brokers.kafka.delivery import _Partition as _Partition
 from eventbus.brokers.kafka.driver import ERRORS, Headers, encode_headers, reraise
-from eventbus.brokers.kafka.topology import DEFAULT_MAX_MESSAGE_BYTES, Settings, check_topic
+from eventbus.brokers.kafka.topology import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    Settings,
+    check_topic,
+    kafka_group,
+)
 from eventbus.clock import SystemClock
 from eventbus.envelope import Envelope, binary_headers
-from eventbus.errors import BusNotStarted, ConfigurationError
+from eventbus.errors import BrokerUnavailable, BusNotStarted, ConfigurationError
 from eventbus.redact import redact_options, redact_url
 from eventbus.types import Capabilities, SubscriptionView
 
@@ -267,6 +274,33 @@ class KafkaBroker:
         await consumer.start()
         self._consumers.add(consumer)
         return consumer
+
+    async def remove_group(self, subscription: SubscriptionView) -> None:
+        """Delete the Kafka group (``DeleteGroups``) and its retry topics; its dead-letter
+        topic is kept."""
+        if subscription.group is None:
+            raise ValueError("subscription has no group; include it into a bus first")
+        group_id = kafka_group(subscription.group, subscription.topic, subscription.is_pattern)
+        retry_topics = self.settings.retry_topics(subscription.group, subscription.topic)
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=self.settings.bootstrap_servers, **self.settings.common
+        )
+        with ERRORS(f"remove consumer group {group_id!r}"):
+            await admin.start()
+            try:
+                node = await admin.find_coordinator(group_id)
+                response = await admin._send_request_to_node(node, DeleteGroupsRequest([group_id]))
+                codes = {code for _, code in response.results} - {0, _GROUP_ID_NOT_FOUND}
+                if codes:
+                    raise BrokerUnavailable(
+                        f"Kafka refused to delete group {group_id!r} (error codes {sorted(codes)})"
+                    )
+                await admin.delete_topics(retry_topics)
+            finally:
+                await admin.close()
+
+
+_GROUP_ID_NOT_FOUND = 69
 
 
 def _record(envelope: Envelope) -> tuple[bytes, bytes | None, Headers]:

@@ -214,6 +214,11 @@ class MemoryBroker:
         )
         return MemoryConsumer(self, group_queue)
 
+    async def remove_group(self, subscription: SubscriptionView) -> None:
+        """Forget the group's queue: events published from now on are not kept for it."""
+        if self._queues.pop((subscription.group or "", subscription.topic), None) is not None:
+            self._routes.clear()
+
     def _schedule(self, group_queue: GroupQueue, message: Message, delay: float) -> None:
         async def later() -> None:
             await self.clock.sleep(delay)

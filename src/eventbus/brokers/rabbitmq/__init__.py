@@ -269,6 +269,20 @@ class RabbitMQBroker:
         self._dead.register(dead_letter_queue(name), subscription.group)
         return consumer
 
+    async def remove_group(self, subscription: SubscriptionView) -> None:
+        """Delete the group's queue, and its dead-letter queue if it is empty (its wait
+        queues expire on their own)."""
+        if subscription.group is None:
+            raise ValueError("subscription has no group; include it into a bus first")
+        name = queue_name(subscription.group, subscription.topic)
+        with errors(f"removing the queue {name!r}"):
+            channel = await self.connection.channel(publisher_confirms=False)
+            try:
+                await channel.queue_delete(name)
+                await channel.queue_delete(dead_letter_queue(name), if_empty=True)
+            finally:
+                await quietly("closing the channel of a queue delete", channel.close())
+
 
 def _check_options(publish_timeout: object, prefetch: object, **flags: object) -> None:
     """A :class:`ConfigurationError` saying what to pass, for the first bad option."""

@@ -22,10 +22,17 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobus
 
 from eventbus.brokers._wire import DESTINATION, read_carried, text, whole_number, without_carried
 from eventbus.brokers.rabbitmq.messages import copy_of, received_headers
-from eventbus.brokers.rabbitmq.topology import errors, quietly, work_queue
+from eventbus.brokers.rabbitmq.topology import (
+    dead_letter_queue,
+    errors,
+    queue_name,
+    quietly,
+    work_queue,
+)
 from eventbus.deadletters import DLQ_PREFIX, DeadLetterRecord, from_provenance
 from eventbus.envelope import decode
 from eventbus.errors import DeadLetterNotFound, DecodeError
+from eventbus.types import SubscriptionView
 
 __all__ = ["DeadLetterLink", "RabbitMQDeadLetters"]
 
@@ -63,6 +70,14 @@ class RabbitMQDeadLetters:
     def register(self, dlq: str, group: str) -> None:
         """Include ``dlq`` (a ``{queue}.dlq`` of ``group``) in listings; subscribe does this."""
         self._queues[dlq] = group
+
+    def include(self, subscription: SubscriptionView) -> None:
+        """Include the DLQ of ``subscription`` without subscribing: for a process that only
+        operates on dead letters (the ``eventbus dlq`` command), given the app's
+        subscriptions."""
+        if subscription.group:
+            queue = queue_name(subscription.group, subscription.topic)
+            self.register(dead_letter_queue(queue), subscription.group)
 
     def _selected(self, group: str | None) -> list[str]:
         return [q for q, g in self._queues.items() if group is None or g == group]

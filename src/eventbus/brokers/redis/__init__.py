@@ -223,6 +223,14 @@ class RedisBroker:
         """``XGROUP CREATE ... MKSTREAM``; a group that exists already is left as it is."""
         await self._link.create_group(stream, group, start_id)
 
+    async def remove_group(self, subscription: SubscriptionView) -> None:
+        """``XGROUP DESTROY`` the group on its destination and delete its retry stream (its
+        own); its dead letters are kept."""
+        group = checked_group(subscription)
+        async with self._link.call(f"remove consumer group {group!r}"):
+            await self.redis.xgroup_destroy(self.keys.stream(subscription.topic), group)
+            await self.redis.delete(self.keys.retry(subscription.topic, group))
+
 
 def from_url(url: str, **options: Any) -> RedisBroker:
     """``redis://[[user]:password@]host[:port][/db]`` or ``rediss://`` (TLS).
