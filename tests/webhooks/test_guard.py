@@ -59,9 +59,7 @@ async def test_the_sender_refuses_127_0_0_1_by_default_and_the_delivery_is_dead(
     store: WebhookStore, receiver: Receiver
 ) -> None:
     endpoint = await store.endpoints.add("acme", receiver.script("/x", 200), ["#"])
-    named = await store.endpoints.add(
-        "acme", f"http://localhost:{receiver.port}/named", ["#"]
-    )
+    named = await store.endpoints.add("acme", f"http://localhost:{receiver.port}/named", ["#"])
     sender = WebhookSender(store)
     await store.take(event())
     assert await sender.run_once() == 2
@@ -70,7 +68,8 @@ async def test_the_sender_refuses_127_0_0_1_by_default_and_the_delivery_is_dead(
     for refused in (endpoint, named):
         [delivery] = await store.deliveries.list(endpoint_id=refused.id)
         assert delivery.state == "dead"
-        assert delivery.last_error is not None and "loopback address" in delivery.last_error
+        assert delivery.last_error is not None
+        assert "loopback address" in delivery.last_error
 
 
 async def test_an_allowed_hostname_is_reached_with_its_own_host_header(

@@ -41,9 +41,7 @@ async def test_the_circuit_opens_after_failures_and_lets_one_probe_through(
     await store.endpoints.add("globex", receiver.script("/fine", 200), ["#"])
     breaker = CircuitBreaker(failures=2, cooldown=60, max_cooldown=600)
     schedule = RetrySchedule(delays=(0, 1000), jitter=0)
-    sender = WebhookSender(
-        store, guard=LOOPBACK, concurrency=1, breaker=breaker, schedule=schedule
-    )
+    sender = WebhookSender(store, guard=LOOPBACK, concurrency=1, breaker=breaker, schedule=schedule)
     for _ in range(4):
         await store.take(event())
     assert await sender.run_once() == 4 + 2, "all of the healthy one, two of the failing one"

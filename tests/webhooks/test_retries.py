@@ -48,7 +48,8 @@ async def test_500_twice_then_200_is_delivered_once_on_the_third_attempt(
     assert [r.headers["webhook-id"] for r in requests] == [sent.id] * 3
     assert len({r.body for r in requests}) == 1
     document = json.loads(requests[0].body)
-    assert document["type"] == "order.placed" and document["data"] == {"total": 42}
+    assert document["type"] == "order.placed"
+    assert document["data"] == {"total": 42}
     assert document["timestamp"].endswith("Z")
     [delivery] = await store.deliveries.list(endpoint_id=endpoint.id)
     assert (delivery.state, delivery.attempts, delivery.last_status) == ("delivered", 3, 200)
@@ -58,7 +59,8 @@ async def test_500_twice_then_200_is_delivered_once_on_the_third_attempt(
         (2, 500, "pending"),
         (1, 500, "pending"),
     ]
-    assert log[1].next_attempt_at is not None and log[0].next_attempt_at is None
+    assert log[1].next_attempt_at is not None
+    assert log[0].next_attempt_at is None
     assert all(a.latency >= 0 for a in log)
 
 
@@ -115,7 +117,8 @@ async def test_410_disables_the_endpoint_and_its_deliveries_wait_for_enable(
     await store.take(event())
     assert await sender.run_once() == 2
     disabled = await store.endpoints.get(endpoint.id)
-    assert not disabled.enabled and disabled.disabled_reason == "the receiver answered 410 Gone"
+    assert not disabled.enabled
+    assert disabled.disabled_reason == "the receiver answered 410 Gone"
     await store.take(event())
     await clock.advance(10**5)
     assert await sender.run_once() == 1, "only the enabled endpoint gets the second event"
@@ -124,7 +127,8 @@ async def test_410_disables_the_endpoint_and_its_deliveries_wait_for_enable(
     await sender.stop()
     states = sorted(d.state for d in await store.deliveries.list(endpoint_id=endpoint.id))
     assert states == ["dead", "delivered"]
-    assert len(receiver.to("/ok")) == 2 and (await store.endpoints.get(other.id)).enabled
+    assert len(receiver.to("/ok")) == 2
+    assert (await store.endpoints.get(other.id)).enabled
 
 
 async def test_a_timeout_is_retried(
@@ -136,12 +140,14 @@ async def test_a_timeout_is_retried(
     assert await sender.run_once() == 1
     [waiting] = await store.deliveries.list(endpoint_id=endpoint.id)
     assert (waiting.state, waiting.attempts) == ("pending", 1)
-    assert waiting.last_error == "no answer within 0.3s" and waiting.last_status is None
+    assert waiting.last_error == "no answer within 0.3s"
+    assert waiting.last_status is None
     await clock.advance(5)
     assert await sender.run_once() == 1
     await sender.stop()
     [delivery] = await store.deliveries.list(endpoint_id=endpoint.id)
-    assert delivery.state == "delivered" and len(receiver.to("/slow")) == 2
+    assert delivery.state == "delivered"
+    assert len(receiver.to("/slow")) == 2
 
 
 async def test_a_redirect_is_not_followed_and_counts_as_a_failure(
@@ -157,7 +163,8 @@ async def test_a_redirect_is_not_followed_and_counts_as_a_failure(
     await sender.stop()
     assert receiver.to("/elsewhere") == []
     [delivery] = await store.deliveries.list(endpoint_id=endpoint.id)
-    assert delivery.state == "pending" and delivery.last_status == 307
+    assert delivery.state == "pending"
+    assert delivery.last_status == 307
     assert delivery.last_error == "HTTP 307: a redirect (not followed)"
 
 
@@ -189,7 +196,8 @@ async def test_an_event_taken_in_twice_is_delivered_once(
     sender = sender_for(store)
     assert await sender.run_once() == 1
     await sender.stop()
-    assert len(receiver.to("/once")) == 1 and receiver.to("/never") == []
+    assert len(receiver.to("/once")) == 1
+    assert receiver.to("/never") == []
 
 
 def test_the_schedule_is_the_standard_one_with_jitter_within_bounds() -> None:
@@ -199,5 +207,6 @@ def test_the_schedule_is_the_standard_one_with_jitter_within_bounds() -> None:
     assert schedule.next_delay(10) is None
     low = RetrySchedule(random=lambda: 0.0).next_delay(2)
     high = RetrySchedule(random=lambda: 0.9999).next_delay(2)
-    assert low == pytest.approx(270) and high == pytest.approx(330, abs=0.01)
+    assert low == pytest.approx(270)
+    assert high == pytest.approx(330, abs=0.01)
     assert schedule.horizon == pytest.approx(sum(schedule.delays) * 1.1)

@@ -30,7 +30,8 @@ pytestmark = pytest.mark.anyio
 
 def test_a_generated_secret_is_whsec_and_32_random_bytes() -> None:
     first, second = generate_secret(), generate_secret()
-    assert first.startswith("whsec_") and first != second
+    assert first.startswith("whsec_")
+    assert first != second
     assert len(base64.b64decode(first.removeprefix("whsec_"))) == 32
 
 
@@ -65,7 +66,8 @@ async def test_a_delivery_verifies_with_the_reference_package_and_the_receiver(
     # Every log line but the SQL driver's own DEBUG echo of statement parameters, which
     # shows what is written to the endpoints table, the secrets column included.
     ours = [r.getMessage() for r in caplog.records if not r.name.startswith("aiosqlite")]
-    assert ours and not [line for line in ours if endpoint.secret in line]
+    assert ours
+    assert not [line for line in ours if endpoint.secret in line]
     assert endpoint.secret not in repr(endpoint)
     assert endpoint.secret not in repr(WebhookReceiver(endpoint.secret))
 
@@ -77,7 +79,8 @@ async def test_rotation_signs_with_both_keys_until_the_old_one_expires(
     old = endpoint.secret
     rotated = await store.endpoints.rotate_secret(endpoint.id, overlap=3600)
     new = rotated.secret
-    assert new != old and rotated.secrets == (new, old)
+    assert new != old
+    assert rotated.secrets == (new, old)
     sender = WebhookSender(store, guard=LOOPBACK)
     await store.take(event())
     await sender.run_once()
