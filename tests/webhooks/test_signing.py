@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-from datetime import datetime, timezone
 
 import pytest
 from standardwebhooks.webhooks import Webhook
@@ -21,6 +20,7 @@ from eventbus.webhooks import (
     WebhookSender,
     WebhookStore,
     generate_secret,
+    signature_headers,
 )
 from tests.webhooks.conftest import LOOPBACK, Receiver
 from tests.webhooks.support import event
@@ -99,19 +99,10 @@ async def test_rotation_signs_with_both_keys_until_the_old_one_expires(
         WebhookReceiver(old, now=clock.now).verify(after.body, after.headers)
 
 
-def signed(secret: str, body: bytes, msg_id: str, timestamp: int) -> dict[str, str]:
-    moment = datetime.fromtimestamp(timestamp, timezone.utc)
-    return {
-        "webhook-id": msg_id,
-        "webhook-timestamp": str(timestamp),
-        "webhook-signature": Webhook(secret).sign(msg_id, moment, body.decode()),
-    }
-
-
 def test_the_receiver_verifies_raw_bytes_not_reserialised_json() -> None:
     secret, clock = generate_secret(), FakeClock(start=1_700_000_000)
     body = b'{"type": "a.b", "data": {"x": 1}}'
-    headers = signed(secret, body, "msg_1", 1_700_000_000)
+    headers = signature_headers(secret, "msg_1", 1_700_000_000, body)
     helper = WebhookReceiver(secret, now=clock.now)
     assert helper.verify(body, headers).data == {"x": 1}
     with pytest.raises(SignatureError):
@@ -121,7 +112,7 @@ def test_the_receiver_verifies_raw_bytes_not_reserialised_json() -> None:
 def test_old_and_future_timestamps_are_refused_within_a_configurable_tolerance() -> None:
     secret, clock = generate_secret(), FakeClock(start=1_700_000_000)
     body = b'{"type":"a.b","data":null}'
-    headers = signed(secret, body, "msg_1", 1_700_000_000)
+    headers = signature_headers(secret, "msg_1", 1_700_000_000, body)
     WebhookReceiver(secret, now=clock.now).verify(body, headers)
     clock_later = FakeClock(start=1_700_000_301)
     with pytest.raises(SignatureError, match="beyond the tolerance of 300s"):
@@ -145,6 +136,6 @@ def test_old_and_future_timestamps_are_refused_within_a_configurable_tolerance()
 def test_malformed_headers_are_a_signature_error(change: dict[str, str]) -> None:
     secret, clock = generate_secret(), FakeClock(start=1_700_000_000)
     body = b"{}"
-    headers = {**signed(secret, body, "msg_1", 1_700_000_000), **change}
+    headers = {**signature_headers(secret, "msg_1", 1_700_000_000, body), **change}
     with pytest.raises(SignatureError):
         WebhookReceiver(secret, now=clock.now).verify(body, headers)

@@ -40,7 +40,7 @@ from eventbus.webhooks.intake import webhook_router
 from eventbus.webhooks.policy import DEFAULT_DELAYS, RetrySchedule
 from eventbus.webhooks.receiver import Admission, ReceivedWebhook, WebhookReceiver
 from eventbus.webhooks.sender import AttemptObserver, WebhookSender
-from eventbus.webhooks.signing import SignatureError, generate_secret
+from eventbus.webhooks.signing import SignatureError, generate_secret, signature_headers
 from eventbus.webhooks.store import WebhookStore
 
 __all__ = [
@@ -64,5 +64,6 @@ __all__ = [
     "WebhookSender",
     "WebhookStore",
     "generate_secret",
+    "signature_headers",
     "webhook_router",
 ]

@@ -22,7 +22,7 @@ from eventbus.redact import redact_text
 from eventbus.webhooks.endpoints import Endpoint
 from eventbus.webhooks.guard import AddressGuard, BlockedAddress
 from eventbus.webhooks.policy import Outcome, Verdict, judge, retry_after
-from eventbus.webhooks.signing import sign
+from eventbus.webhooks.signing import signature_headers
 
 __all__ = ["DEFAULT_TIMEOUT", "AttemptResult", "Poster"]
 
@@ -67,14 +67,8 @@ class Poster:
     def headers(self, endpoint: Endpoint, event_id: str, body: bytes) -> dict[str, str]:
         """The signed headers of a request sent now."""
         now = self.now()
-        stamp = int(now)
-        return {
-            "content-type": "application/json",
-            "user-agent": USER_AGENT,
-            "webhook-id": event_id,
-            "webhook-timestamp": str(stamp),
-            "webhook-signature": sign(endpoint.signing_secrets(now), event_id, stamp, body),
-        }
+        signed = signature_headers(endpoint.signing_secrets(now), event_id, int(now), body)
+        return {"content-type": "application/json", "user-agent": USER_AGENT, **signed}
 
     async def post(self, endpoint: Endpoint, event_id: str, body: bytes) -> AttemptResult:
         started = time.monotonic()

@@ -29,6 +29,7 @@ __all__ = [
     "SignatureError",
     "generate_secret",
     "sign",
+    "signature_headers",
     "verify",
 ]
 
@@ -64,6 +65,18 @@ def sign(secrets: Iterable[str], msg_id: str, timestamp: int, body: bytes) -> st
     moment = datetime.fromtimestamp(timestamp, timezone.utc)
     text = body.decode("utf-8")
     return " ".join(Webhook(s).sign(msg_id, moment, text) for s in secrets)
+
+
+def signature_headers(
+    secrets: str | Iterable[str], msg_id: str, timestamp: int, body: bytes
+) -> dict[str, str]:
+    """The three Standard Webhooks headers of a request (also for testing a receiver)."""
+    listed = [secrets] if isinstance(secrets, str) else list(secrets)
+    return {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": sign(listed, msg_id, timestamp, body),
+    }
 
 
 def verify(
