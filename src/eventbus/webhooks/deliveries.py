@@ -194,17 +194,22 @@ class Deliveries:
                 raise DeliveryNotFound(delivery_id)
 
     async def lag(self) -> dict[str, float]:
-        """Per endpoint with pending deliveries: seconds since its oldest was taken in."""
-        t = self.table
-        query = (
-            sa.select(t.c.endpoint_id, sa.func.min(t.c.created_at))
+        """Per endpoint: seconds since its oldest pending delivery was taken in (0: none)."""
+        t, e = self.table, self.tables.endpoints
+        oldest = (
+            sa.select(t.c.endpoint_id, sa.func.min(t.c.created_at).label("oldest"))
             .where(t.c.state == PENDING)
             .group_by(t.c.endpoint_id)
+            .subquery()
         )
+        query = sa.select(e.c.id, oldest.c.oldest).outerjoin(oldest, oldest.c.endpoint_id == e.c.id)
         now = self.now()
         async with self.engine.connect() as connection:
             rows = (await connection.execute(query)).all()
-        return {endpoint: max(0.0, now - float(oldest)) for endpoint, oldest in rows}
+        return {
+            endpoint: 0.0 if first is None else max(0.0, now - float(first))
+            for endpoint, first in rows
+        }
 
     def dead_letters(self) -> WebhookDeadLetters:
         return WebhookDeadLetters(self)

@@ -90,6 +90,9 @@ class AddressGuard:
         host = parts.hostname
         if parts.scheme not in ("http", "https") or not host:
             raise BlockedAddress(f"{parts.scheme or '?'}:// URLs are not delivered to")
+        named = f"[{host}]" if ":" in host else host
+        if not self.check:  # no guard: the client resolves and connects as it likes
+            return Target(url, named + f":{parts.port}" * bool(parts.port), host, url)
         port = parts.port or (443 if parts.scheme == "https" else 80)
         addresses = await _addresses(host, port)
         for address in addresses:
@@ -103,7 +106,6 @@ class AddressGuard:
         userinfo = parts.netloc.rpartition("@")[0]
         netloc = f"{userinfo}@" * bool(userinfo) + shown + f":{parts.port}" * bool(parts.port)
         pinned = parts._replace(netloc=netloc).geturl()
-        named = f"[{host}]" if ":" in host else host
         return Target(url, named + f":{parts.port}" * bool(parts.port), str(chosen), pinned)
 
 
