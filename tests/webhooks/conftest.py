@@ -1,5 +1,6 @@
 """Fixtures for the webhook tests: a real HTTP receiver on loopback that answers as scripted,
-an engine on SQLite or PostgreSQL, a store with this test's own tables, and a fake clock.
+an engine on SQLite or PostgreSQL (the outbox tests' fixture), a store with this test's own
+tables, and a fake clock.
 
 The receiver is the standard library's threading HTTP server: every request is recorded with
 its raw body and headers, and answered by the next entry of the script of its path — a status
@@ -15,14 +16,16 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from eventbus.clock import FakeClock
 from eventbus.webhooks import AddressGuard, WebhookStore
+from tests.outbox.conftest import engine  # SQLite, and PostgreSQL on the real server
+
+__all__ = ["engine"]
 
 HANG = "hang"
 LOOPBACK = AddressGuard(allow=["127.0.0.0/8", "::1/128"])
@@ -97,17 +100,6 @@ def receiver() -> Iterator[Receiver]:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock(start=time.time())
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AsyncEngine]:
-    if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path / 'hooks.sqlite3'}"
-        made = create_async_engine(url, connect_args={"timeout": 30})
-    else:
-        made = create_async_engine(request.getfixturevalue("postgres_url"), pool_size=10)
-    yield made
-    await made.dispose()
 
 
 @pytest.fixture

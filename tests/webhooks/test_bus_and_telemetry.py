@@ -4,14 +4,10 @@ span linked to the publish and counted in the metrics."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
-
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
@@ -21,7 +17,11 @@ from eventbus.errors import ConfigurationError
 from eventbus.otel import Tracing
 from eventbus.webhooks import RetrySchedule, WebhookSender, WebhookStore, webhook_router
 from eventbus.webhooks.telemetry import WebhookTelemetry
+from tests.otel.test_metrics import points
+from tests.otel.test_tracing import spans
 from tests.webhooks.conftest import LOOPBACK, Receiver
+
+__all__ = ["spans"]
 
 pytestmark = pytest.mark.anyio
 
@@ -36,34 +36,13 @@ class OrderShipped(Event):
     order_id: str
 
 
-@pytest.fixture
-def tracing() -> Iterator[tuple[TracerProvider, InMemorySpanExporter]]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    yield provider, exporter
-    provider.shutdown()
-
-
-def points(reader: InMemoryMetricReader) -> dict[str, list[tuple[dict[str, Any], Any]]]:
-    found: dict[str, list[tuple[dict[str, Any], Any]]] = {}
-    data = reader.get_metrics_data()
-    assert data is not None
-    for resource in data.resource_metrics:
-        for scope in resource.scope_metrics:
-            for metric in scope.metrics:
-                for point in metric.data.data_points:
-                    found.setdefault(metric.name, []).append((dict(point.attributes or {}), point))
-    return found
-
-
 async def test_published_events_are_delivered_with_a_span_per_attempt_and_metrics(
     store: WebhookStore,
     receiver: Receiver,
     clock: FakeClock,
-    tracing: tuple[TracerProvider, InMemorySpanExporter],
+    spans: tuple[TracerProvider, InMemorySpanExporter],
 ) -> None:
-    provider, exporter = tracing
+    provider, exporter = spans
     reader = InMemoryMetricReader()
     telemetry = WebhookTelemetry(
         tracer_provider=provider, meter_provider=MeterProvider(metric_readers=[reader])
@@ -85,7 +64,7 @@ async def test_published_events_are_delivered_with_a_span_per_attempt_and_metric
     assert await sender.run_once() == 1
     await clock.advance(3)
     assert await sender.run_once() == 0
-    lags = [(labels, p.value) for labels, p in points(reader)["eventbus.webhooks.endpoint.lag"]]
+    lags = [(labels, p.value) for labels, p, _ in points(reader)["eventbus.webhooks.endpoint.lag"]]
     assert lags == [({"eventbus.webhook.endpoint": endpoint.id}, pytest.approx(3.0))]
     await clock.advance(2)
     assert await sender.run_once() == 1
@@ -107,12 +86,12 @@ async def test_published_events_are_delivered_with_a_span_per_attempt_and_metric
 
     found = points(reader)
     by_outcome = {
-        a["eventbus.webhook.outcome"]: p.value for a, p in found["eventbus.webhooks.attempts"]
+        a["eventbus.webhook.outcome"]: p.value for a, p, _ in found["eventbus.webhooks.attempts"]
     }
     assert by_outcome == {"retry": 1, "delivered": 1}
-    assert [p.value for _, p in found["eventbus.webhooks.deliveries"]] == [1]
-    assert [p.value for _, p in found["eventbus.webhooks.failures"]] == [1]
-    [(_, lag)] = found["eventbus.webhooks.endpoint.lag"]
+    assert [p.value for _, p, _ in found["eventbus.webhooks.deliveries"]] == [1]
+    assert [p.value for _, p, _ in found["eventbus.webhooks.failures"]] == [1]
+    [(_, lag, _)] = found["eventbus.webhooks.endpoint.lag"]
     assert lag.value == 0.0, "nothing waits any more"
     reader.shutdown()
 
