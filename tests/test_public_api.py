@@ -36,6 +36,10 @@ MODULES = [
     "eventbus.testing.eventstore",
     "eventbus.testing.telemetry",
     "eventbus.upcasting",
+    "eventbus.webhooks",
+    "eventbus.webhooks.asgi",
+    "eventbus.webhooks.dependency",
+    "eventbus.webhooks.telemetry",
 ]
 
 

@@ -58,3 +58,28 @@ async def test_the_circuit_opens_after_failures_and_lets_one_probe_through(
     await sender.stop()
     states = [(d.state, d.attempts) for d in await store.deliveries.list(endpoint_id=failing.id)]
     assert sorted(states) == [("delivered", 1), ("pending", 1), ("pending", 1), ("pending", 1)]
+
+
+async def test_two_senders_share_the_work_and_never_attempt_a_row_twice(
+    store: WebhookStore, receiver: Receiver
+) -> None:
+    endpoint = await store.endpoints.add("acme", receiver.script("/shared", 200), ["#"])
+    sent = [event() for _ in range(40)]
+    for envelope in sent:
+        await store.take(envelope)
+    senders = [
+        WebhookSender(store, guard=LOOPBACK, concurrency=3, poll_interval=0.05) for _ in range(2)
+    ]
+    for sender in senders:
+        await sender.start()
+
+    async def all_delivered() -> bool:
+        found = await store.deliveries.list(endpoint_id=endpoint.id, state="delivered")
+        return len(found) == len(sent)
+
+    await wait_until(all_delivered, timeout=20)
+    for sender in senders:
+        await sender.stop()
+    ids = [r.headers["webhook-id"] for r in receiver.to("/shared")]
+    assert sorted(ids) == sorted(e.id for e in sent), "each row leased by one sender at a time"
+    assert sum(s.attempts for s in senders) == len(sent)

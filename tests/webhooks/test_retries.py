@@ -210,3 +210,27 @@ def test_the_schedule_is_the_standard_one_with_jitter_within_bounds() -> None:
     assert low == pytest.approx(270)
     assert high == pytest.approx(330, abs=0.01)
     assert schedule.horizon == pytest.approx(sum(schedule.delays) * 1.1)
+
+
+async def test_delivered_rows_and_the_log_are_pruned_after_the_retention_dead_ones_stay(
+    store: WebhookStore, receiver: Receiver, clock: FakeClock
+) -> None:
+    fine = await store.endpoints.add("acme", receiver.script("/fine", 200), ["#"])
+    refusing = await store.endpoints.add("globex", receiver.script("/refusing", 400), ["#"])
+    await store.take(event())
+    sender = sender_for(store, retention=86400.0)
+    assert await sender.run_once() == 2
+    await sender.stop()
+    await clock.advance(86400 - 1)
+    kept = sender_for(store, retention=86400.0)  # a sender sweeps in its first round
+    assert await kept.run_once() == 0
+    await kept.stop()
+    assert len(await store.deliveries.list(endpoint_id=fine.id)) == 1
+    await clock.advance(2)
+    later = sender_for(store, retention=86400.0)
+    assert await later.run_once() == 0
+    await later.stop()
+    assert await store.deliveries.list(endpoint_id=fine.id) == []
+    assert await store.deliveries.attempts() == []
+    [dead] = await store.deliveries.list(endpoint_id=refusing.id)
+    assert dead.state == "dead", "a dead letter stays until it is replayed or purged"

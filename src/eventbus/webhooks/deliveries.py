@@ -29,7 +29,7 @@ from eventbus.deadletters import DeadLetterRecord
 from eventbus.envelope import Envelope
 from eventbus.errors import DeadLetterNotFound, EventBusError, PermanentError
 from eventbus.webhooks.endpoints import Endpoint
-from eventbus.webhooks.schema import DEAD, PENDING, Tables
+from eventbus.webhooks.schema import DEAD, DELIVERED, PENDING, Tables
 
 __all__ = ["AttemptRecord", "Deliveries", "DeliveryNotFound", "DeliveryRecord", "body_of"]
 
@@ -210,6 +210,22 @@ class Deliveries:
             endpoint: 0.0 if first is None else max(0.0, now - float(first))
             for endpoint, first in rows
         }
+
+    async def prune(self, before: float, limit: int = 1000) -> int:
+        """Delete up to ``limit`` delivered rows finished before ``before``, and the log lines
+        of attempts started before it; dead rows stay (they are dead letters until purged)."""
+        t, a = self.table, self.tables.attempts
+        old = (
+            sa.select(t.c.position)
+            .where(t.c.state == DELIVERED, t.c.finished_at < before)
+            .limit(limit)
+            .scalar_subquery()
+        )
+        lines = sa.select(a.c.position).where(a.c.started_at < before).limit(limit)
+        async with self.engine.begin() as connection:
+            pruned = (await connection.execute(sa.delete(t).where(t.c.position.in_(old)))).rowcount
+            await connection.execute(sa.delete(a).where(a.c.position.in_(lines.scalar_subquery())))
+        return int(pruned)
 
     def dead_letters(self) -> WebhookDeadLetters:
         return WebhookDeadLetters(self)

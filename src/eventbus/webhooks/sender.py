@@ -43,6 +43,9 @@ __all__ = ["AttemptObserver", "WebhookSender"]
 
 log = logging.getLogger("eventbus.webhooks")
 
+PRUNE_EVERY = 3600.0
+"""Seconds between two sweeps of delivered rows past the sender's ``retention``."""
+
 
 class AttemptObserver(Protocol):
     """Told about every attempt (``eventbus.webhooks.telemetry.WebhookTelemetry`` records
@@ -65,6 +68,8 @@ class WebhookSender:
     addresses. ``timeout`` bounds a whole attempt; ``lease`` (default ``timeout + 60``) must
     exceed it. ``poll_interval`` is how often an idle sender looks for newly due rows (taking
     an event in through :func:`~eventbus.webhooks.webhook_router` with ``sender=`` wakes it).
+    Delivered rows and log lines are kept ``retention`` seconds (30 days), then deleted; dead
+    rows stay until purged.
     """
 
     def __init__(
@@ -81,12 +86,13 @@ class WebhookSender:
         client: httpx.AsyncClient | None = None,
         observer: AttemptObserver | None = None,
         lag_interval: float = 15.0,
+        retention: float = 30 * 86400.0,
     ) -> None:
         lease = timeout + 60.0 if lease is None else lease
-        if not (timeout > 0 and poll_interval > 0 and lease > timeout):
+        if not (timeout > 0 and poll_interval > 0 and lease > timeout and retention > 0):
             raise ConfigurationError(
-                "WebhookSender needs timeout > 0, poll_interval > 0 and lease > timeout "
-                "(a lease shorter than an attempt lets another sender make it too)"
+                "WebhookSender needs timeout > 0, poll_interval > 0, retention > 0 and "
+                "lease > timeout (a lease shorter than an attempt lets another sender make it too)"
             )
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ConfigurationError("WebhookSender(concurrency=...) is an integer >= 1")
@@ -94,7 +100,7 @@ class WebhookSender:
         self.schedule = schedule or RetrySchedule()
         self.concurrency, self.lease, self.poll_interval = concurrency, lease, poll_interval
         self.breaker = breaker or CircuitBreaker()
-        self.observer, self.lag_interval = observer, lag_interval
+        self.observer, self.lag_interval, self.retention = observer, lag_interval, retention
         self.poster = Poster(
             guard=guard or AddressGuard(), timeout=timeout, client=client, now=store.now
         )
@@ -104,7 +110,7 @@ class WebhookSender:
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._loop: asyncio.Task[None] | None = None
-        self._lag_at = -float("inf")
+        self._lag_at = self._pruned_at = -float("inf")
         self.attempts = 0
         """Attempts finished by this sender (a health check can watch it grow)."""
 
@@ -177,6 +183,7 @@ class WebhookSender:
         """Lease and start what every endpoint may take now; how many attempts started."""
         now = self.now()
         await self._sample_lag(now)
+        await self._prune(now)
         async with self.store.engine.connect() as connection:
             due = (await connection.execute(self._sql.due_endpoints(now))).all()
         started = 0
@@ -283,6 +290,13 @@ class WebhookSender:
             log.warning(
                 "could not release webhook delivery row %s; its lease will run out", position
             )
+
+    async def _prune(self, now: float) -> None:
+        """Once an hour: forget delivered rows and log lines older than ``retention``."""
+        if time.monotonic() - self._pruned_at < PRUNE_EVERY:
+            return
+        self._pruned_at = time.monotonic()
+        await self.store.deliveries.prune(now - self.retention)
 
     async def _sample_lag(self, now: float) -> None:
         if self.observer is None or time.monotonic() - self._lag_at < self.lag_interval:
