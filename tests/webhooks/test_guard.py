@@ -9,6 +9,7 @@ import ipaddress
 import pytest
 
 from eventbus.webhooks import AddressGuard, BlockedAddress, WebhookSender, WebhookStore
+from eventbus.webhooks.guard import Unresolved
 from tests.webhooks.conftest import LOOPBACK, Receiver
 from tests.webhooks.support import event
 
@@ -45,6 +46,18 @@ def test_a_public_address_passes_and_an_allowed_network_is_let_through() -> None
 async def test_a_hostname_that_resolves_to_loopback_is_refused() -> None:
     with pytest.raises(BlockedAddress, match="loopback"):
         await AddressGuard().resolve("http://localhost:8080/hook")
+
+
+async def test_a_host_that_does_not_resolve_is_tried_again_later(store: WebhookStore) -> None:
+    with pytest.raises(Unresolved, match=r"cannot resolve nothing\.invalid"):
+        await AddressGuard().resolve("https://nothing.invalid/hook")
+    endpoint = await store.endpoints.add("acme", "https://nothing.invalid/hook", ["#"])
+    sender = WebhookSender(store)
+    await store.take(event())
+    assert await sender.run_once() == 1
+    await sender.stop()
+    [delivery] = await store.deliveries.list(endpoint_id=endpoint.id)
+    assert (delivery.state, delivery.attempts) == ("pending", 1)
 
 
 async def test_the_checked_address_is_the_one_connected_to() -> None:

@@ -10,6 +10,7 @@ import pytest
 
 from eventbus.clock import FakeClock
 from eventbus.webhooks import RetrySchedule, WebhookSender, WebhookStore
+from eventbus.webhooks.policy import MAX_RETRY_AFTER, Outcome, judge, retry_after
 from tests.webhooks.conftest import HANG, LOOPBACK, Receiver
 from tests.webhooks.support import event
 
@@ -234,3 +235,50 @@ async def test_delivered_rows_and_the_log_are_pruned_after_the_retention_dead_on
     assert await store.deliveries.attempts() == []
     [dead] = await store.deliveries.list(endpoint_id=refusing.id)
     assert dead.state == "dead", "a dead letter stays until it is replayed or purged"
+
+
+@pytest.mark.parametrize(
+    ("status", "outcome"),
+    [
+        (200, Outcome.DELIVERED),
+        (204, Outcome.DELIVERED),
+        (301, Outcome.RETRY),
+        (400, Outcome.FINAL),
+        (401, Outcome.FINAL),
+        (404, Outcome.FINAL),
+        (408, Outcome.RETRY),
+        (410, Outcome.GONE),
+        (429, Outcome.RETRY),
+        (500, Outcome.RETRY),
+        (503, Outcome.RETRY),
+    ],
+)
+def test_what_each_status_means(status: int, outcome: Outcome) -> None:
+    assert judge(status).outcome is outcome
+    assert judge(status).throttled is (status == 429)
+
+
+def test_retry_after_in_seconds_or_as_an_http_date_capped_at_a_day() -> None:
+    now = 1_700_000_000.0  # Tue, 14 Nov 2023 22:13:20 GMT
+    assert retry_after({"Retry-After": "30"}, now) == 30
+    assert retry_after({"retry-after": "Tue, 14 Nov 2023 22:15:20 GMT"}, now) == 120
+    assert retry_after({"retry-after": "Tue, 14 Nov 2023 22:00:00 GMT"}, now) == 0
+    assert retry_after({"retry-after": str(10**9)}, now) == MAX_RETRY_AFTER
+    assert retry_after({"retry-after": "soon"}, now) is None
+    assert retry_after({}, now) is None
+
+
+async def test_a_408_without_retry_after_waits_for_the_schedule(
+    store: WebhookStore, receiver: Receiver, clock: FakeClock
+) -> None:
+    endpoint = await store.endpoints.add("acme", receiver.script("/late", 408, 200), ["#"])
+    sender = sender_for(store)
+    await store.take(event())
+    assert await sender.run_once() == 1
+    await clock.advance(4.9)
+    assert await sender.run_once() == 0
+    await clock.advance(0.1)
+    assert await sender.run_once() == 1
+    await sender.stop()
+    [delivery] = await store.deliveries.list(endpoint_id=endpoint.id)
+    assert (delivery.state, delivery.attempts) == ("delivered", 2)
