@@ -125,13 +125,16 @@ class Deliveries:
             }
             for endpoint in chosen
         ]
-        statement = self._insert(self.table).on_conflict_do_nothing(
-            index_elements=["endpoint_id", "event_id"]
+        # RETURNING counts the new rows: a many-row insert has no rowcount on asyncpg.
+        statement = (
+            self._insert(self.table)
+            .on_conflict_do_nothing(index_elements=["endpoint_id", "event_id"])
+            .returning(self.table.c.id)
         )
         if connection is not None:
-            return int((await connection.execute(statement, rows)).rowcount)
+            return len((await connection.execute(statement, rows)).all())
         async with self.engine.begin() as own:
-            return int((await own.execute(statement, rows)).rowcount)
+            return len((await own.execute(statement, rows)).all())
 
     async def get(self, delivery_id: str) -> DeliveryRecord:
         query = sa.select(self.table).where(self.table.c.id == delivery_id)

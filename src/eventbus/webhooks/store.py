@@ -1,6 +1,7 @@
 """``WebhookStore``: the endpoints, the deliveries and their log, in one SQL database.
 
-SQLite (``sqlite+aiosqlite``) and PostgreSQL (``postgresql+asyncpg``) are supported. Add
+SQLite (``sqlite+aiosqlite``) and PostgreSQL (``postgresql+asyncpg``) are supported; give
+an ``AsyncEngine``, or a URL (the store then owns its engine: :meth:`WebhookStore.close`). Add
 ``store.metadata`` to your Alembic ``target_metadata`` to migrate the tables, or call
 :meth:`WebhookStore.create_tables`. Times are wall-clock seconds since the epoch from ``now``
 (injectable: a test passes a ``FakeClock``'s ``now``).
@@ -12,7 +13,7 @@ import time
 from collections.abc import Callable
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from eventbus.envelope import Envelope
 from eventbus.errors import ConfigurationError
@@ -30,13 +31,15 @@ class WebhookStore:
 
     def __init__(
         self,
-        engine: AsyncEngine,
+        engine: AsyncEngine | str,
         *,
         prefix: str = "eventbus_webhook",
         metadata: sa.MetaData | None = None,
         schema: str | None = None,
         now: Callable[[], float] = time.time,
     ) -> None:
+        self._owns_engine = isinstance(engine, str)
+        engine = create_async_engine(engine) if isinstance(engine, str) else engine
         if engine.dialect.name not in ("postgresql", "sqlite"):
             raise ConfigurationError(
                 f"webhooks are stored on PostgreSQL or SQLite, not {engine.dialect.name}"
@@ -46,6 +49,11 @@ class WebhookStore:
         self.tables = Tables(self.metadata, prefix, schema)
         self.endpoints = Endpoints(engine, self.tables, now)
         self.deliveries = Deliveries(engine, self.tables, now)
+
+    async def close(self) -> None:
+        """Dispose of the engine when the store made it (it was given a URL)."""
+        if self._owns_engine:
+            await self.engine.dispose()
 
     async def create_tables(self) -> None:
         """Create the three tables (and their indexes) if they do not exist."""
