@@ -11,6 +11,7 @@ request unanswered until the test ends (a receiver that never answers).
 from __future__ import annotations
 
 import dataclasses
+import ssl
 import threading
 import time
 import uuid
@@ -41,7 +42,7 @@ class Request:
 
 
 class Receiver:
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self.requests: list[Request] = []
         self.scripts: dict[str, list[Any]] = {}
         self.release = threading.Event()
@@ -71,6 +72,8 @@ class Receiver:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
+        if tls is not None:
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
