@@ -129,9 +129,14 @@ def test_only_the_testing_package_imports_the_event_store() -> None:
 
 
 def test_webhooks_build_on_the_contract_the_router_and_the_idempotency_protocol() -> None:
-    """The sender takes events in through a router's subscription; the receiver helper
-    deduplicates through the idempotency stores' protocol. Nothing else of eventbus."""
-    allowed = CONTRACT | {"eventbus.router", "eventbus.middleware.idempotency"}
+    """The sender takes events in through a router's subscription and is woken as the outbox
+    relay is; the receiver helper deduplicates through the idempotency stores' protocol.
+    Nothing else of eventbus."""
+    allowed = CONTRACT | {
+        "eventbus.router",
+        "eventbus.middleware.idempotency",
+        "eventbus.outbox.wakeup",
+    }
     assert _violations(allowed, "eventbus.webhooks") == []
 
 

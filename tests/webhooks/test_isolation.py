@@ -3,7 +3,10 @@ concurrent requests to real servers) and the circuit breaker (driven by the fake
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from eventbus.clock import FakeClock
 from eventbus.testing import wait_until
@@ -83,3 +86,26 @@ async def test_two_senders_share_the_work_and_never_attempt_a_row_twice(
     ids = [r.headers["webhook-id"] for r in receiver.to("/shared")]
     assert sorted(ids) == sorted(e.id for e in sent), "each row leased by one sender at a time"
     assert sum(s.attempts for s in senders) == len(sent)
+
+
+async def test_an_idle_sender_on_postgresql_is_woken_by_the_commit_that_takes_an_event_in(
+    postgres_url: str, receiver: Receiver
+) -> None:
+    """Another process takes the event in (here another engine and store on the same tables);
+    the sender, polling only once a minute, delivers it at once."""
+    engines = [create_async_engine(postgres_url) for _ in range(2)]
+    prefix = f"wh_{uuid.uuid4().hex[:10]}"
+    mine, theirs = (WebhookStore(engine, prefix=prefix) for engine in engines)
+    await mine.create_tables()
+    try:
+        await mine.endpoints.add("acme", receiver.script("/woken", 200), ["#"])
+        sender = WebhookSender(mine, guard=LOOPBACK, poll_interval=60)
+        await sender.start()
+        await wait_until(lambda: sender.rounds >= 1)  # it found nothing and waits
+        await theirs.take(event())
+        await wait_until(lambda: len(receiver.to("/woken")) == 1, timeout=10)
+        await sender.stop()
+    finally:
+        await mine.drop_tables()
+        for engine in engines:
+            await engine.dispose()

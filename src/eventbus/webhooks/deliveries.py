@@ -90,11 +90,15 @@ def body_of(envelope: Envelope, now: float) -> bytes:
 class Deliveries:
     """The deliveries and attempts tables: intake, the log, replays."""
 
-    def __init__(self, engine: AsyncEngine, tables: Tables, now: Callable[[], float]) -> None:
+    def __init__(
+        self, engine: AsyncEngine, tables: Tables, now: Callable[[], float], channel: str
+    ) -> None:
         self.engine, self.tables, self.now = engine, tables, now
         self.table = tables.deliveries
-        postgres = engine.dialect.name == "postgresql"
-        self._insert = postgresql.insert if postgres else sqlite.insert
+        self.postgres = engine.dialect.name == "postgresql"
+        self._insert = postgresql.insert if self.postgres else sqlite.insert
+        self._notify = sa.select(sa.func.pg_notify(channel, ""))
+        """Wakes idle senders when the transaction commits (PostgreSQL)."""
 
     async def enqueue(
         self,
@@ -132,9 +136,17 @@ class Deliveries:
             .returning(self.table.c.id)
         )
         if connection is not None:
-            return len((await connection.execute(statement, rows)).all())
+            return await self._insert_rows(connection, statement, rows)
         async with self.engine.begin() as own:
-            return len((await own.execute(statement, rows)).all())
+            return await self._insert_rows(own, statement, rows)
+
+    async def _insert_rows(
+        self, connection: AsyncConnection, statement: Any, rows: list[dict[str, Any]]
+    ) -> int:
+        new = len((await connection.execute(statement, rows)).all())
+        if new and self.postgres:
+            await connection.execute(self._notify)
+        return new
 
     async def get(self, delivery_id: str) -> DeliveryRecord:
         query = sa.select(self.table).where(self.table.c.id == delivery_id)
@@ -195,6 +207,8 @@ class Deliveries:
         async with self.engine.begin() as connection:
             if not (await connection.execute(statement)).rowcount:
                 raise DeliveryNotFound(delivery_id)
+            if self.postgres:
+                await connection.execute(self._notify)
 
     async def lag(self) -> dict[str, float]:
         """Per endpoint: seconds since its oldest pending delivery was taken in (0: none)."""

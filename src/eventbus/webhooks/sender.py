@@ -6,7 +6,9 @@ half-open, none while open (see :mod:`eventbus.webhooks.breaker`) — and starts
 row. A task POSTs (:mod:`eventbus.webhooks.attempt`), then settles in one transaction: the
 row's new state, one line in the delivery log, and for a 410 the endpoint disabled. Finishing
 wakes the loop, which leases that endpoint's next row. So a slow or dead endpoint holds at most
-``concurrency`` attempts of its own and never a slot, a lease or a round of any other.
+``concurrency`` attempts of its own and never a slot, a lease or a round of any other. An
+idle sender looks again every ``poll_interval`` seconds, or at once when a commit signals it
+(PostgreSQL ``NOTIFY``, through the outbox relay's :class:`~eventbus.outbox.wakeup.Wakeup`).
 
 **Nothing is lost.** The row is the retry state: a sender killed between attempts leaves rows
 ``pending`` with their next time, one killed during an attempt leaves a lease that runs out
@@ -19,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
 import time
 import uuid
@@ -30,6 +31,7 @@ from typing import Any, Protocol
 import httpx
 
 from eventbus.errors import ConfigurationError
+from eventbus.outbox.wakeup import Wakeup
 from eventbus.redact import redact_url
 from eventbus.webhooks.attempt import DEFAULT_TIMEOUT, AttemptResult, Poster
 from eventbus.webhooks.breaker import CircuitBreaker
@@ -107,12 +109,14 @@ class WebhookSender:
         self._sql = Claims(store.tables, dialect=store.engine.dialect.name)
         self._in_flight: collections.Counter[str] = collections.Counter()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._wake = asyncio.Event()
+        self._wakeup = Wakeup(store.engine, store.channel)
         self._stopping = asyncio.Event()
         self._loop: asyncio.Task[None] | None = None
         self._lag_at = self._pruned_at = -float("inf")
         self.attempts = 0
         """Attempts finished by this sender (a health check can watch it grow)."""
+        self.rounds = 0
+        """Background rounds finished, successful or not."""
 
     # ---------------------------------------------------------------- running
     async def run_once(self) -> int:
@@ -128,10 +132,13 @@ class WebhookSender:
 
     def signal(self) -> None:
         """Look for due deliveries now (an event was just taken in)."""
-        self._wake.set()
+        self._wakeup.signal()
 
     async def start(self) -> None:
+        """Run in the background until :meth:`stop`; on PostgreSQL, a commit that takes an
+        event in (or replays a delivery) wakes it at once, from any process."""
         if self._loop is None:
+            await self._wakeup.start()
             self._stopping.clear()
             self._loop = asyncio.get_running_loop().create_task(
                 self._run(), name="eventbus:webhook-sender"
@@ -143,8 +150,9 @@ class WebhookSender:
         loop, self._loop = self._loop, None
         if loop is not None:
             self._stopping.set()
-            self._wake.set()
+            self._wakeup.signal()
             await asyncio.gather(loop, return_exceptions=True)
+            await self._wakeup.stop()
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=grace)
         for task in list(self._tasks):
@@ -173,10 +181,9 @@ class WebhookSender:
             except Exception:  # the database went away, say: never end the sender for it
                 log.exception("webhook sender round failed; trying again in %.1fs", pause)
                 started, pause = 0, min(pause * 2, 30.0)
+            self.rounds += 1
             if not started:
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), pause)
-                self._wake.clear()
+                await self._wakeup.wait(pause)
 
     # ---------------------------------------------------------------- one round
     async def _round(self) -> int:
@@ -211,7 +218,7 @@ class WebhookSender:
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        self._wake.set()
+        self._wakeup.signal()
 
     async def _deliver(self, endpoint: Endpoint, row: Any, token: str) -> None:
         attempt = row.attempts + 1

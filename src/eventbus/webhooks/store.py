@@ -47,8 +47,10 @@ class WebhookStore:
         self.engine, self.now = engine, now
         self.metadata = metadata if metadata is not None else sa.MetaData()
         self.tables = Tables(self.metadata, prefix, schema)
+        self.channel = f"{prefix}_due"
+        """The PostgreSQL ``NOTIFY`` channel on which a commit of due deliveries wakes senders."""
         self.endpoints = Endpoints(engine, self.tables, now)
-        self.deliveries = Deliveries(engine, self.tables, now)
+        self.deliveries = Deliveries(engine, self.tables, now, self.channel)
 
     async def close(self) -> None:
         """Dispose of the engine when the store made it (it was given a URL)."""
