@@ -74,8 +74,12 @@ class Endpoint:
 class Endpoints:
     """Register, list, rotate, enable and disable endpoints (the endpoints table)."""
 
-    def __init__(self, engine: AsyncEngine, tables: Tables, now: Callable[[], float]) -> None:
+    def __init__(
+        self, engine: AsyncEngine, tables: Tables, now: Callable[[], float], channel: str
+    ) -> None:
         self.engine, self.table, self.now = engine, tables.endpoints, now
+        self._wake = engine.dialect.name == "postgresql"
+        self._notify = sa.select(sa.func.pg_notify(channel, ""))
 
     async def add(
         self,
@@ -154,7 +158,7 @@ class Endpoints:
 
     async def enable(self, endpoint_id: str) -> None:
         """Deliver to the endpoint again (its waiting deliveries go at once)."""
-        await self._update(endpoint_id, enabled=True, disabled_reason=None)
+        await self._update(endpoint_id, enabled=True, disabled_reason=None, wake=True)
 
     async def disable(self, endpoint_id: str, reason: str = "disabled by an operator") -> None:
         """Stop delivering to the endpoint; its deliveries wait, nothing is dropped."""
@@ -171,7 +175,7 @@ class Endpoints:
             if not (await connection.execute(statement)).rowcount:
                 raise EndpointNotFound(endpoint_id)
 
-    async def _update(self, endpoint_id: str, **values: Any) -> None:
+    async def _update(self, endpoint_id: str, *, wake: bool = False, **values: Any) -> None:
         statement = (
             sa.update(self.table)
             .where(self.table.c.id == endpoint_id)
@@ -180,6 +184,8 @@ class Endpoints:
         async with self.engine.begin() as connection:
             if not (await connection.execute(statement)).rowcount:
                 raise EndpointNotFound(endpoint_id)
+            if wake and self._wake:  # its waiting deliveries are due: wake the senders
+                await connection.execute(self._notify)
 
 
 def endpoint_of(row: Any) -> Endpoint:

@@ -49,7 +49,7 @@ class WebhookStore:
         self.tables = Tables(self.metadata, prefix, schema)
         self.channel = f"{prefix}_due"
         """The PostgreSQL ``NOTIFY`` channel on which a commit of due deliveries wakes senders."""
-        self.endpoints = Endpoints(engine, self.tables, now)
+        self.endpoints = Endpoints(engine, self.tables, now, self.channel)
         self.deliveries = Deliveries(engine, self.tables, now, self.channel)
 
     async def close(self) -> None:
