@@ -245,49 +245,51 @@ class WebhookSender:
     ) -> str:
         """Record the attempt; returns the delivery's new state."""
         now, attempt = self.now(), row.attempts + 1
-        outcome, next_at = result.verdict.outcome, None
-        if outcome is Outcome.RETRY:
-            delay = self.schedule.next_delay(attempt, result.verdict.retry_after)
-            next_at = None if delay is None else now + delay
-            self.breaker.failed(endpoint.id, now)
-            if result.verdict.throttled:
-                self.breaker.pause(endpoint.id, now + (delay or 0.0))
-        else:
-            self.breaker.succeeded(endpoint.id)
-        delivered = outcome is Outcome.DELIVERED
+        next_at = self._next_attempt(endpoint, attempt, result, now)
+        delivered = result.verdict.outcome is Outcome.DELIVERED
         state = "delivered" if delivered else "pending" if next_at is not None else "dead"
+        settle = self._sql.settle(
+            token,
+            row.position,
+            now=now,
+            next_at=next_at,
+            delivered=delivered,
+            status=result.status,
+            error=result.error,
+        )
+        line = self._sql.log(
+            row,
+            attempt=attempt,
+            started_at=started,
+            latency=result.latency,
+            status_code=result.status,
+            error=result.error,
+            outcome=state,
+            next_attempt_at=next_at,
+        )
         async with self.store.engine.begin() as connection:
-            settled = await connection.execute(
-                self._sql.settle(
-                    token,
-                    row.position,
-                    now=now,
-                    next_at=next_at,
-                    delivered=delivered,
-                    status=result.status,
-                    error=result.error,
-                )
-            )
-            if not settled.rowcount:
+            if not (await connection.execute(settle)).rowcount:
                 log.warning("webhook delivery %s: lease ran out during its attempt", row.id)
                 return "pending"
-            await connection.execute(
-                self._sql.log(
-                    row,
-                    attempt=attempt,
-                    started_at=started,
-                    latency=result.latency,
-                    status_code=result.status,
-                    error=result.error,
-                    outcome=state,
-                    next_attempt_at=next_at,
-                )
-            )
-            if outcome is Outcome.GONE:
+            await connection.execute(line)
+            if result.verdict.outcome is Outcome.GONE:
                 reason = "the receiver answered 410 Gone"
                 await connection.execute(self._sql.disable(endpoint.id, reason, now))
         _log_attempt(endpoint, row, attempt, result, state, next_at, now)
         return state
+
+    def _next_attempt(
+        self, endpoint: Endpoint, attempt: int, result: AttemptResult, now: float
+    ) -> float | None:
+        """When the next attempt goes (``None``: no more), telling the breaker the outcome."""
+        if result.verdict.outcome is not Outcome.RETRY:
+            self.breaker.succeeded(endpoint.id)  # it answered: not an outage
+            return None
+        delay = self.schedule.next_delay(attempt, result.verdict.retry_after)
+        self.breaker.failed(endpoint.id, now)
+        if result.verdict.throttled:
+            self.breaker.pause(endpoint.id, now + (delay or 0.0))
+        return None if delay is None else now + delay
 
     async def _release(self, token: str, position: int) -> None:
         try:
