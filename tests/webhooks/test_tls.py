@@ -11,8 +11,8 @@ import httpx
 import pytest
 import trustme
 
-from eventbus.webhooks import WebhookSender, WebhookStore
-from tests.webhooks.conftest import LOOPBACK, Receiver
+from eventbus.webhooks import DeliveryRecord, WebhookSender, WebhookStore
+from tests.webhooks.conftest import LOOPBACK, Receiver, Request
 from tests.webhooks.support import event
 
 pytestmark = pytest.mark.anyio
@@ -44,38 +44,37 @@ def trusting(authority: trustme.CA) -> httpx.AsyncClient:
     return httpx.AsyncClient(verify=context, follow_redirects=False, trust_env=False)
 
 
-async def test_the_certificate_is_checked_against_the_url_host(
-    store: WebhookStore, authority: trustme.CA
-) -> None:
-    with tls_receiver(authority, "localhost") as receiver:
+async def deliver_over_https(
+    store: WebhookStore, authority: trustme.CA, certified: str
+) -> tuple[list[Request], DeliveryRecord]:
+    """One delivery to ``https://localhost:…`` served with a certificate for ``certified``."""
+    with tls_receiver(authority, certified) as receiver:
         receiver.script("/secure", 200)
         url = f"https://localhost:{receiver.port}/secure"
         endpoint = await store.endpoints.add("acme", url, ["#"])
-        sender = WebhookSender(store, guard=LOOPBACK, client=trusting(authority))
+        client = trusting(authority)
+        sender = WebhookSender(store, guard=LOOPBACK, client=client)
         await store.take(event())
         assert await sender.run_once() == 1
         await sender.stop()
-        await sender.poster.client.aclose()
-        [request] = receiver.to("/secure")
-        assert request.headers["host"] == f"localhost:{receiver.port}"
+        await client.aclose()
         [delivery] = await store.deliveries.list(endpoint_id=endpoint.id)
-        assert delivery.state == "delivered"
+        return receiver.to("/secure"), delivery
+
+
+async def test_the_certificate_is_checked_against_the_url_host(
+    store: WebhookStore, authority: trustme.CA
+) -> None:
+    [request], delivery = await deliver_over_https(store, authority, "localhost")
+    assert request.headers["host"].startswith("localhost:")
+    assert delivery.state == "delivered"
 
 
 async def test_a_certificate_for_another_host_is_refused(
     store: WebhookStore, authority: trustme.CA
 ) -> None:
-    with tls_receiver(authority, "elsewhere.example") as receiver:
-        receiver.script("/secure", 200)
-        url = f"https://localhost:{receiver.port}/secure"
-        endpoint = await store.endpoints.add("acme", url, ["#"])
-        sender = WebhookSender(store, guard=LOOPBACK, client=trusting(authority))
-        await store.take(event())
-        assert await sender.run_once() == 1
-        await sender.stop()
-        await sender.poster.client.aclose()
-        assert receiver.to("/secure") == []
-        [delivery] = await store.deliveries.list(endpoint_id=endpoint.id)
-        assert delivery.state == "pending"
-        assert delivery.last_error is not None
-        assert "certificate" in delivery.last_error.lower()
+    requests, delivery = await deliver_over_https(store, authority, "elsewhere.example")
+    assert requests == []
+    assert delivery.state == "pending"
+    assert delivery.last_error is not None
+    assert "certificate" in delivery.last_error.lower()
