@@ -175,6 +175,30 @@ def test_the_command_line_sits_on_top_and_nothing_imports_it() -> None:
     assert found == []
 
 
+def test_webhooks_build_on_the_contract_the_router_and_the_idempotency_protocol() -> None:
+    """The sender takes events in through a router's subscription and is woken as the outbox
+    relay is; the receiver helper deduplicates through the idempotency stores' protocol.
+    Nothing else of eventbus."""
+    allowed = CONTRACT | {
+        "eventbus.router",
+        "eventbus.middleware.idempotency",
+        "eventbus.outbox.wakeup",
+    }
+    assert _violations(allowed, "eventbus.webhooks") == []
+
+
+def test_nothing_imports_the_webhooks() -> None:
+    """A feature on top: the core, the adapters, the outbox never depend on it."""
+    found = [
+        f"{module}:{line} imports {target}"
+        for module in MODULES
+        if not module.startswith("eventbus.webhooks")
+        for target, line, _ in imports(module)
+        if target.startswith("eventbus.webhooks")
+    ]
+    assert found == []
+
+
 def test_no_module_imports_eventbus_inside_a_function() -> None:
     """A function-level import of our own code is how a cycle hides: there is none."""
     found = [

@@ -32,6 +32,12 @@ for url, extra in [("redis://localhost", "redis"), ("amqp://localhost", "rabbitm
         assert f'pip install "eventbus[{extra}]"' in str(exc), exc
     else:
         raise AssertionError(f"{url} worked without its driver")
+try:
+    import eventbus.webhooks
+except ConfigurationError as exc:
+    assert 'pip install "eventbus[webhooks]"' in str(exc), exc
+else:
+    raise AssertionError("eventbus.webhooks imported without its extra")
 print("ok", eventbus.__version__)
 """
     out = subprocess.run([python, "-c", code], capture_output=True, text=True)

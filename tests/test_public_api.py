@@ -38,6 +38,10 @@ MODULES = [
     "eventbus.testing.sagas",
     "eventbus.testing.telemetry",
     "eventbus.upcasting",
+    "eventbus.webhooks",
+    "eventbus.webhooks.asgi",
+    "eventbus.webhooks.dependency",
+    "eventbus.webhooks.telemetry",
 ]
 
 
