@@ -15,7 +15,7 @@ from eventbus.middleware import Idempotency, default_middleware
 from eventbus.otel import Tracing
 from examples.timeline import say
 from examples.user_registration.events import UserRegistered
-from examples.user_registration.settings import broker_url, claims, engine
+from examples.user_registration.settings import broker_options, broker_url, claims, engine
 from examples.user_registration.tables import signups
 
 router = Router()
@@ -42,6 +42,7 @@ def make_bus() -> EventBus:
         service="analytics",
         routers=[router],
         middleware=[Tracing(), *default_middleware()],
+        **broker_options(),
     )
 
 

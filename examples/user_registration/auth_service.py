@@ -27,7 +27,7 @@ from eventbus.otel import Tracing
 from eventbus.outbox import OutboxRelay
 from examples.timeline import say
 from examples.user_registration.events import UserRegistered
-from examples.user_registration.settings import broker_url, engine, outbox
+from examples.user_registration.settings import broker_options, broker_url, engine, outbox
 from examples.user_registration.tables import users
 
 bus = EventBus(
@@ -35,6 +35,7 @@ bus = EventBus(
     service="auth",
     middleware=[Tracing(), *default_middleware()],
     outbox=outbox,
+    **broker_options(),
 )
 relay = OutboxRelay(engine, bus, poll_interval=0.05)
 sessions = async_sessionmaker(engine, expire_on_commit=False)

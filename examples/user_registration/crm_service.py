@@ -15,7 +15,7 @@ from eventbus.middleware import default_middleware
 from eventbus.otel import Tracing
 from examples.timeline import say
 from examples.user_registration.events import UserRegistered
-from examples.user_registration.settings import broker_url, engine
+from examples.user_registration.settings import broker_options, broker_url, engine
 from examples.user_registration.tables import contacts
 
 router = Router()
@@ -40,6 +40,7 @@ def make_bus() -> EventBus:
         service="crm",
         routers=[router],
         middleware=[Tracing(), *default_middleware()],
+        **broker_options(),
     )
 
 

@@ -25,7 +25,7 @@ from eventbus.outbox import Inbox
 from examples.timeline import say
 from examples.user_registration.events import UserRegistered
 from examples.user_registration.mail_provider import MailProvider
-from examples.user_registration.settings import broker_url, engine, outbox
+from examples.user_registration.settings import broker_options, broker_url, engine, outbox
 from examples.user_registration.tables import welcome_mails
 
 GROUP = "email.welcome"
@@ -64,6 +64,7 @@ def make_bus() -> EventBus:
         routers=[router],
         middleware=[Tracing(), *default_middleware()],
         outbox=outbox,
+        **broker_options(),
     )
 
 

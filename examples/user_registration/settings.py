@@ -2,16 +2,20 @@
 
 ``EVENTBUS_URL`` picks the broker (``redis://…``, ``amqp://…``, ``kafka://…``); left unset,
 every service of this process shares the in-memory broker ``memory://user-registration``.
-``DATABASE_URL`` picks the database (``postgresql+asyncpg://…``); left unset, a SQLite file in
-the temporary directory. In a real deployment each service would own its database; here they
-share one, each with tables of its own, so that a run needs a single URL.
+``EVENTBUS_OPTIONS`` (a JSON object) gives the adapter keyword options, such as a Redis key
+``prefix`` to share one server between several apps. ``DATABASE_URL`` picks the database
+(``postgresql+asyncpg://…``); left unset, a SQLite file in the temporary directory. In a real
+deployment each service would own its database; here they share one, each with tables of its
+own, so that a run needs a single URL.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -23,6 +27,13 @@ SQLITE_FILE = Path(tempfile.gettempdir()) / "eventbus-user-registration.db"
 
 def broker_url() -> str:
     return os.environ.get("EVENTBUS_URL", "memory://user-registration")
+
+
+def broker_options() -> dict[str, Any]:
+    options = json.loads(os.environ.get("EVENTBUS_OPTIONS") or "{}")
+    if not isinstance(options, dict):
+        raise ValueError(f"EVENTBUS_OPTIONS must be a JSON object, not {options!r}")
+    return options
 
 
 def database_url() -> str:

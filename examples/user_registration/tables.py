@@ -46,3 +46,9 @@ async def create_tables() -> None:
         await connection.run_sync(metadata.create_all)
     await outbox.create_tables(engine)
     await claims.create_table()
+
+
+if __name__ == "__main__":  # ``python -m examples.user_registration.tables``
+    import asyncio
+
+    asyncio.run(create_tables())
