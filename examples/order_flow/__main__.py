@@ -12,70 +12,60 @@ import argparse
 import asyncio
 import contextlib
 import logging
-from contextlib import AsyncExitStack
+from contextlib import AbstractAsyncContextManager
+from typing import Any
 
 import httpx
 
-from eventbus import EventBus, Router
-from eventbus.outbox import Outbox, OutboxRelay
-from eventbus.sagas import COMPENSATION_FAILED, Saga, SagaNotFound, SagaWorker, SqlSagaStore
-from examples.order_flow import choreography, orchestration
+from eventbus import EventBus
+from eventbus.outbox import OutboxRelay
+from eventbus.sagas import COMPENSATION_FAILED, SagaNotFound, SagaWorker
 from examples.order_flow.domain import Faults, Shop
-from examples.order_flow.orchestration import OrderState
-from examples.order_flow.orders import OrderService, Variant
-from examples.order_flow.settings import broker_url, fresh_engine
+from examples.order_flow.orders import Variant
+from examples.order_flow.settings import fresh_engine
+from examples.order_flow.wiring import Flow
 
 FINISHED = {"completed", "compensated", COMPENSATION_FAILED}
 
 
 async def run(variant: Variant, shop: Shop) -> tuple[str, str]:
     """Place one order in ``variant``; its status in the read model, and the saga's (or "-")."""
-    engine = await fresh_engine(variant)
-    outbox = Outbox()
-    await outbox.create_tables(engine)
-    orders = OrderService(engine, outbox, variant)
-    await orders.create_tables()
-    routers: list[Router] = [orders.router()]
-    saga: Saga[OrderState] | None = None
-    if variant == "saga":
-        saga = orchestration.order_saga()
-        saga.store = SqlSagaStore(engine, outbox=outbox)
-        await saga.store.create_tables()
-        routers += [saga.router(), *orchestration.services(shop)]
-    else:
-        routers += choreography.routers(shop)
-    bus = EventBus(broker_url(variant), service="shop", routers=routers, outbox=outbox)
-    app = orders.app(bus)
-    async with AsyncExitStack() as stack:
-        await stack.enter_async_context(bus)
-        await stack.enter_async_context(OutboxRelay(engine, bus, poll_interval=0.02))
-        if saga is not None:
-            await stack.enter_async_context(SagaWorker(bus, [saga], poll_interval=0.05))
-        await stack.enter_async_context(app.router.lifespan_context(app))
-        client = await stack.enter_async_context(
-            httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://orders")
-        )
+    flow = Flow.of(variant, await fresh_engine(variant), shop)
+    await flow.create_tables()
+    bus = flow.orders_bus()  # one process: the services' routers join the order service's bus
+    for router in flow.services.values():
+        bus.include_router(router)
+    running: list[AbstractAsyncContextManager[Any]] = [
+        bus,
+        OutboxRelay(flow.engine, bus, poll_interval=0.02),
+    ]
+    if flow.saga is not None:
+        running.append(SagaWorker(bus, [flow.saga], poll_interval=0.05))
+    app = flow.orders.app(running)
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://orders") as client,
+    ):
         order = {"sku": "book-42", "quantity": 1, "amount_cents": 2500}
         placed = (await client.post("/orders", json=order)).raise_for_status().json()
-        saga_status = await _settled(bus, outbox, orders, saga, placed["order_id"])
+        saga_status = await _settled(bus, flow, placed["order_id"])
         view = (await client.get(f"/orders/{placed['order_id']}")).raise_for_status().json()
-    await engine.dispose()
+    await flow.engine.dispose()
     return view["status"], saga_status
 
 
-async def _settled(
-    bus: EventBus, outbox: Outbox, orders: OrderService, saga: Saga[OrderState] | None, key: str
-) -> str:
+async def _settled(bus: EventBus, flow: Flow, key: str) -> str:
     """Wait (at most 30 s) until nothing more happens: the saga, if any, has ended, and
     everything published has been handled. Returns the saga's status, "-" without one."""
     for _ in range(600):
         status = "-"
-        if saga is not None:
+        if flow.saga is not None:
             with contextlib.suppress(SagaNotFound):  # not until OrderCreated is handled
-                status = (await saga.show(key)).status
-        if saga is None or status in FINISHED:
+                status = (await flow.saga.show(key)).status
+        if flow.saga is None or status in FINISHED:
             await bus.drain()
-            if (await outbox.backlog(orders.engine)).pending == 0:
+            if (await flow.outbox.backlog(flow.engine)).pending == 0:
                 await bus.drain()
                 return status
         await asyncio.sleep(0.05)

@@ -23,8 +23,8 @@ from examples.order_flow.events import (
 from examples.timeline import say
 
 
-def routers(shop: Shop) -> list[Router]:
-    """The payment, inventory and shipping services (the order service's part is in
+def routers(shop: Shop) -> dict[str, Router]:
+    """The payment, inventory and shipping services, by name (the order service's part is in
     ``orders``: it confirms on ShipmentScheduled, cancels on PaymentFailed)."""
     payments, inventory, shipping = Router(), Router(), Router()
     lines: dict[str, OrderCreated] = {}  # the inventory service's copy of each order's lines
@@ -67,4 +67,4 @@ def routers(shop: Shop) -> list[Router]:
         say("shipping", f"shipment scheduled for {event.order_id}", ctx)
         await ctx.publish(ShipmentScheduled(order_id=event.order_id), key=event.order_id)
 
-    return [payments, inventory, shipping]
+    return {"payments": payments, "inventory": inventory, "shipping": shipping}

@@ -107,7 +107,7 @@ def order_saga() -> Saga[OrderState]:
     )  # fmt: skip
 
 
-def services(shop: Shop) -> list[Router]:
+def services(shop: Shop) -> dict[str, Router]:
     """The services the saga drives, each answering its commands (the order service's own
     commands are in ``orders``)."""
     inventory, payments, shipping = Router(), Router(), Router()
@@ -153,4 +153,4 @@ def services(shop: Shop) -> list[Router]:
         else:
             say("shipping", f"(no answer for {command.order_id}: the service is down)", ctx)
 
-    return [inventory, payments, shipping]
+    return {"inventory": inventory, "payments": payments, "shipping": shipping}

@@ -13,16 +13,16 @@
 # No ``from __future__ import annotations`` here: FastAPI reads the endpoints' annotations,
 # which name a dependency local to ``OrderService.app``, when the routes are declared.
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Annotated, Literal
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from typing import Annotated, Any, Literal
 
 import sqlalchemy as sa
 from fastapi import Depends, FastAPI, HTTPException
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from eventbus import Context, EventBus, Router
+from eventbus import Context, Router
 from eventbus.aggregate import Aggregate, applies
 from eventbus.eventstore import (
     EventStore,
@@ -190,12 +190,15 @@ class OrderService:
 
         return router
 
-    def app(self, bus: EventBus) -> FastAPI:
-        """``POST /orders`` and ``GET /orders/{id}``; the app's lifespan runs the projection."""
+    def app(self, running: Sequence[AbstractAsyncContextManager[Any]] = ()) -> FastAPI:
+        """``POST /orders`` and ``GET /orders/{id}``. The app's lifespan runs what ``running``
+        holds (the bus, the outbox relay…), then the projection, and stops them in reverse."""
 
         @asynccontextmanager
         async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-            async with self.projection:
+            async with AsyncExitStack() as stack:
+                for part in (*running, self.projection):
+                    await stack.enter_async_context(part)
                 yield
 
         app = FastAPI(title="orders", lifespan=lifespan)

@@ -8,12 +8,8 @@ stored in the database.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import signal
-import socket
-import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -23,91 +19,36 @@ import httpx
 import pytest
 
 from eventbus.testing import wait_until
+from tests.examples.processes import (
+    DEADLINE,
+    ROOT,
+    Services,
+    cli,
+    environment,
+    free_port,
+    rows,
+)
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis, pytest.mark.slow]
-ROOT = Path(__file__).parent.parent.parent
 PROCFILE = ROOT / "examples" / "user_registration" / "Procfile"
-DEADLINE = 60.0
-
-
-class Services:
-    """The Procfile's processes, each with its output in a file."""
-
-    def __init__(self, env: dict[str, str], logs: Path) -> None:
-        self.env, self.logs = env, logs
-        self.commands = dict(
-            line.split(": ", 1) for line in PROCFILE.read_text().splitlines() if line.strip()
-        )
-        self.running: dict[str, subprocess.Popen[bytes]] = {}
-
-    def start(self, name: str, **extra: str) -> None:
-        log = (self.logs / f"{name}.log").open("ab")
-        self.running[name] = subprocess.Popen(
-            ["bash", "-c", f"exec {self.commands[name]}"],
-            cwd=ROOT, env={**self.env, **extra}, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-
-    async def stop(self, name: str) -> int:
-        process = self.running.pop(name)
-        process.send_signal(signal.SIGTERM)
-        return await asyncio.to_thread(process.wait, DEADLINE)
-
-    def output(self, name: str) -> str:
-        return (self.logs / f"{name}.log").read_text()
-
-    async def stop_all(self) -> dict[str, int]:
-        return {name: await self.stop(name) for name in list(self.running)}
-
-    def ready(self, name: str, times: int = 1) -> bool:
-        banner = "Application startup complete" if name == "auth" else "worker ready"
-        return self.output(name).count(banner) >= times
-
-
-def rows(database: Path, query: str) -> list[tuple[object, ...]]:
-    with sqlite3.connect(database) as db:
-        try:
-            return db.execute(query).fetchall()
-        except sqlite3.OperationalError:  # the tables are being created
-            return []
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
 def services(tmp_path: Path, redis_url: str, prefix: str) -> Iterator[Services]:
-    bin_dir = str(Path(sys.executable).parent)  # eventbus, uvicorn
-    env = {
-        **os.environ,
-        "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")]),
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-        "EVENTBUS_URL": redis_url,
-        "EVENTBUS_OPTIONS": json.dumps({"prefix": prefix}),  # keys of this test's own
-        "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'registration.db'}",
-        "AUTH_PORT": str(free_port()),
-    }
+    env = environment(
+        EVENTBUS_URL=redis_url,
+        EVENTBUS_OPTIONS=json.dumps({"prefix": prefix}),  # keys of this test's own
+        DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'registration.db'}",
+        AUTH_PORT=str(free_port()),
+    )
     tables = [sys.executable, "-m", "examples.user_registration.tables"]
     subprocess.run(tables, cwd=ROOT, env=env, check=True, timeout=DEADLINE)
-    running = Services(env, tmp_path)
+    running = Services(PROCFILE, env, tmp_path)
     try:
         yield running
     finally:
         for process in running.running.values():
             process.kill()
-
-
-async def cli(services: Services, *args: str) -> str:
-    """``eventbus ARGS`` as an operator runs it; its standard output."""
-    run = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "eventbus.cli", *args, env=services.env,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await run.communicate()
-    assert run.returncode == 0, err.decode()
-    return out.decode()
 
 
 async def test_each_service_as_a_process_and_the_operator_replays_with_the_cli(
