@@ -116,6 +116,12 @@ def test_the_event_store_builds_on_the_contract_and_publishing_only() -> None:
         assert {t for t, _, _ in imports(module)} <= CONTRACT, module
 
 
+def test_the_asyncapi_export_reads_the_bus_and_its_routers_only() -> None:
+    """It describes what the bus is configured with: no adapter, middleware or outbox code."""
+    allowed = CONTRACT | {"eventbus.bus", "eventbus.router"}
+    assert _violations(allowed, "eventbus.asyncapi") == []
+
+
 def test_only_the_testing_package_imports_the_event_store() -> None:
     """A feature on top: the core, the adapters, the outbox never depend on it."""
     found = [

@@ -26,6 +26,7 @@ def documented() -> dict[str, set[str]]:
 MODULES = [
     "eventbus",
     "eventbus.aggregate",
+    "eventbus.asyncapi",
     "eventbus.eventstore",
     "eventbus.middleware",
     "eventbus.otel",
