@@ -28,6 +28,7 @@ MODULES = [
     "eventbus.aggregate",
     "eventbus.asyncapi",
     "eventbus.eventstore",
+    "eventbus.fastapi",
     "eventbus.middleware",
     "eventbus.otel",
     "eventbus.outbox",
