@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import jsonschema
 import pytest
+import redis.asyncio as aioredis
 import yaml
 from pydantic import AfterValidator, BaseModel, Field
 
@@ -20,7 +21,8 @@ from eventbus import Envelope, Event, EventBus, Router
 from eventbus.asyncapi import asyncapi_document, to_json, to_yaml
 from eventbus.brokers.kafka.topology import dlq_topic
 from eventbus.envelope import to_binary, to_structured
-from eventbus.errors import ConfigurationError
+from eventbus.errors import ConfigurationError, PermanentError, RetryLater
+from eventbus.testing import wait_until
 from tests.shop.orders import Created
 from tests.shop.refunds import Created as RefundCreated
 
@@ -333,3 +335,39 @@ def test_publishes_takes_event_classes_only() -> None:
     router = Router()
     router.declare_publishes(OrderPlaced, OrderPlaced)
     assert router.publishes == [OrderPlaced]
+
+
+@pytest.mark.anyio
+@pytest.mark.redis
+async def test_on_redis_the_documented_retry_and_dead_letter_streams_are_where_they_go(
+    redis_url: str, prefix: str
+) -> None:
+    bus = EventBus(redis_url, service="shop", prefix=prefix, middleware=())
+    seen: list[str] = []
+
+    @bus.subscribe(RefundCreated, group="ledger")
+    async def on_refund(event: RefundCreated) -> None:
+        seen.append(event.refund_id)
+        if event.refund_id == "dead":
+            raise PermanentError("refused")
+        if seen.count("late") == 1:
+            raise RetryLater(0.01)
+
+    document = asyncapi_document(bus)
+    retry = _internal(document, "retry")["ledger.retry"]
+    dead = _internal(document, "dead-letter")["ledger.dead-letter"]
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        async with bus:
+            await bus.publish(RefundCreated(refund_id="late", amount=1))
+            await wait_until(lambda: seen == ["late", "late"])
+            groups = await client.xinfo_groups(retry)  # the group reads its redeliveries there
+            assert [(g["name"], g["entries-read"]) for g in groups] == [(b"ledger", 1)]
+            await bus.publish(RefundCreated(refund_id="dead", amount=1))
+
+            async def dead_lettered() -> bool:
+                return bool(await client.xlen(dead) == 1)
+
+            await wait_until(dead_lettered)
+    finally:
+        await client.aclose()

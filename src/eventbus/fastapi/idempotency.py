@@ -142,20 +142,18 @@ class IdempotencyKeyMiddleware:
             await self.app(scope, receive, send)
             return
         values = [v for k, v in scope.get("headers", ()) if k.lower() == b"idempotency-key"]
-        if not values:
-            if self.required:
-                await _problem(send, 400, "Idempotency-Key missing", _MISSING)
-                return
-            await self.app(scope, receive, send)
-            return
-        key = (
-            parse_key(values[0].decode("latin-1"), self.max_key_length)
-            if len(values) == 1
-            else None
-        )
-        if key is None:
+        single = values[0].decode("latin-1") if len(values) == 1 else None
+        key = parse_key(single, self.max_key_length) if single is not None else None
+        if key is not None:
+            await self._keyed(scope, receive, send, key)
+        elif values:  # two keys, or one that is neither an sf-string nor a token
             await _problem(send, 400, "Idempotency-Key malformed", _MALFORMED)
-            return
+        elif self.required:
+            await _problem(send, 400, "Idempotency-Key missing", _MISSING)
+        else:
+            await self.app(scope, receive, send)
+
+    async def _keyed(self, scope: Scope, receive: Receive, send: Send, key: str) -> None:
         body = await _read_body(receive)
         identity = self.identity(scope) if self.identity is not None else None
         group = "http" if identity is None else f"http:{identity}"
@@ -164,15 +162,12 @@ class IdempotencyKeyMiddleware:
         claim = await self.store.claim(group, key, owner=owner, lease=self.lease)
         if claim.status is ClaimStatus.BUSY:
             retry = {"retry-after": str(max(1, math.ceil(claim.retry_after)))}
-            await _problem(
-                send, 409, "A request with this Idempotency-Key is in progress", _BUSY, retry
-            )
+            await _problem(send, 409, "Idempotency-Key in use", _BUSY, retry)
         elif claim.status is ClaimStatus.DONE:
             await self._replay(send, claim.result, fingerprint)
         else:
-            await self._first(
-                scope, _replaying(body, receive), send, (group, key, owner), fingerprint
-            )
+            receive = _replaying(body, receive)
+            await self._first(scope, receive, send, (group, key, owner), fingerprint)
 
     def _covers(self, scope: Scope) -> bool:
         if scope["type"] != "http" or scope.get("method", "").upper() not in self.methods:
@@ -206,16 +201,13 @@ class IdempotencyKeyMiddleware:
         try:
             if self.sessionmaker is None:
                 await self.app(scope, receive, captured.send)
-                if self._keeps(captured.status):
-                    await self.store.complete(
-                        group,
-                        key,
-                        owner=owner,
-                        retention=self.expiry,
-                        result=captured.encode(fingerprint),
-                    )
-                else:
+                if not self._keeps(captured.status):
                     await self._release(group, key, owner)
+                else:
+                    result = captured.encode(fingerprint)
+                    await self.store.complete(
+                        group, key, owner=owner, retention=self.expiry, result=result
+                    )
             else:
                 await self._in_transaction(scope, receive, captured, claim, fingerprint)
         except BaseException:

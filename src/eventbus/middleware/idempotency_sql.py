@@ -118,12 +118,10 @@ class SqlIdempotencyStore:
         retention: float,
         result: bytes | None = None,
     ) -> None:
-        now = self._now()
-        upsert = self._upsert(
-            group, event_id, _DONE, owner, now, until=now + retention, result=result
-        )
         async with self.engine.begin() as conn:
-            await conn.execute(upsert)
+            await self.complete_in(
+                conn, group, event_id, owner=owner, retention=retention, result=result
+            )
 
     async def complete_in(
         self,
