@@ -309,6 +309,16 @@ def test_retry_and_dead_letter_channels_are_the_adapters_own_names() -> None:
     dead = [op for op in operations.values() if op["channel"]["$ref"].endswith("dead-letter")]
     assert {op["action"] for op in dead} == {"send"}
     assert _internal(asyncapi_document(make_bus("memory://")), "retry") == {}
+    group_ids = {
+        op["x-eventbus-group"]: op["bindings"]["kafka"]["groupId"]["enum"]
+        for op in kafka["operations"].values()
+        if "x-eventbus-group" in op  # the subscriptions' own receive operations
+    }
+    assert group_ids == {  # a pattern subscription's Kafka group is named for the pattern too
+        "shop.on_placed": ["shop.on_placed"],
+        "ledger": ["ledger"],
+        "shop.audit": ["shop.audit:refunds.#"],
+    }
     bare = asyncapi_document(make_bus(URLS["kafka"]), internal_channels=False)
     assert _internal(bare, "retry") == _internal(bare, "dead-letter") == {}
 

@@ -109,6 +109,9 @@ class DescribesWire(Protocol):
     def internal_channels(self, subscription: SubscriptionView) -> Sequence[WireChannel]:
         """The retry and dead-letter queues the adapter keeps for ``subscription``."""
 
+    def receive_bindings(self, subscription: SubscriptionView) -> Mapping[str, Any]:
+        """AsyncAPI operation bindings of ``subscription``'s consumer (its Kafka group id)."""
+
 
 class Clock(Protocol):
     """Time as seen by delays and backoff; see :mod:`eventbus.clock`."""

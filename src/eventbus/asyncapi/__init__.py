@@ -135,9 +135,9 @@ class _Builder:
         operation = self._operation("receive", _safe(sub.name), channel, message)
         operation["summary"] = f"Handled by {sub.name}."
         operation["x-eventbus-group"] = sub.group
-        if self.wire.protocol == "kafka":
-            group = {"type": "string", "enum": [sub.group]}
-            operation["bindings"] = {"kafka": {"groupId": group, "bindingVersion": "0.5.0"}}
+        bindings = self.describes.receive_bindings(sub) if self.describes is not None else {}
+        if bindings:
+            operation["bindings"] = dict(bindings)
         if internal and self.describes is not None:
             for place in self.describes.internal_channels(sub):
                 self._internal(sub, place, message)

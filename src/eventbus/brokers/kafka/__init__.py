@@ -52,6 +52,7 @@ from eventbus.brokers.kafka.topology import (
     Settings,
     check_topic,
     dlq_topic,
+    kafka_group,
     retry_topic,
 )
 from eventbus.clock import SystemClock
@@ -177,6 +178,11 @@ class KafkaBroker:
         return WireChannel(
             destination, bindings={"kafka": {"topic": destination, "bindingVersion": "0.5.0"}}
         )
+
+    def receive_bindings(self, subscription: SubscriptionView) -> dict[str, Any]:
+        group = kafka_group(subscription.group or "", subscription.topic, subscription.is_pattern)
+        group_id = {"type": "string", "enum": [group]}
+        return {"kafka": {"groupId": group_id, "bindingVersion": "0.5.0"}}
 
     def internal_channels(self, subscription: SubscriptionView) -> list[WireChannel]:
         group = subscription.group or subscription.name

@@ -132,6 +132,9 @@ class MemoryBroker:
     def channel(self, destination: str) -> WireChannel:
         return WireChannel(destination, description="In this process's memory.")
 
+    def receive_bindings(self, subscription: SubscriptionView) -> dict[str, Any]:
+        return {}
+
     def internal_channels(self, subscription: SubscriptionView) -> list[WireChannel]:
         """None: redeliveries wait in the group's queue, dead letters in the process."""
         return []

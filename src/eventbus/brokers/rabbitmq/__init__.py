@@ -184,6 +184,10 @@ class RabbitMQBroker:
             },
         )
 
+    def receive_bindings(self, subscription: SubscriptionView) -> dict[str, Any]:
+        """Consumed with explicit acks, from the group's queue."""
+        return {"amqp": {"ack": True, "bindingVersion": "0.3.0"}}
+
     def internal_channels(self, subscription: SubscriptionView) -> list[WireChannel]:
         group = subscription.group or subscription.name
         queue = queue_name(group, subscription.topic)

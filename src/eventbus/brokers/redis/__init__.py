@@ -169,6 +169,9 @@ class RedisBroker:
     def channel(self, destination: str) -> WireChannel:
         return WireChannel(self.keys.stream(destination), description="A Redis stream.")
 
+    def receive_bindings(self, subscription: SubscriptionView) -> dict[str, Any]:
+        return {}
+
     def internal_channels(self, subscription: SubscriptionView) -> list[WireChannel]:
         group = subscription.group or subscription.name
         return [
