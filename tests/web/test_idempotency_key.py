@@ -306,18 +306,37 @@ async def test_a_plain_asgi_app_with_keys_optional_and_only_some_paths() -> None
     async def app(scope: Any, receive: Any, send: Any) -> None:
         body = (await receive())["body"]
         runs.append(f"{scope['method']} {scope['path']} {body.decode()}")
-        await send({"type": "http.response.start", "status": 200, "headers": []})
+        status = 503 if body == b"busy" else 200
+        await send({"type": "http.response.start", "status": status, "headers": []})
         await send({"type": "http.response.body", "body": b"ok"})
 
     guarded = IdempotencyKeyMiddleware(
-        app, store=MemoryIdempotencyStore(), required=False, paths=["/pay"]
+        app,
+        store=MemoryIdempotencyStore(),
+        required=False,
+        paths=["/pay"],
+        store_server_errors=True,
     )
     transport = httpx.ASGITransport(app=guarded)
     async with httpx.AsyncClient(transport=transport, base_url="http://x") as client:
+        key = {"Idempotency-Key": "k"}
         await client.post("/pay", content=b"1")  # no key: runs, nothing stored
-        await client.post("/pay", content=b"1", headers={"Idempotency-Key": "k"})
-        replay = await client.post("/pay", content=b"1", headers={"Idempotency-Key": "k"})
-        await client.post("/other", content=b"2", headers={"Idempotency-Key": "k"})
-        await client.put("/pay", content=b"3", headers={"Idempotency-Key": "k"})
+        await client.post("/pay", content=b"1", headers=key)
+        replay = await client.post("/pay", content=b"1", headers=key)
+        await client.post("/other", content=b"2", headers=key)  # not a covered path
+        await client.put("/pay", content=b"3", headers=key)  # not a covered method
+        await client.patch("/pay", content=b"4", headers={"Idempotency-Key": "p"})
+        patched = await client.patch("/pay", content=b"4", headers={"Idempotency-Key": "p"})
+        await client.post("/pay", content=b"busy", headers={"Idempotency-Key": "s"})
+        unavailable = await client.post("/pay", content=b"busy", headers={"Idempotency-Key": "s"})
     assert replay.headers[REPLAYED_HEADER] == "true"
-    assert runs == ["POST /pay 1", "POST /pay 1", "POST /other 2", "PUT /pay 3"]
+    assert patched.headers[REPLAYED_HEADER] == "true"
+    assert (unavailable.status_code, unavailable.headers[REPLAYED_HEADER]) == (503, "true")
+    assert runs == [
+        "POST /pay 1",
+        "POST /pay 1",
+        "POST /other 2",
+        "PUT /pay 3",
+        "PATCH /pay 4",
+        "POST /pay busy",
+    ]

@@ -32,6 +32,7 @@ import base64
 import dataclasses
 import hashlib
 import json
+import logging
 import math
 import re
 import uuid
@@ -54,6 +55,8 @@ __all__ = [
     "RequestTransaction",
     "parse_key",
 ]
+
+log = logging.getLogger("eventbus.idempotency")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -252,7 +255,15 @@ class IdempotencyKeyMiddleware:
 
     async def _release(self, group: str, key: str, owner: str) -> None:
         with anyio.CancelScope(shield=True):  # a cancelled request must still free its key
-            await self.store.release(group, key, owner=owner)
+            try:
+                await self.store.release(group, key, owner=owner)
+            except Exception:
+                log.exception(
+                    "could not release Idempotency-Key %r; a retry gets 409 until its lease "
+                    "(%gs) runs out",
+                    key,
+                    self.lease,
+                )
 
 
 class _Captured:
