@@ -213,9 +213,14 @@ async def test_keys_of_different_clients_never_meet(case: Case) -> None:
         ada = await post(client, "k-6", order("o-ada"), **{"x-client": "ada"})
         bob = await post(client, "k-6", order("o-bob"), **{"x-client": "bob"})
         ada_again = await post(client, "k-6", order("o-ada"), **{"x-client": "ada"})
+        long_name = "a" * 300  # a bearer token, say: hashed into the cache key
+        long_first = await post(client, "k-6", order("o-long"), **{"x-client": long_name})
+        long_again = await post(client, "k-6", order("o-long"), **{"x-client": long_name})
     assert (ada.status_code, bob.status_code) == (201, 201)
     assert ada_again.headers["idempotent-replayed"] == "true"
-    assert await case.shop.saved() == ["o-ada", "o-bob"]
+    assert long_first.status_code == 201
+    assert long_again.headers["idempotent-replayed"] == "true"
+    assert await case.shop.saved() == ["o-ada", "o-bob", "o-long"]
 
 
 async def test_with_a_session_an_endpoint_that_raises_stores_nothing(

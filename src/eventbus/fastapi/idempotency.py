@@ -159,6 +159,8 @@ class IdempotencyKeyMiddleware:
     async def _keyed(self, scope: Scope, receive: Receive, send: Send, key: str) -> None:
         body = await _read_body(receive)
         identity = self.identity(scope) if self.identity is not None else None
+        if identity is not None and len(identity) > 64:  # kept short for every store
+            identity = hashlib.sha256(identity.encode()).hexdigest()
         group = "http" if identity is None else f"http:{identity}"
         fingerprint = _fingerprint(scope, body)
         owner = uuid.uuid4().hex
