@@ -116,6 +116,21 @@ def test_the_event_store_builds_on_the_contract_and_publishing_only() -> None:
         assert {t for t, _, _ in imports(module)} <= CONTRACT, module
 
 
+def test_the_asyncapi_export_reads_the_bus_and_its_routers_only() -> None:
+    """It describes what the bus is configured with: no adapter, middleware or outbox code."""
+    allowed = CONTRACT | {"eventbus.bus", "eventbus.router"}
+    assert _violations(allowed, "eventbus.asyncapi") == []
+
+
+def test_the_web_integration_builds_on_the_bus_and_the_idempotency_stores_only() -> None:
+    """The FastAPI lifespan and dependencies need the bus; the Idempotency-Key middleware the
+    store protocol. Neither reaches into the outbox: staging goes through ``bus.publish``."""
+    allowed = CONTRACT | {"eventbus.bus", "eventbus.middleware.idempotency"}
+    assert _violations(allowed, "eventbus.fastapi") == []
+    http = {t for t, _, _ in imports("eventbus.fastapi.idempotency")}
+    assert http <= CONTRACT | {"eventbus.middleware.idempotency"}
+
+
 def test_only_the_testing_package_and_the_command_line_import_the_event_store() -> None:
     """A feature on top: the core, the adapters, the outbox never depend on it."""
     found = [

@@ -26,7 +26,9 @@ def documented() -> dict[str, set[str]]:
 MODULES = [
     "eventbus",
     "eventbus.aggregate",
+    "eventbus.asyncapi",
     "eventbus.eventstore",
+    "eventbus.fastapi",
     "eventbus.middleware",
     "eventbus.otel",
     "eventbus.outbox",

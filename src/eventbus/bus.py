@@ -26,12 +26,7 @@ from eventbus.health import Health, check
 from eventbus.middleware import Retry, default_middleware
 from eventbus.publishing import EnvelopeFactory, batch_chain, passthrough, publish_chain
 from eventbus.router import Router, Subscription
-from eventbus.types import (
-    Broker,
-    OutboxStage,
-    PublishMiddleware,
-    PublishSide,
-)
+from eventbus.types import Broker, OutboxStage, PublishMiddleware, PublishSide
 from eventbus.upcasting import Upcasters
 
 __all__ = ["EventBus"]
@@ -54,6 +49,7 @@ class EventBus:
     the adapter's (see ``docs/events.md``). ``outbox`` (an ``eventbus.outbox.Outbox``) lets
     ``publish(..., session=s)`` stage events in the caller's transaction. ``upcasters``
     (:class:`eventbus.upcasting.Upcasters`) turn older payloads into the handler's version.
+    ``publishes`` declares the events this service sends (see :class:`Router`).
     """
 
     def __init__(
@@ -69,6 +65,7 @@ class EventBus:
         max_message_bytes: int | None = None,
         outbox: OutboxStage | None = None,
         upcasters: Upcasters | None = None,
+        publishes: Iterable[type[Event]] = (),
         **broker_options: Any,
     ) -> None:
         if not service or not isinstance(service, str):
@@ -88,7 +85,7 @@ class EventBus:
         self.upcasters = upcasters
         """Where ``publish(..., session=s)`` stages events (``eventbus.outbox.Outbox``)."""
         self.max_message_bytes: int = self.broker.max_message_bytes
-        self.router = Router()
+        self.router = Router(publishes=publishes)
         self._routers: list[Router] = [self.router, *routers]
         self._runners: list[SubscriptionRunner] = []
         self._envelope = EnvelopeFactory(service, self.max_message_bytes)
@@ -147,6 +144,11 @@ class EventBus:
                     )
                 bound[(sub.group or "", sub.topic)] = sub
         return list(bound.values())
+
+    @property
+    def publishes(self) -> list[type[Event]]:
+        """The event classes declared with ``publishes=`` on the bus and its routers."""
+        return list(dict.fromkeys(e for router in self._routers for e in router.publishes))
 
     @property
     def dead_letters(self) -> DeadLetterStore:

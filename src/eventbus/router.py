@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from eventbus.context import Context, Middleware
@@ -78,11 +78,29 @@ class Subscription:
 
 
 class Router:
-    """A group of subscriptions, included into a bus with ``bus.include_router(router)``."""
+    """A group of subscriptions, included into a bus with ``bus.include_router(router)``.
 
-    def __init__(self) -> None:
+    ``publishes`` declares the event classes this part of the application publishes, so that
+    its API document (:func:`eventbus.asyncapi.asyncapi_document`) lists them as ``send``
+    operations; publishing does not depend on it.
+    """
+
+    def __init__(self, *, publishes: Iterable[type[Event]] = ()) -> None:
         self.subscriptions: list[Subscription] = []
+        self.publishes: list[type[Event]] = []
         self._running_buses = 0
+        self.declare_publishes(*publishes)
+
+    def declare_publishes(self, *events: type[Event]) -> None:
+        """Add event classes to :attr:`publishes` (each once)."""
+        for event in events:
+            if not (isinstance(event, type) and issubclass(event, Event) and event is not Event):
+                raise ConfigurationError(
+                    f"publishes= takes Event subclasses (the events this service sends), "
+                    f"not {event!r}"
+                )
+            if event not in self.publishes:
+                self.publishes.append(event)
 
     def _lock(self) -> None:
         """A bus including this router has started: its subscriptions are fixed now."""

@@ -20,6 +20,7 @@ from eventbus.errors import DecodeError
 __all__ = [
     "UndecodableObserver",
     "Broker",
+    "DescribesWire",
     "BusView",
     "Capabilities",
     "Clock",
@@ -31,6 +32,8 @@ __all__ = [
     "PublishNext",
     "PublishSide",
     "SubscriptionView",
+    "WireChannel",
+    "WireFormat",
 ]
 
 
@@ -60,6 +63,54 @@ class Capabilities:
     counts_crash_redeliveries: bool = False
     """A message whose consumer went away without settling it comes back counted as a further
     attempt. Without it, such a redelivery keeps the attempt it had (Kafka cannot know)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class WireFormat:
+    """How an adapter carries envelopes, as a document of the API describes it.
+
+    ``protocol`` is the AsyncAPI protocol (``kafka``, ``amqp``, ``redis``; ``None`` for a broker
+    that is no server); ``hosts`` are ``host:port`` with no user information; ``pathname`` is
+    the rest of the address (a RabbitMQ virtual host). ``header_prefix`` is the prefix of the
+    CloudEvents attribute headers in binary content mode, ``None`` in structured mode (one JSON
+    document per message); ``content_type_header`` says whether ``content-type`` is one of
+    those headers (Kafka) or a property of the protocol (AMQP).
+    """
+
+    protocol: str | None
+    hosts: tuple[str, ...] = ()
+    pathname: str | None = None
+    header_prefix: str | None = "ce_"
+    content_type_header: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class WireChannel:
+    """A place on the broker: the address of a destination, or of a subscription's retry or
+    dead-letter queue. ``role`` is ``events``, ``retry`` or ``dead-letter``; ``parameters``
+    name the ``{placeholders}`` of ``address``; ``bindings`` are AsyncAPI channel bindings."""
+
+    address: str
+    role: str = "events"
+    description: str = ""
+    parameters: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    bindings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@runtime_checkable
+class DescribesWire(Protocol):
+    """An adapter that can say where things live on its broker (for ``eventbus.asyncapi``)."""
+
+    def wire_format(self) -> WireFormat: ...
+
+    def channel(self, destination: str) -> WireChannel:
+        """Where events published to ``destination`` go."""
+
+    def internal_channels(self, subscription: SubscriptionView) -> Sequence[WireChannel]:
+        """The retry and dead-letter queues the adapter keeps for ``subscription``."""
+
+    def receive_bindings(self, subscription: SubscriptionView) -> Mapping[str, Any]:
+        """AsyncAPI operation bindings of ``subscription``'s consumer (its Kafka group id)."""
 
 
 class Clock(Protocol):

@@ -103,7 +103,15 @@ async def test_done_keys_are_forgotten_after_the_retention(
 
 
 class BrokenStore(MemoryIdempotencyStore):
-    async def complete(self, group: str, event_id: str, *, owner: str, retention: float) -> None:
+    async def complete(
+        self,
+        group: str,
+        event_id: str,
+        *,
+        owner: str,
+        retention: float,
+        result: bytes | None = None,
+    ) -> None:
         raise ConnectionError("store went away")
 
     async def release(self, group: str, event_id: str, *, owner: str) -> None:

@@ -15,11 +15,16 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
 from eventbus.clock import FakeClock
 from eventbus.errors import TransientError
-from eventbus.middleware import ClaimStatus, IdempotencyStore, MemoryIdempotencyStore
+from eventbus.middleware import (
+    ClaimStatus,
+    IdempotencyStore,
+    MemoryIdempotencyStore,
+    TransactionalIdempotencyStore,
+)
 from eventbus.middleware.idempotency_redis import RedisIdempotencyStore
 from eventbus.middleware.idempotency_sql import SqlIdempotencyStore
 
@@ -203,3 +208,43 @@ async def test_sql_delete_expired_and_owned_engine(tmp_path: Path) -> None:
     assert await store.delete_expired() == 1
     assert (await store.claim("g", "new", owner="b", lease=5)).status is ClaimStatus.DONE
     await store.close()
+
+
+async def test_a_done_key_returns_the_result_it_was_completed_with(case: Case) -> None:
+    store = case.store
+    await store.claim("g", "with", owner="a", lease=30)
+    await store.complete("g", "with", owner="a", retention=3600, result=b'{"status": 201}\x00\xff')
+    done = await store.claim("g", "with", owner="b", lease=30)
+    assert done.status is ClaimStatus.DONE
+    assert done.result == b'{"status": 201}\x00\xff'
+    await store.claim("g", "without", owner="a", lease=30)
+    await store.complete("g", "without", owner="a", retention=3600)
+    assert (await store.claim("g", "without", owner="b", lease=30)).result is None
+    assert (await store.claim("g", "fresh", owner="b", lease=30)).result is None
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def sql_case(request: pytest.FixtureRequest) -> tuple[str, Case]:
+    value = request.getfixturevalue(f"{request.param}_case")
+    assert isinstance(value, Case)
+    return request.param, value
+
+
+@pytest.mark.parametrize("commit", [True, False])
+async def test_sql_complete_in_commits_and_rolls_back_with_the_session(
+    sql_case: tuple[str, Case], commit: bool
+) -> None:
+    store = sql_case[1].store
+    assert isinstance(store, TransactionalIdempotencyStore)
+    assert isinstance(store, SqlIdempotencyStore)
+    await store.claim("g", "k", owner="a", lease=30)
+    async with AsyncSession(store.engine) as session, session.begin():
+        await store.complete_in(session, "g", "k", owner="a", retention=60, result=b"r")
+        if not commit:
+            await session.rollback()
+    after = await store.claim("g", "k", owner="c", lease=30)
+    if commit:
+        assert (after.status, after.result) == (ClaimStatus.DONE, b"r")
+    else:
+        assert after.status is ClaimStatus.BUSY  # still a's lease: the marker rolled back
+    assert not isinstance(MemoryIdempotencyStore(), TransactionalIdempotencyStore)

@@ -14,14 +14,17 @@ which that mapping is applied, as a context manager around every driver call.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any
+from urllib.parse import urlsplit
 
 from eventbus.deadletters import DLQ_PREFIX
 from eventbus.errors import ConfigurationError, EventBusError
 
 __all__ = [
+    "hosts_of",
     "ATTEMPT",
     "CARRIED_PREFIX",
     "DESTINATION",
@@ -185,3 +188,14 @@ def check_max_message_bytes(value: object) -> int:
             f"max_message_bytes must be a positive whole number of bytes, got {value!r}"
         )
     return value
+
+
+def hosts_of(url: str, default_port: int) -> tuple[str, ...]:
+    """``host:port`` of each server a broker URL names, never its user information."""
+    netloc = urlsplit(url).netloc.rpartition("@")[2]
+    hosts = tuple(
+        host if re.search(r":\d+$", host) else f"{host}:{default_port}"
+        for host in netloc.split(",")
+        if host
+    )
+    return hosts or (f"localhost:{default_port}",)

@@ -25,6 +25,7 @@ from eventbus.middleware.idempotency import (
     Idempotency,
     IdempotencyStore,
     MemoryIdempotencyStore,
+    TransactionalIdempotencyStore,
 )
 from eventbus.middleware.retry import Retry, current_try
 from eventbus.middleware.timeout import Timeout
@@ -44,6 +45,7 @@ __all__ = [
     "Retry",
     "SqlIdempotencyStore",
     "Timeout",
+    "TransactionalIdempotencyStore",
     "current_try",
     "default_middleware",
 ]

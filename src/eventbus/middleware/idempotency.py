@@ -26,7 +26,7 @@ import dataclasses
 import enum
 import logging
 import uuid
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import anyio
 
@@ -44,6 +44,7 @@ __all__ = [
     "Idempotency",
     "IdempotencyStore",
     "MemoryIdempotencyStore",
+    "TransactionalIdempotencyStore",
 ]
 
 log = logging.getLogger("eventbus.idempotency")
@@ -65,6 +66,8 @@ class ClaimStatus(enum.Enum):
 class Claim:
     status: ClaimStatus
     retry_after: float = 0.0
+    result: bytes | None = None
+    """For ``DONE``: what ``complete(..., result=)`` recorded (``None`` if nothing was)."""
 
 
 class IdempotencyStore(Protocol):
@@ -75,7 +78,9 @@ class IdempotencyStore(Protocol):
     * ``claim`` takes the key when it is absent, when its lease has expired, or when its done
       marker has outlived its retention; otherwise it reports ``DONE`` or ``BUSY``.
     * ``complete`` marks the key done for ``retention`` seconds whoever holds it (the effect
-      has happened; that is what later deliveries must learn).
+      has happened; that is what later deliveries must learn), keeping ``result`` (bytes) for
+      the ``DONE`` claims that follow (the HTTP Idempotency-Key middleware stores the
+      response there).
     * ``release`` deletes the key only while ``owner`` holds its lease, so a slow consumer
       whose lease was taken over cannot release the new owner's claim.
     """
@@ -83,10 +88,33 @@ class IdempotencyStore(Protocol):
     async def claim(self, group: str, event_id: str, *, owner: str, lease: float) -> Claim: ...
 
     async def complete(
-        self, group: str, event_id: str, *, owner: str, retention: float
+        self,
+        group: str,
+        event_id: str,
+        *,
+        owner: str,
+        retention: float,
+        result: bytes | None = None,
     ) -> None: ...
 
     async def release(self, group: str, event_id: str, *, owner: str) -> None: ...
+
+
+@runtime_checkable
+class TransactionalIdempotencyStore(IdempotencyStore, Protocol):
+    """A store that can mark a key done inside the caller's database transaction, so the
+    marker commits (or rolls back) with the work it records (``SqlIdempotencyStore``)."""
+
+    async def complete_in(
+        self,
+        session: Any,
+        group: str,
+        event_id: str,
+        *,
+        owner: str,
+        retention: float,
+        result: bytes | None = None,
+    ) -> None: ...
 
 
 class Idempotency:
@@ -163,6 +191,7 @@ class _Entry:
     done: bool
     owner: str
     until: float
+    result: bytes | None = None
 
 
 class MemoryIdempotencyStore:
@@ -188,12 +217,20 @@ class MemoryIdempotencyStore:
             self._entries[(group, event_id)] = _Entry(False, owner, now + lease)
             return Claim(ClaimStatus.ACQUIRED)
         if entry.done:
-            return Claim(ClaimStatus.DONE)
+            return Claim(ClaimStatus.DONE, result=entry.result)
         return Claim(ClaimStatus.BUSY, entry.until - now)
 
-    async def complete(self, group: str, event_id: str, *, owner: str, retention: float) -> None:
+    async def complete(
+        self,
+        group: str,
+        event_id: str,
+        *,
+        owner: str,
+        retention: float,
+        result: bytes | None = None,
+    ) -> None:
         now = self._tick()
-        self._entries[(group, event_id)] = _Entry(True, owner, now + retention)
+        self._entries[(group, event_id)] = _Entry(True, owner, now + retention, result)
 
     async def release(self, group: str, event_id: str, *, owner: str) -> None:
         self._tick()

@@ -2,7 +2,7 @@
 
 One key per (group, event id). Claiming is ``SET key lease:<owner> NX PX <lease>`` — atomic, and
 the lease expires on the server's clock, so a consumer that died holding it cannot block the
-event for longer than the lease. Done is ``SET key done PX <retention>``. Release is a Lua
+event for longer than the lease. Done is ``SET key done<result> PX <retention>``. Release is a Lua
 compare-and-delete: only the owner of the lease may release it. Claim and the look-up that
 explains a refused claim run in one script, so there is no gap between them.
 
@@ -30,12 +30,14 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
 
 __all__ = ["RedisIdempotencyStore"]
 
-_DONE = "done"
+_DONE = b"done"
 
-# KEYS[1] key; ARGV[1] lease value, ARGV[2] lease ms -> {1} acquired | {2} done | {3, pttl} busy
+# KEYS[1] key; ARGV[1] lease value, ARGV[2] lease ms
+# -> {1, 0} acquired | {2, 0, result} done | {3, pttl} busy
 _CLAIM = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return {1, 0} end
-if redis.call('GET', KEYS[1]) == 'done' then return {2, 0} end
+local value = redis.call('GET', KEYS[1])
+if value and string.sub(value, 1, 4) == 'done' then return {2, 0, string.sub(value, 5)} end
 return {3, redis.call('PTTL', KEYS[1])}
 """
 
@@ -77,12 +79,23 @@ class RedisIdempotencyStore:
         if code == 1:
             return Claim(ClaimStatus.ACQUIRED)
         if code == 2:
-            return Claim(ClaimStatus.DONE)
+            stored = result[2] if len(result) > 2 else b""
+            stored = stored.encode() if isinstance(stored, str) else stored
+            return Claim(ClaimStatus.DONE, result=stored or None)
         return Claim(ClaimStatus.BUSY, max(ttl_ms, 1) / 1000)
 
-    async def complete(self, group: str, event_id: str, *, owner: str, retention: float) -> None:
+    async def complete(
+        self,
+        group: str,
+        event_id: str,
+        *,
+        owner: str,
+        retention: float,
+        result: bytes | None = None,
+    ) -> None:
         async with _mapped_errors():
-            await self._client.set(self.key(group, event_id), _DONE, px=_ms(retention))
+            value = _DONE + (result or b"")
+            await self._client.set(self.key(group, event_id), value, px=_ms(retention))
 
     async def release(self, group: str, event_id: str, *, owner: str) -> None:
         async with _mapped_errors():

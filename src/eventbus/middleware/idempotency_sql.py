@@ -1,7 +1,8 @@
 """``SqlIdempotencyStore``: idempotency claims in a SQL table (SQLAlchemy 2, async).
 
-Table ``eventbus_idempotency(group, event_id, status, lease_until, owner, updated_at)``, primary
-key ``(group, event_id)``; times are seconds since the epoch. ``lease_until`` is when the row
+Table ``eventbus_idempotency(group, event_id, status, lease_until, owner, updated_at, result)``,
+primary key ``(group, event_id)``; times are seconds since the epoch; ``result`` is what
+``complete(..., result=)`` kept (a stored HTTP response). ``lease_until`` is when the row
 stops counting: the end of the lease for a ``running`` row, the end of retention for a ``done``
 row.
 
@@ -15,7 +16,8 @@ are supported. Leases compare the *application's* wall clock across processes; k
 NTP sync and leases well above their skew.
 
 Needs ``pip install "eventbus[sql]"``. The claim is not part of the handler's own transaction:
-see ``docs/idempotency.md`` for the gap that leaves.
+see ``docs/idempotency.md`` for the gap that leaves. :meth:`SqlIdempotencyStore.complete_in`
+marks a key done inside the caller's session instead, so the marker commits with the work.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ def idempotency_table(
         sa.Column("lease_until", sa.Double(), nullable=False),
         sa.Column("owner", sa.String(64), nullable=False),
         sa.Column("updated_at", sa.Double(), nullable=False),
+        sa.Column("result", sa.LargeBinary(), nullable=True),
         sa.Index(f"ix_{name}_lease_until", "lease_until"),
         schema=schema,
     )
@@ -103,14 +106,41 @@ class SqlIdempotencyStore:
         if row is None:  # deleted between the statements; impossible under the row lock
             return Claim(ClaimStatus.BUSY, 0.001)
         if row.status == _DONE:
-            return Claim(ClaimStatus.DONE)
+            return Claim(ClaimStatus.DONE, result=row.result)
         return Claim(ClaimStatus.BUSY, max(row.lease_until - now, 0.001))
 
-    async def complete(self, group: str, event_id: str, *, owner: str, retention: float) -> None:
-        now = self._now()
-        upsert = self._upsert(group, event_id, _DONE, owner, now, until=now + retention)
+    async def complete(
+        self,
+        group: str,
+        event_id: str,
+        *,
+        owner: str,
+        retention: float,
+        result: bytes | None = None,
+    ) -> None:
         async with self.engine.begin() as conn:
-            await conn.execute(upsert)
+            await self.complete_in(
+                conn, group, event_id, owner=owner, retention=retention, result=result
+            )
+
+    async def complete_in(
+        self,
+        session: Any,
+        group: str,
+        event_id: str,
+        *,
+        owner: str,
+        retention: float,
+        result: bytes | None = None,
+    ) -> None:
+        """Mark the key done in ``session``'s transaction (an ``AsyncSession`` or
+        ``AsyncConnection`` on this store's database), without committing: the marker commits
+        with the caller's own writes, or rolls back with them."""
+        now = self._now()
+        upsert = self._upsert(
+            group, event_id, _DONE, owner, now, until=now + retention, result=result
+        )
+        await session.execute(upsert)
 
     async def release(self, group: str, event_id: str, *, owner: str) -> None:
         c = self.table.c
@@ -142,6 +172,7 @@ class SqlIdempotencyStore:
         *,
         until: float,
         only_if_expired: bool = False,
+        result: bytes | None = None,
     ) -> Any:
         """Insert the row, or overwrite the existing one (only an expired one, if asked)."""
         insert = self._insert(self.table).values(
@@ -151,16 +182,20 @@ class SqlIdempotencyStore:
             lease_until=until,
             owner=owner,
             updated_at=now,
+            result=result,
         )
+        columns = ("status", "lease_until", "owner", "updated_at", "result")
         return insert.on_conflict_do_update(
             index_elements=["group", "event_id"],
-            set_={k: insert.excluded[k] for k in ("status", "lease_until", "owner", "updated_at")},
+            set_={k: insert.excluded[k] for k in columns},
             where=(self.table.c.lease_until <= now) if only_if_expired else None,
         )
 
     def _select(self, group: str, event_id: str) -> sa.Select[Any]:
         c = self.table.c
-        return sa.select(c.status, c.lease_until).where(c.group == group, c.event_id == event_id)
+        return sa.select(c.status, c.lease_until, c.result).where(
+            c.group == group, c.event_id == event_id
+        )
 
     def __repr__(self) -> str:
         return f"SqlIdempotencyStore({self.engine.url.render_as_string()!r}, {self.table.name!r})"

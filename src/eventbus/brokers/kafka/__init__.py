@@ -43,7 +43,7 @@ from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 from aiokafka.admin import AIOKafkaAdminClient  # type: ignore[import-untyped]
 from aiokafka.protocol.admin import DeleteGroupsRequest  # type: ignore[import-untyped]
 
-from eventbus.brokers._wire import check_max_message_bytes
+from eventbus.brokers._wire import check_max_message_bytes, hosts_of
 from eventbus.brokers.kafka.consumer import KafkaConsumer
 from eventbus.brokers.kafka.deadletters import KafkaDeadLetters
 from eventbus.brokers.kafka.delivery import KafkaDelivery
@@ -53,13 +53,15 @@ from eventbus.brokers.kafka.topology import (
     DEFAULT_MAX_MESSAGE_BYTES,
     Settings,
     check_topic,
+    dlq_topic,
     kafka_group,
+    retry_topic,
 )
 from eventbus.clock import SystemClock
 from eventbus.envelope import Envelope, binary_headers
 from eventbus.errors import BrokerUnavailable, BusNotStarted, ConfigurationError
 from eventbus.redact import redact_options, redact_url
-from eventbus.types import Capabilities, SubscriptionView
+from eventbus.types import Capabilities, SubscriptionView, WireChannel, WireFormat
 
 __all__ = ["KafkaBroker", "KafkaConsumer", "KafkaDeadLetters", "KafkaDelivery", "from_url"]
 
@@ -168,6 +170,43 @@ class KafkaBroker:
     @property
     def dead_letters(self) -> KafkaDeadLetters:
         return self._dead
+
+    def wire_format(self) -> WireFormat:
+        """Binary mode: ``ce_*`` headers and ``content-type``; the partition key as record key."""
+        hosts = tuple(h for s in self.bootstrap_servers for h in hosts_of(f"//{s}", 9092))
+        return WireFormat("kafka", hosts, header_prefix="ce_", content_type_header=True)
+
+    def channel(self, destination: str) -> WireChannel:
+        return WireChannel(
+            destination, bindings={"kafka": {"topic": destination, "bindingVersion": "0.5.0"}}
+        )
+
+    def receive_bindings(self, subscription: SubscriptionView) -> dict[str, Any]:
+        group = kafka_group(subscription.group or "", subscription.topic, subscription.is_pattern)
+        group_id = {"type": "string", "enum": [group]}
+        return {"kafka": {"groupId": group_id, "bindingVersion": "0.5.0"}}
+
+    def internal_channels(self, subscription: SubscriptionView) -> list[WireChannel]:
+        group = subscription.group or subscription.name
+        retries = [
+            WireChannel(
+                topic,
+                "retry",
+                f"Redeliveries of group {group!r} waiting {tier:g}s (retry tier).",
+                bindings={"kafka": {"topic": topic, "bindingVersion": "0.5.0"}},
+            )
+            for tier in self.settings.retry_tiers
+            for topic in [retry_topic(group, subscription.topic, tier)]
+        ]
+        dlq = dlq_topic(group)
+        dead = WireChannel(
+            dlq,
+            "dead-letter",
+            f"Dead letters of group {group!r}: the original record, provenance in "
+            "eventbus-dlq-* headers.",
+            bindings={"kafka": {"topic": dlq, "bindingVersion": "0.5.0"}},
+        )
+        return [*retries, dead]
 
     def pending(self) -> None:
         """Not known exactly on a network broker (``bus.drain()`` waits for idle handlers)."""

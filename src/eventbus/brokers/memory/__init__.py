@@ -38,7 +38,7 @@ from eventbus.brokers.memory.queues import GroupQueue, Message
 from eventbus.clock import SystemClock
 from eventbus.envelope import Envelope
 from eventbus.errors import BusNotStarted, ConfigurationError, NoHandlerError
-from eventbus.types import Capabilities, Clock, SubscriptionView
+from eventbus.types import Capabilities, Clock, SubscriptionView, WireChannel, WireFormat
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
@@ -127,6 +127,20 @@ class MemoryBroker:
     @property
     def dead_letters(self) -> MemoryDeadLetters:
         return self._dead
+
+    def wire_format(self) -> WireFormat:
+        """In this process: no server; the envelope's binary headers (``ce_*``) when looked at."""
+        return WireFormat(None)
+
+    def channel(self, destination: str) -> WireChannel:
+        return WireChannel(destination, description="In this process's memory.")
+
+    def receive_bindings(self, subscription: SubscriptionView) -> dict[str, Any]:
+        return {}
+
+    def internal_channels(self, subscription: SubscriptionView) -> list[WireChannel]:
+        """None: redeliveries wait in the group's queue, dead letters in the process."""
+        return []
 
     def pending(self) -> dict[str, int]:
         """Messages not yet settled: queued, delivered but unsettled, and waiting on a delay."""

@@ -28,12 +28,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import aio_pika
 import aiormq
 from aio_pika.abc import AbstractRobustConnection
 
-from eventbus.brokers._wire import check_max_message_bytes
+from eventbus.brokers._wire import check_max_message_bytes, hosts_of
 from eventbus.brokers.rabbitmq.consumer import RabbitMQConsumer, RabbitMQDelivery
 from eventbus.brokers.rabbitmq.deadletters import RabbitMQDeadLetters
 from eventbus.brokers.rabbitmq.messages import foreign, outgoing
@@ -53,7 +54,7 @@ from eventbus.clock import SystemClock
 from eventbus.envelope import Envelope
 from eventbus.errors import BusNotStarted, ConfigurationError
 from eventbus.redact import redact_url
-from eventbus.types import Capabilities, SubscriptionView
+from eventbus.types import Capabilities, SubscriptionView, WireChannel, WireFormat
 
 __all__ = [
     "RabbitMQBroker",
@@ -165,6 +166,56 @@ class RabbitMQBroker:
     @property
     def dead_letters(self) -> RabbitMQDeadLetters:
         return self._dead
+
+    def wire_format(self) -> WireFormat:
+        """Binary mode: ``ce-*`` headers; ``content-type`` is the AMQP property."""
+        scheme = "amqps" if self.url.startswith("amqps:") else "amqp"
+        port = 5671 if scheme == "amqps" else 5672
+        vhost = urlsplit(self.url).path or "/"
+        return WireFormat(scheme, hosts_of(self.url, port), vhost, "ce-", False)
+
+    def channel(self, destination: str) -> WireChannel:
+        exchange = {"name": self.exchange_for(destination), "type": "topic", "durable": True}
+        return WireChannel(
+            destination,
+            description=f"Routing key {destination!r} on the topic exchange {exchange['name']!r}.",
+            bindings={
+                "amqp": {"is": "routingKey", "exchange": exchange, "bindingVersion": "0.3.0"}
+            },
+        )
+
+    def receive_bindings(self, subscription: SubscriptionView) -> dict[str, Any]:
+        """Consumed with explicit acks, from the group's queue."""
+        return {"amqp": {"ack": True, "bindingVersion": "0.3.0"}}
+
+    def internal_channels(self, subscription: SubscriptionView) -> list[WireChannel]:
+        group = subscription.group or subscription.name
+        queue = queue_name(group, subscription.topic)
+
+        def on_queue(name: str, role: str, description: str, **parameters: str) -> WireChannel:
+            binding = {"is": "queue", "queue": {"name": name, "durable": True}}
+            return WireChannel(
+                name,
+                role,
+                description,
+                parameters,
+                {"amqp": {**binding, "bindingVersion": "0.3.0"}},
+            )
+
+        return [
+            on_queue(
+                wait_queue(queue, 0).replace(".wait.0", ".wait.{delayMs}"),
+                "retry",
+                f"Where a redelivery of group {group!r} waits delayMs milliseconds (its message "
+                f"TTL), then dead-letters back to the queue {queue!r}.",
+                delayMs="The wait in milliseconds.",
+            ),
+            on_queue(
+                dead_letter_queue(queue),
+                "dead-letter",
+                f"Dead letters of group {group!r}, provenance in eventbus-dlq-* headers.",
+            ),
+        ]
 
     def pending(self) -> None:
         """Not known exactly on a network broker (``bus.drain()`` waits for idle handlers)."""

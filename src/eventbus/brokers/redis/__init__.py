@@ -26,11 +26,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
-from eventbus.brokers._wire import check_max_message_bytes
+from eventbus.brokers._wire import check_max_message_bytes, hosts_of
 from eventbus.brokers.redis.consumer import RedisConsumer, RedisDelivery
 from eventbus.brokers.redis.deadletters import RedisDeadLetters
 from eventbus.brokers.redis.entries import foreign
@@ -46,7 +47,7 @@ from eventbus.brokers.redis.topology import (
 from eventbus.clock import SystemClock
 from eventbus.envelope import Envelope, to_structured
 from eventbus.redact import redact_url
-from eventbus.types import Capabilities, SubscriptionView
+from eventbus.types import Capabilities, SubscriptionView, WireChannel, WireFormat
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
@@ -159,6 +160,34 @@ class RedisBroker:
     @property
     def dead_letters(self) -> RedisDeadLetters:
         return self._dead
+
+    def wire_format(self) -> WireFormat:
+        """Structured mode: one CloudEvents JSON document in each entry's ``data`` field."""
+        path = urlsplit(self.url).path.strip("/") or None
+        return WireFormat("redis", hosts_of(self.url, 6379), path, header_prefix=None)
+
+    def channel(self, destination: str) -> WireChannel:
+        return WireChannel(self.keys.stream(destination), description="A Redis stream.")
+
+    def receive_bindings(self, subscription: SubscriptionView) -> dict[str, Any]:
+        return {}
+
+    def internal_channels(self, subscription: SubscriptionView) -> list[WireChannel]:
+        group = subscription.group or subscription.name
+        return [
+            WireChannel(
+                self.keys.retry(subscription.topic, group),
+                "retry",
+                f"Redeliveries of group {group!r} (nacks, delayed retries, replays); a delayed "
+                f"copy waits in the sorted set {self.keys.delayed!r} until due.",
+            ),
+            WireChannel(
+                self.keys.dlq(group),
+                "dead-letter",
+                f"Dead letters of group {group!r}: the original fields, provenance in "
+                "eventbus-dlq-* fields.",
+            ),
+        ]
 
     def pending(self) -> None:
         """Not known exactly on a network broker (``bus.drain()`` waits for idle handlers)."""
