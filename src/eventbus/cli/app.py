@@ -14,6 +14,7 @@ from eventbus.cli.common import EXIT_FAILURE, report
 __all__ = ["COMMANDS", "cli", "main"]
 
 COMMANDS: dict[str, str] = {
+    "asyncapi": "eventbus.cli.asyncapi:asyncapi",
     "worker": "eventbus.cli.worker:worker",
     "dlq": "eventbus.cli.dlq:dlq",
     "outbox": "eventbus.cli.outbox:outbox",
