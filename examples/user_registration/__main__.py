@@ -4,7 +4,8 @@ Every service runs here, on the in-memory broker ``memory://user-registration`` 
 (or the ``EVENTBUS_URL`` and ``DATABASE_URL`` of ``settings``). The run prints a timeline:
 
 1. two users register through ``POST /users``; each user row and its ``UserRegistered`` commit
-   together, and the outbox relay publishes the event;
+   together, and the outbox relay publishes the event; a client's retry with the same
+   ``Idempotency-Key`` gets the first response back;
 2. the e-mail, analytics and CRM services each get every event (three consumer groups); the mail
    provider is down for the first mail, so the retry policy tries again;
 3. the second user's plus-address is refused by the e-mail service: dead-lettered at once;
@@ -19,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import uuid
 from contextlib import AsyncExitStack
 
 import httpx
@@ -56,10 +58,12 @@ async def quiet() -> None:
     raise TimeoutError("the outbox did not empty")
 
 
-async def register(client: httpx.AsyncClient, email: str, name: str) -> dict[str, str]:
-    response = await client.post("/users", json={"email": email, "name": name})
-    response.raise_for_status()
-    return dict(response.json())
+async def register(client: httpx.AsyncClient, email: str, name: str, key: str) -> httpx.Response:
+    """``POST /users`` as a careful client sends it: with an ``Idempotency-Key``, kept for
+    its retries."""
+    body = {"email": email, "name": name}
+    response = await client.post("/users", json=body, headers={"Idempotency-Key": key})
+    return response.raise_for_status()
 
 
 async def main() -> None:
@@ -83,9 +87,18 @@ async def main() -> None:
         )
 
         print("1. two users register; 2. three services react; 3. one address is refused")
-        ada = await register(client, "ada@example.com", "Ada")
-        await register(client, "grace+news@example.com", "Grace")
+        first = await register(client, "ada@example.com", "Ada", key=str(uuid.uuid4()))
+        ada = first.json()
+        await register(client, "grace+news@example.com", "Grace", key=str(uuid.uuid4()))
         await quiet()
+
+        print("   Ada's app timed out and sends her request again, with the same key")
+        key = first.request.headers["Idempotency-Key"]
+        again = await register(client, "ada@example.com", "Ada", key=key)
+        replayed = again.headers.get("Idempotent-Replayed") == "true"
+        assert replayed
+        assert again.json() == ada
+        say("auth", "the same key: the first response, replayed; nobody registered twice")
 
         print("4. Ada's event is delivered a second time (as after a relay crash)")
         await auth_service.bus.publish_envelope(_event_of(ada["id"]))

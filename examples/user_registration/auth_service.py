@@ -5,15 +5,16 @@ outbox table, and the outbox relay publishes it once the transaction has committ
 between the two, or a broker that is down, can neither lose the event nor publish one for a
 user that was never saved.
 
+``POST /users`` takes an ``Idempotency-Key`` header: a retried request gets the first
+response back (``Idempotent-Replayed: true``) and registers nobody twice.
+
 Run it on its own with ``uvicorn examples.user_registration.auth_service:app``: the app's
-lifespan starts the bus and the relay.
+lifespan starts the bus and the outbox relay.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, HTTPException
@@ -22,12 +23,19 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from eventbus import EventBus
+from eventbus.fastapi import IdempotencyKeyMiddleware, OutboxPublisher, Transaction, lifespan
 from eventbus.middleware import default_middleware
 from eventbus.otel import Tracing
 from eventbus.outbox import OutboxRelay
 from examples.timeline import say
 from examples.user_registration.events import UserRegistered
-from examples.user_registration.settings import broker_options, broker_url, engine, outbox
+from examples.user_registration.settings import (
+    broker_options,
+    broker_url,
+    engine,
+    outbox,
+    request_keys,
+)
 from examples.user_registration.tables import users
 
 bus = EventBus(
@@ -37,17 +45,21 @@ bus = EventBus(
     outbox=outbox,
     **broker_options(),
 )
-relay = OutboxRelay(engine, bus, poll_interval=0.05)
-sessions = async_sessionmaker(engine, expire_on_commit=False)
+transaction = Transaction(async_sessionmaker(engine, expire_on_commit=False))
 
+app = FastAPI(title="auth", lifespan=lifespan(bus, services=[OutboxRelay(engine, bus)]))
+# A client that retries POST /users after a timeout sends the same Idempotency-Key: it gets
+# the first response back instead of a second registration. The stored response, the user
+# row and the staged event commit in the request's one transaction.
+app.add_middleware(
+    IdempotencyKeyMiddleware,
+    store=request_keys,
+    sessionmaker=transaction.sessionmaker,
+    paths=["/users"],
+)
 
-@asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    async with bus, relay:
-        yield
-
-
-app = FastAPI(title="auth", lifespan=lifespan)
+Session = Annotated[AsyncSession, transaction.depends]
+Publisher = Annotated[OutboxPublisher, Depends(transaction.publisher)]
 
 
 class Registration(BaseModel):
@@ -61,16 +73,8 @@ class User(BaseModel):
     name: str
 
 
-async def session() -> AsyncIterator[AsyncSession]:
-    """The request's transaction: committed when the endpoint returns, rolled back if it raises."""
-    async with sessions() as s, s.begin():
-        yield s
-
-
 @app.post("/users", status_code=201)
-async def register(
-    registration: Registration, db: Annotated[AsyncSession, Depends(session)]
-) -> User:
+async def register(registration: Registration, db: Session, publisher: Publisher) -> User:
     user = User(id=str(uuid.uuid4()), **registration.model_dump())
     try:
         await db.execute(users.insert().values(**user.model_dump()))
@@ -78,6 +82,6 @@ async def register(
     except IntegrityError:
         raise HTTPException(409, f"{user.email} is registered already") from None
     event = UserRegistered(user_id=user.id, email=user.email, name=user.name)
-    envelope = await bus.publish(event, key=user.id, session=db)  # staged in this transaction
+    envelope = await publisher.publish(event, key=user.id)  # staged in this transaction
     say("auth", f"registered {user.email}; UserRegistered staged in the outbox", envelope)
     return user

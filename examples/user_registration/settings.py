@@ -53,3 +53,5 @@ outbox = Outbox()
 """The outbox and inbox tables (``eventbus_outbox``, ``eventbus_inbox``) of this database."""
 claims = SqlIdempotencyStore(engine)
 """The analytics service's idempotency claims (``eventbus_idempotency``)."""
+request_keys = SqlIdempotencyStore(engine, table="auth_request_keys")
+"""The auth service's ``Idempotency-Key`` responses, kept 24 hours."""

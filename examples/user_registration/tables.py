@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from examples.user_registration.settings import claims, engine, outbox
+from examples.user_registration.settings import claims, engine, outbox, request_keys
 
 metadata = sa.MetaData()
 
@@ -46,6 +46,7 @@ async def create_tables() -> None:
         await connection.run_sync(metadata.create_all)
     await outbox.create_tables(engine)
     await claims.create_table()
+    await request_keys.create_table()
 
 
 if __name__ == "__main__":  # ``python -m examples.user_registration.tables``

@@ -50,6 +50,7 @@ def test_every_service_reacts_once_and_the_dead_letter_is_replayed(tmp_path: Pat
 
     out = run.stdout
     assert "the mail API answered 503" in out  # the transient failure was retried
+    assert "the first response, replayed" in out  # Idempotency-Key: one user for two POSTs
     assert out.index("refuses grace+news@example.com") < out.index("replaying")
     assert "welcome mail msg-2 sent to grace+news@example.com" in out
     assert "process auth.user.registered  group=email.welcome" in out  # the trace tree

@@ -61,7 +61,8 @@ async def test_each_service_as_a_process_and_the_operator_replays_with_the_cli(
     auth = f"http://127.0.0.1:{services.env['AUTH_PORT']}"
     async with httpx.AsyncClient(base_url=auth, timeout=10) as client:
         for email, name in [("ada@example.com", "Ada"), ("grace+news@example.com", "Grace")]:
-            response = await client.post("/users", json={"email": email, "name": name})
+            key = {"Idempotency-Key": f'"{email}-1"'}  # the RFC 8941 form: a quoted string
+            response = await client.post("/users", json={"email": email, "name": name}, headers=key)
             assert response.status_code == 201, response.text
 
     def stored(query: str) -> int:
