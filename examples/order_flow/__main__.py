@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import uuid
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -35,20 +36,20 @@ async def run(variant: Variant, shop: Shop) -> tuple[str, str]:
     bus = flow.orders_bus()  # one process: the services' routers join the order service's bus
     for router in flow.services.values():
         bus.include_router(router)
-    running: list[AbstractAsyncContextManager[Any]] = [
-        bus,
-        OutboxRelay(flow.engine, bus, poll_interval=0.02),
+    services: list[AbstractAsyncContextManager[Any]] = [
+        OutboxRelay(flow.engine, bus, poll_interval=0.02)
     ]
     if flow.saga is not None:
-        running.append(SagaWorker(bus, [flow.saga], poll_interval=0.05))
-    app = flow.orders.app(running)
+        services.append(SagaWorker(bus, [flow.saga], poll_interval=0.05))
+    app = flow.orders.app(bus, services)
     transport = httpx.ASGITransport(app=app)
     async with (
         app.router.lifespan_context(app),
         httpx.AsyncClient(transport=transport, base_url="http://orders") as client,
     ):
         order = {"sku": "book-42", "quantity": 1, "amount_cents": 2500}
-        placed = (await client.post("/orders", json=order)).raise_for_status().json()
+        key = {"Idempotency-Key": str(uuid.uuid4())}  # kept for a retry of this request
+        placed = (await client.post("/orders", json=order, headers=key)).raise_for_status().json()
         saga_status = await _settled(bus, flow, placed["order_id"])
         view = (await client.get(f"/orders/{placed['order_id']}")).raise_for_status().json()
     await flow.engine.dispose()

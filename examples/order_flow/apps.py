@@ -42,13 +42,12 @@ def flow() -> Flow:
 def orders_app() -> FastAPI:
     parts = flow()
     bus = parts.orders_bus()
-    running: list[AbstractAsyncContextManager[Any]] = [
-        bus,
-        OutboxRelay(parts.engine, bus, poll_interval=0.05),
+    services: list[AbstractAsyncContextManager[Any]] = [
+        OutboxRelay(parts.engine, bus, poll_interval=0.05)
     ]
     if parts.saga is not None:
-        return parts.orders.app([*running, SagaWorker(bus, [parts.saga], poll_interval=0.1)])
-    return parts.orders.app(running)
+        services.append(SagaWorker(bus, [parts.saga], poll_interval=0.1))
+    return parts.orders.app(bus, services)
 
 
 def inventory() -> EventBus:

@@ -6,23 +6,25 @@
   in the same transaction, so what the other services receive is exactly what was stored.
 * The ``order_summaries`` table is a projection of the store's feed: what ``GET /orders/{id}``
   reads. It is rebuilt from the events whenever needed.
-* ``POST /orders`` places an order. Which events confirm or cancel it depends on the variant:
-  the shipping and payment facts under choreography, the saga's commands under orchestration.
+* ``POST /orders`` places an order; it takes an ``Idempotency-Key``, so a client's retry
+  gets the first order back instead of a second one. Which events confirm or cancel it
+  depends on the variant: the shipping and payment facts under choreography, the saga's
+  commands under orchestration.
 """
 
 # No ``from __future__ import annotations`` here: FastAPI reads the endpoints' annotations,
 # which name a dependency local to ``OrderService.app``, when the routes are declared.
 import uuid
-from collections.abc import AsyncIterator, Sequence
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Annotated, Any, Literal
 
 import sqlalchemy as sa
-from fastapi import Depends, FastAPI, HTTPException
+from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from eventbus import Context, Router
+from eventbus import Context, EventBus, Router
 from eventbus.aggregate import Aggregate, applies
 from eventbus.eventstore import (
     EventStore,
@@ -31,6 +33,8 @@ from eventbus.eventstore import (
     ProjectionRunner,
     Repository,
 )
+from eventbus.fastapi import IdempotencyKeyMiddleware, Transaction, lifespan
+from eventbus.middleware.idempotency_sql import SqlIdempotencyStore
 from eventbus.outbox import Outbox
 from examples.order_flow.events import (
     CancelOrder,
@@ -140,10 +144,13 @@ class OrderService:
         self.orders = Repository(self.store, Order)
         self.projection = ProjectionRunner(self.store, summary, poll_interval=0.02)
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+        self.transaction = Transaction(self._sessions)
+        self.request_keys = SqlIdempotencyStore(engine, table="orders_request_keys")
 
     async def create_tables(self) -> None:
         await self.store.create_tables()
         await self.projection.create_tables()
+        await self.request_keys.create_table()
         async with self.engine.begin() as connection:
             await connection.run_sync(summaries.metadata.create_all)
 
@@ -190,26 +197,23 @@ class OrderService:
 
         return router
 
-    def app(self, running: Sequence[AbstractAsyncContextManager[Any]] = ()) -> FastAPI:
-        """``POST /orders`` and ``GET /orders/{id}``. The app's lifespan runs what ``running``
-        holds (the bus, the outbox relay…), then the projection, and stops them in reverse."""
-
-        @asynccontextmanager
-        async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-            async with AsyncExitStack() as stack:
-                for part in (*running, self.projection):
-                    await stack.enter_async_context(part)
-                yield
-
-        app = FastAPI(title="orders", lifespan=lifespan)
-
-        async def transaction() -> AsyncIterator[AsyncSession]:
-            async with self._sessions() as session, session.begin():
-                yield session
+    def app(
+        self, bus: EventBus, services: Sequence[AbstractAsyncContextManager[Any]] = ()
+    ) -> FastAPI:
+        """``POST /orders`` and ``GET /orders/{id}``. The app's lifespan runs ``bus``, then
+        ``services`` (the outbox relay, the saga worker…), then the projection."""
+        app = FastAPI(title="orders", lifespan=lifespan(bus, services=[*services, self.projection]))
+        # A retried POST with the same Idempotency-Key gets the first response (and the same
+        # order) back: the stored response, the order's events and their outbox rows commit
+        # in one transaction.
+        app.add_middleware(
+            IdempotencyKeyMiddleware, store=self.request_keys,
+            sessionmaker=self.transaction.sessionmaker, paths=["/orders"],
+        )  # fmt: skip
 
         @app.post("/orders", status_code=201)
         async def place(
-            new: NewOrder, session: Annotated[AsyncSession, Depends(transaction)]
+            new: NewOrder, session: Annotated[AsyncSession, self.transaction.depends]
         ) -> OrderView:
             order = Order(f"order-{uuid.uuid4().hex[:8]}")
             order.place(new.sku, new.quantity, new.amount_cents)

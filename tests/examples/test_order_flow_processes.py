@@ -59,7 +59,11 @@ async def test_a_shipment_timeout_is_compensated_across_processes(
     orders = f"http://127.0.0.1:{services.env['ORDERS_PORT']}"
     async with httpx.AsyncClient(base_url=orders, timeout=10) as client:
         order = {"sku": "book-42", "quantity": 1, "amount_cents": 2500}
-        placed = (await client.post("/orders", json=order)).raise_for_status().json()
+        key = {"Idempotency-Key": "order-flow-test-1"}
+        placed = (await client.post("/orders", json=order, headers=key)).raise_for_status().json()
+        again = await client.post("/orders", json=order, headers=key)  # a client's retry
+        assert again.json() == placed  # the same order, not a second one
+        assert again.headers["Idempotent-Replayed"] == "true"
 
         async def cancelled() -> bool:
             view = (await client.get(f"/orders/{placed['order_id']}")).json()
