@@ -22,6 +22,7 @@ from eventbus.cli.common import (
     confirm,
     echo_json,
     fail,
+    print_table,
     run,
 )
 from eventbus.cli.filters import Filter, Source, filter_options, open_store, source_options
@@ -102,7 +103,7 @@ def list_command(
             str(r.attempts),
             when.isoformat(timespec="seconds") if when else "",
         )
-    Console(soft_wrap=False).print(table_)
+    print_table(table_)
     click.echo(f"{len(records)} dead letter(s)", err=True)
 
 
