@@ -180,11 +180,12 @@ def test_a_wrong_target_key_or_store_is_one_line_naming_the_fix(
         "error: saga 'ticket' has no instance 't-9'; only its start event creates one; "
         "`eventbus sagas list tests.cli.sagaapp:ticket` lists its instances"
     )
-    assert error("resume", "tests.cli.sagaapp:ticket", "t-9", "--yes").startswith(
-        "error: saga 'ticket' has no instance 't-9'"
+    assert error("resume", APP, "--saga", "ticket", "t-9", "--yes").endswith(
+        "`eventbus sagas list tests.cli.sagaapp:sagas --saga ticket` lists its instances"
     )
-    assert "has no store: give it the application's (Saga(..., store=SqlSagaStore(" in error(
-        "list", "tests.cli.sagaapp:bare"
+    assert error("list", "tests.cli.sagaapp:bare") == (
+        "error: saga 'bare' has no store; set the application's where the saga is declared: "
+        "Saga(..., store=SqlSagaStore(engine, outbox=outbox)) or saga.store = ..."
     )
     assert "MemorySagaStore, which holds nothing between processes" in error(
         "show", "tests.cli.sagaapp:in_memory", "t-1"

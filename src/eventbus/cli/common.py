@@ -27,10 +27,12 @@ __all__ = [
     "broker_options",
     "confirm",
     "database",
+    "db_option",
     "describe",
     "echo_json",
     "fail",
     "load",
+    "limit_option",
     "load_all",
     "missing_tables",
     "moment",
@@ -245,6 +247,26 @@ async def open_bus(
         yield bus
     finally:
         await bus.stop()
+
+
+def db_option(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--db URL`` (or ``EVENTBUS_DB``), required: the database ``what`` is in."""
+    return click.option(
+        "--db",
+        required=True,
+        envvar="EVENTBUS_DB",
+        metavar="URL",
+        help=f"The database {what} is in, e.g. postgresql+asyncpg://user@host/db (or EVENTBUS_DB).",
+    )
+
+
+def limit_option(
+    help: str, default: int = 100
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--limit N``: how many rows a listing looks at."""
+    return click.option(
+        "--limit", type=click.IntRange(min=1), default=default, show_default=True, help=help
+    )
 
 
 def database(url: str) -> Any:

@@ -18,6 +18,7 @@ from eventbus.cli.common import (
     confirm,
     echo_json,
     fail,
+    limit_option,
     load_all,
     missing_tables,
     moment,
@@ -77,13 +78,16 @@ def saga_of(target: str, name: str | None) -> Saga[Any]:
     if name is not None and name not in by_name:
         raise fail(f"no saga {name!r} in {target}; there are: {names}")
     saga = found[0] if name is None else by_name[name]
-    where = "Saga(..., store=SqlSagaStore(engine, outbox=outbox)) or saga.store = ..."
+    where = (
+        "set the application's where the saga is declared: Saga(..., store=SqlSagaStore("
+        "engine, outbox=outbox)) or saga.store = ..."
+    )
     if saga.store is None:
-        raise fail(f"saga {saga.name!r} has no store: give it the application's ({where})")
+        raise fail(f"saga {saga.name!r} has no store; {where}")
     if isinstance(saga.store, MemorySagaStore):
         raise fail(
             f"saga {saga.name!r} keeps its instances in a MemorySagaStore, which holds "
-            f"nothing between processes: give it the application's SqlSagaStore ({where})"
+            f"nothing between processes; {where}"
         )
     return saga
 
@@ -103,8 +107,9 @@ def _run(saga: Saga[Any], work: Any) -> Any:
         return run(main())
 
 
-def _not_found(exc: SagaNotFound, target: str) -> click.ClickException:
-    return fail(f"{exc}; `eventbus sagas list {target}` lists its instances")
+def _not_found(exc: SagaNotFound, target: str, name: str | None) -> click.ClickException:
+    which = f" --saga {name}" if name else ""
+    return fail(f"{exc}; `eventbus sagas list {target}{which}` lists its instances")
 
 
 @sagas.command(
@@ -119,13 +124,7 @@ Examples:
 @click.argument("target", metavar="MODULE:SAGA")
 @_saga_option
 @click.option("--status", type=click.Choice(STATUSES), help="Only the instances in this status.")
-@click.option(
-    "--limit",
-    type=click.IntRange(min=1),
-    default=100,
-    show_default=True,
-    help="Show at most this many, the oldest.",
-)
+@limit_option("Show at most this many, the oldest.")
 @click.option("--json", "as_json", is_flag=True, help="JSON on stdout, for scripts.")
 def list_command(
     target: str, name: str | None, status: str | None, limit: int, as_json: bool
@@ -163,7 +162,7 @@ def show(target: str, key: str, name: str | None, as_json: bool) -> None:
     try:
         instance: SagaInstance[Any] = _run(saga, saga.show(key))
     except SagaNotFound as exc:
-        raise _not_found(exc, target) from exc
+        raise _not_found(exc, target, name) from exc
     now = saga.clock.now()
     shown = instance_json(instance, full=True, now=now)
     if as_json:
@@ -242,7 +241,7 @@ def resume(target: str, key: str, name: str | None, yes: bool) -> None:
     try:
         resumed: SagaInstance[Any] = _run(saga, main())
     except SagaNotFound as exc:
-        raise _not_found(exc, target) from exc
+        raise _not_found(exc, target, name) from exc
     except SagaNotResumable as exc:
         raise fail(str(exc)) from exc
     left = ", ".join(reversed(resumed.compensations))

@@ -16,7 +16,17 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 from rich.table import Table
 
-from eventbus.cli.common import database, echo_json, fail, missing_tables, moment, print_table, run
+from eventbus.cli.common import (
+    database,
+    db_option,
+    echo_json,
+    fail,
+    limit_option,
+    missing_tables,
+    moment,
+    print_table,
+    run,
+)
 from eventbus.redact import redact_url
 
 if TYPE_CHECKING:
@@ -55,14 +65,7 @@ def _store_options(command: Any) -> Any:
         show_default=True,
         help="The prefix of the webhook tables (WebhookStore(prefix=...)).",
     )(command)
-    return click.option(
-        "--db",
-        required=True,
-        envvar="EVENTBUS_DB",
-        metavar="URL",
-        help="The database of the WebhookStore, e.g. postgresql+asyncpg://user@host/db "
-        "(or EVENTBUS_DB).",
-    )(command)
+    return db_option("the WebhookStore")(command)
 
 
 def _webhooks() -> Any:
@@ -169,13 +172,7 @@ Examples:
 @_store_options
 @click.argument("endpoint_id", required=False, metavar="[ENDPOINT_ID]")
 @click.option("--delivery", "delivery_id", metavar="ID", help="Only this delivery's attempts.")
-@click.option(
-    "--limit",
-    type=click.IntRange(min=1),
-    default=100,
-    show_default=True,
-    help="Show at most this many, the newest.",
-)
+@limit_option("Show at most this many, the newest.")
 @click.option("--json", "as_json", is_flag=True, help="JSON on stdout, for scripts.")
 def attempts(
     db: str,
