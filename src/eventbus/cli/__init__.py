@@ -1,4 +1,5 @@
-"""The ``eventbus`` command: run workers, look at dead letters and the outbox, publish, tail.
+"""The ``eventbus`` command: run workers; operate dead letters, the outbox, projections, sagas
+and webhooks; publish, tail.
 
 Each command lives in a module of its own and is loaded only when it is asked for (so
 ``eventbus publish`` does not import SQLAlchemy). Adding a command is a module with one

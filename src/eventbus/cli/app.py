@@ -19,6 +19,8 @@ COMMANDS: dict[str, str] = {
     "dlq": "eventbus.cli.dlq:dlq",
     "outbox": "eventbus.cli.outbox:outbox",
     "projections": "eventbus.cli.projections:projections",
+    "sagas": "eventbus.cli.sagas:sagas",
+    "webhooks": "eventbus.cli.webhooks:webhooks",
     "publish": "eventbus.cli.messages:publish",
     "tail": "eventbus.cli.messages:tail",
 }
@@ -59,6 +61,8 @@ Examples:
   eventbus worker run app.main:bus --workers 4
   eventbus dlq list --broker redis://localhost:6379/0
   eventbus outbox status --db postgresql+asyncpg://app@db/app
+  eventbus sagas list app.checkout:checkout --status compensation_failed
+  eventbus webhooks attempts --db postgresql+asyncpg://app@db/app
   eventbus publish --broker amqp://localhost/ shop.order.placed '{"order_id": "o1"}'
 
 Exit codes: 0 ok, 1 failure (one line on stderr says why), 2 bad usage.
@@ -72,7 +76,8 @@ Exit codes: 0 ok, 1 failure (one line on stderr says why), 2 bad usage.
 )
 @click.version_option(package_name="eventbus", prog_name="eventbus")
 def cli(debug: bool) -> None:
-    """Run eventbus workers and operate the dead letters, the outbox and the projections."""
+    """Run eventbus workers and operate the dead letters, the outbox, the projections, the
+    sagas and the webhooks."""
     # A one-shot command speaks through its output and its one error line: the drivers' own
     # log records (a refused connection, logged before it is raised) would be noise. With
     # --debug every record shows; `worker run` and the other long-running commands configure

@@ -8,7 +8,8 @@ import contextlib
 import importlib
 import json
 import sys
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,12 +27,18 @@ __all__ = [
     "broker_options",
     "confirm",
     "database",
+    "db_option",
     "describe",
     "echo_json",
     "fail",
     "load",
+    "limit_option",
+    "load_all",
+    "missing_tables",
+    "moment",
     "open_bus",
     "out_of_process_warning",
+    "print_table",
     "report",
     "run",
 ]
@@ -73,9 +80,8 @@ def describe(exc: BaseException) -> str:
     elif isinstance(exc, (ConnectionError, OSError)) and not isinstance(exc, EventBusError):
         text = f"{type(exc).__name__}: {text}; check that the server is running and reachable"
     elif type(exc).__module__.startswith("sqlalchemy"):
-        text = "the database refused: " + text.split(" (Background on this error")[0]
-        text = text.split(" [SQL: ")[0]
-        if "no such table" in text or "does not exist" in text:
+        text = _refused(text)
+        if _no_table(text):
             text += (
                 "; check that --db is the application's database and --table its table "
                 "(created by create_tables() or the application's migrations)"
@@ -83,6 +89,40 @@ def describe(exc: BaseException) -> str:
     elif not isinstance(exc, EventBusError):
         text = f"{type(exc).__name__}: {text} (run with --debug for the traceback)"
     return redact_text(text)
+
+
+def _refused(text: str) -> str:
+    return (
+        "the database refused: " + text.split(" (Background on this error")[0].split(" [SQL: ")[0]
+    )
+
+
+def _no_table(text: str) -> bool:
+    return "no such table" in text or "does not exist" in text
+
+
+@contextlib.contextmanager
+def missing_tables(fix: str) -> Iterator[None]:
+    """Turn "no such table" from the database into one line ending with ``fix`` (what to
+    check, for a command whose tables are not named by ``--table``)."""
+    try:
+        yield
+    except Exception as exc:
+        text = " ".join(str(exc).split())
+        if type(exc).__module__.startswith("sqlalchemy") and _no_table(text):
+            raise fail(f"{_refused(text)}; {fix}") from exc
+        raise
+
+
+def moment(seconds: float | None, *, short: bool = False) -> str | None:
+    """Seconds since the epoch as an ISO-8601 UTC time (``None`` stays ``None``); ``short``:
+    to the second, ``2026-05-01T12:00:00Z``, for tables."""
+    if seconds is None:
+        return None
+    when = datetime.fromtimestamp(seconds, timezone.utc)
+    if short:
+        return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return when.isoformat()
 
 
 def run(coroutine: Coroutine[Any, Any, T]) -> T:
@@ -126,6 +166,23 @@ def load(target: str, kind: type[T], what: str = "bus") -> T:
             f"{target} is a {type(found).__name__}, not a {kind.__name__}{_hint(module, kind)}"
         )
     return found
+
+
+def load_all(target: str, kind: type[T], what: str) -> list[T]:
+    """The objects of type ``kind`` that ``target`` names: one, a list, tuple or dict of them,
+    or a function of no arguments that returns one of those."""
+    found: Any = load(target, object, what=what)
+    if callable(found) and not isinstance(found, kind):
+        found = found()
+    if isinstance(found, dict):
+        found = list(found.values())
+    items = [found] if isinstance(found, kind) else found
+    if not isinstance(items, (list, tuple)) or not all(isinstance(i, kind) for i in items):
+        raise fail(
+            f"{target} is not a {kind.__name__}, nor a list or dict of them (nor a function "
+            "that returns those)"
+        )
+    return list(items)
 
 
 def _hint(module: Any, kind: type[Any]) -> str:
@@ -192,6 +249,26 @@ async def open_bus(
         await bus.stop()
 
 
+def db_option(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--db URL`` (or ``EVENTBUS_DB``), required: the database ``what`` is in."""
+    return click.option(
+        "--db",
+        required=True,
+        envvar="EVENTBUS_DB",
+        metavar="URL",
+        help=f"The database {what} is in, e.g. postgresql+asyncpg://user@host/db (or EVENTBUS_DB).",
+    )
+
+
+def limit_option(
+    help: str, default: int = 100
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--limit N``: how many rows a listing looks at."""
+    return click.option(
+        "--limit", type=click.IntRange(min=1), default=default, show_default=True, help=help
+    )
+
+
 def database(url: str) -> Any:
     """An ``AsyncEngine`` for ``url``, or a :class:`CommandFailed` that shows a good one."""
     try:
@@ -216,6 +293,22 @@ def database(url: str) -> Any:
 def echo_json(value: Any) -> None:
     """``value`` as JSON on stdout, for scripts."""
     click.echo(json.dumps(value, indent=2, default=str, ensure_ascii=False))
+
+
+def print_table(table: Any) -> None:
+    """A rich ``Table`` on stdout with nothing in it cut: on a terminal it fits the width (an
+    id too long for its column folds onto the next line); in a pipe or a file every row is one
+    line, however wide, for ``grep`` and ``cut``."""
+    from rich.console import Console
+    from rich.measure import Measurement
+
+    for column in table.columns:
+        column.overflow = "fold"
+    console = Console(soft_wrap=False)
+    if not console.is_terminal:
+        widest = Measurement.get(console, console.options.update_width(10**6), table).maximum
+        console = Console(soft_wrap=False, width=max(widest, console.width))
+    console.print(table)
 
 
 def out_of_process_warning(url: str) -> None:

@@ -22,6 +22,8 @@ from eventbus.cli.common import (
     confirm,
     echo_json,
     fail,
+    limit_option,
+    print_table,
     run,
 )
 from eventbus.cli.filters import Filter, Source, filter_options, open_store, source_options
@@ -65,13 +67,7 @@ Examples:
 )
 @source_options
 @filter_options
-@click.option(
-    "--limit",
-    type=click.IntRange(min=1),
-    default=100,
-    show_default=True,
-    help="Look at this many dead letters, oldest first.",
-)
+@limit_option("Look at this many dead letters, oldest first.")
 @click.option("--json", "as_json", is_flag=True, help="JSON on stdout, for scripts.")
 def list_command(
     source: Source,
@@ -102,7 +98,7 @@ def list_command(
             str(r.attempts),
             when.isoformat(timespec="seconds") if when else "",
         )
-    Console(soft_wrap=False).print(table_)
+    print_table(table_)
     click.echo(f"{len(records)} dead letter(s)", err=True)
 
 
@@ -202,13 +198,7 @@ Examples:
 @source_options
 @filter_options
 @click.option("--all", "everything", is_flag=True, help="Replay every dead letter.")
-@click.option(
-    "--limit",
-    type=click.IntRange(min=1),
-    default=SCAN_LIMIT,
-    show_default=True,
-    help="Look at this many dead letters at most.",
-)
+@limit_option("Look at this many dead letters at most.", SCAN_LIMIT)
 @click.option("--json", "as_json", is_flag=True, help="A JSON summary on stdout.")
 def replay(
     ids: Sequence[str],

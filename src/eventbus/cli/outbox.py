@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from eventbus.cli.common import broker_options, database, echo_json, fail, open_bus, run
+from eventbus.cli.common import broker_options, database, db_option, echo_json, fail, open_bus, run
 from eventbus.cli.signals import LOG_LEVELS, configure_logging, on_signals
 
 __all__ = ["outbox"]
@@ -37,14 +37,7 @@ def _db_option(command: Any) -> Any:
     command = click.option(
         "--table", default="eventbus_outbox", show_default=True, help="The outbox table."
     )(command)
-    return click.option(
-        "--db",
-        required=True,
-        envvar="EVENTBUS_DB",
-        metavar="URL",
-        help="The database the outbox is in, e.g. postgresql+asyncpg://user@host/db "
-        "(or EVENTBUS_DB).",
-    )(command)
+    return db_option("the outbox")(command)
 
 
 @outbox.command(

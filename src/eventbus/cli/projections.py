@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from eventbus.cli.common import confirm, echo_json, fail, load, run
+from eventbus.cli.common import confirm, echo_json, fail, load_all, print_table, run
 from eventbus.cli.signals import LOG_LEVELS, configure_logging, on_signals
 from eventbus.eventstore import ProjectionRunner
 
@@ -44,20 +44,7 @@ def projections() -> None:
 
 def runners_of(target: str) -> list[ProjectionRunner]:
     """The runners MODULE:RUNNERS names (a runner, a list or dict of them, or a factory)."""
-    found: Any = load(target, object, what="runners")
-    if callable(found) and not isinstance(found, ProjectionRunner):
-        found = found()
-    if isinstance(found, dict):
-        found = list(found.values())
-    items = [found] if isinstance(found, ProjectionRunner) else found
-    if not isinstance(items, (list, tuple)) or not all(
-        isinstance(item, ProjectionRunner) for item in items
-    ):
-        raise fail(
-            f"{target} is not a ProjectionRunner, nor a list or dict of them (nor a function "
-            "that returns those)"
-        )
-    return list(items)
+    return load_all(target, ProjectionRunner, what="runners")
 
 
 @contextlib.asynccontextmanager
@@ -121,7 +108,7 @@ def status(target: str, names: Sequence[str], as_json: bool, max_lag: int | None
         table = Table("PROJECTION", "POSITION", "HEAD", "LAG")
         for row in rows:
             table.add_row(row["name"], str(row["position"]), str(row["head"]), str(row["lag"]))
-        Console(soft_wrap=False).print(table)
+        print_table(table)
     behind = [row["name"] for row in rows if max_lag is not None and row["lag"] > max_lag]
     if behind:
         raise fail(f"more than {max_lag} events behind: {', '.join(behind)}")
