@@ -25,6 +25,7 @@ CONTRACT = {
     "eventbus.clock",
     "eventbus.redact",
     "eventbus.logfields",
+    "eventbus.lifecycle",
 }
 
 

@@ -10,7 +10,6 @@ import asyncio
 import dataclasses
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from types import TracebackType
 from typing import Any, TypeVar
 
 from eventbus.brokers import from_url
@@ -23,6 +22,7 @@ from eventbus.envelope import Envelope
 from eventbus.errors import BusNotStarted, ConfigurationError
 from eventbus.event import Event
 from eventbus.health import Health, check
+from eventbus.lifecycle import Lifecycle
 from eventbus.middleware import Retry, default_middleware
 from eventbus.publishing import EnvelopeFactory, batch_chain, passthrough, publish_chain
 from eventbus.router import Router, Subscription
@@ -34,7 +34,7 @@ __all__ = ["EventBus"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class EventBus:
+class EventBus(Lifecycle):
     """Publishes events and runs the subscriptions of the routers included into it.
 
     ``broker`` is a URL (``memory://``, ``kafka://…``, ``amqp://…``, ``redis://…``) or a ready
@@ -215,18 +215,6 @@ class EventBus:
         for runner in self._runners:
             await runner.finish(max(0.0, deadline - time.monotonic()))
         self._runners.clear()
-
-    async def __aenter__(self) -> EventBus:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     @property
     def running(self) -> bool:

@@ -34,12 +34,12 @@ import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
-from types import TracebackType
 from typing import Any, Protocol
 
 from eventbus.errors import ConfigurationError
 from eventbus.eventstore.projections import Projection
 from eventbus.eventstore.records import EventStoreProtocol, StoredEvent
+from eventbus.lifecycle import Lifecycle
 
 __all__ = ["CheckpointTransaction", "Checkpoints", "ProjectionFailure", "ProjectionRunner"]
 
@@ -144,7 +144,7 @@ def _checkpoints_for(
     return found
 
 
-class ProjectionRunner:
+class ProjectionRunner(Lifecycle):
     """Runs ``projection`` over ``store``'s global feed (see the module).
 
     The checkpoint is kept in ``engine``'s database — by default the store's, in the table
@@ -285,18 +285,6 @@ class ProjectionRunner:
             self._stopping.set()
             self._wake.set()
             await asyncio.gather(task, return_exceptions=True)
-
-    async def __aenter__(self) -> ProjectionRunner:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     async def _follow(self) -> None:
         failures = 0

@@ -24,7 +24,6 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Callable, Sequence
-from types import TracebackType
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -32,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from eventbus.bus import EventBus
 from eventbus.envelope import Envelope
 from eventbus.errors import BrokerUnavailable, ConfigurationError, DecodeError, EventBusError
+from eventbus.lifecycle import Lifecycle
 from eventbus.outbox.claims import Statements
 from eventbus.outbox.schema import envelope_of
 from eventbus.outbox.store import Outbox
@@ -47,7 +47,7 @@ CLAIM_WINDOW = 4
 row: its cost then follows the batch, not the backlog (see :mod:`eventbus.outbox.claims`)."""
 
 
-class OutboxRelay:
+class OutboxRelay(Lifecycle):
     """Publishes committed outbox rows through ``bus`` (which must be running).
 
     ``ordering`` is ``"key"`` (rows of one key in commit order, one batch in flight per key) or
@@ -118,18 +118,6 @@ class OutboxRelay:
             self._wakeup.signal()
             await asyncio.gather(task, return_exceptions=True)
         await self._wakeup.stop()
-
-    async def __aenter__(self) -> OutboxRelay:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     async def _run(self) -> None:
         pause = self.poll_interval

@@ -12,11 +12,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable
-from types import TracebackType
 from typing import Any
 
 from eventbus.context import Publisher
 from eventbus.errors import ConfigurationError
+from eventbus.lifecycle import Lifecycle
 from eventbus.sagas.records import SagaConflict, Timer
 from eventbus.sagas.saga import Saga
 
@@ -25,7 +25,7 @@ __all__ = ["SagaWorker"]
 log = logging.getLogger("eventbus.sagas")
 
 
-class SagaWorker:
+class SagaWorker(Lifecycle):
     """Fires the due timers of ``sagas`` through ``bus`` (which publishes what they cause).
 
     In the background (:meth:`start`, or ``async with``) it looks every ``poll_interval``
@@ -95,15 +95,3 @@ class SagaWorker:
             except Exception:  # the database went away, say: never end the worker for it
                 log.exception("saga worker round failed; trying again")
             await self.clock.sleep(self.poll_interval)
-
-    async def __aenter__(self) -> SagaWorker:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()

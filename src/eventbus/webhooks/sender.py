@@ -25,12 +25,12 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from types import TracebackType
 from typing import Any, Protocol
 
 import httpx
 
 from eventbus.errors import ConfigurationError
+from eventbus.lifecycle import Lifecycle
 from eventbus.outbox.wakeup import Wakeup
 from eventbus.redact import redact_url
 from eventbus.webhooks.attempt import DEFAULT_TIMEOUT, AttemptResult, Poster
@@ -63,7 +63,7 @@ class AttemptObserver(Protocol):
         """Seconds since the oldest pending delivery of each endpoint was taken in."""
 
 
-class WebhookSender:
+class WebhookSender(Lifecycle):
     """Delivers what ``store`` holds; see the module documentation.
 
     ``guard`` defaults to ``AddressGuard()``: no loopback, private, link-local or metadata
@@ -159,18 +159,6 @@ class WebhookSender:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.poster.close()
-
-    async def __aenter__(self) -> WebhookSender:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     async def _run(self) -> None:
         pause = self.poll_interval
