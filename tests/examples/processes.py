@@ -9,6 +9,8 @@ import socket
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).parent.parent.parent
@@ -83,3 +85,16 @@ async def cli(services: Services, *args: str) -> str:
     out, err = await run.communicate()
     assert run.returncode == 0, err.decode()
     return out.decode()
+
+
+@contextmanager
+def services_of(procfile: Path, setup: str, env: dict[str, str], logs: Path) -> Iterator[Services]:
+    """The services of ``procfile``, after ``python -m setup`` has made their tables; any
+    still running at the end are killed."""
+    subprocess.run([sys.executable, "-m", setup], cwd=ROOT, env=env, check=True, timeout=DEADLINE)
+    running = Services(procfile, env, logs)
+    try:
+        yield running
+    finally:
+        for process in running.running.values():
+            process.kill()

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +22,7 @@ from eventbus.outbox import Outbox
 from eventbus.sagas import SqlSagaStore
 from eventbus.testing import wait_until
 from examples.order_flow.orchestration import order_saga
-from tests.examples.processes import DEADLINE, ROOT, Services, environment, free_port
+from tests.examples.processes import DEADLINE, ROOT, Services, environment, free_port, services_of
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis, pytest.mark.slow]
 PROCFILE = ROOT / "examples" / "order_flow" / "Procfile"
@@ -40,14 +38,8 @@ def services(tmp_path: Path, redis_url: str, prefix: str) -> Iterator[Services]:
         DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'orders.db'}",
         ORDERS_PORT=str(free_port()),
     )
-    tables = [sys.executable, "-m", "examples.order_flow.apps"]
-    subprocess.run(tables, cwd=ROOT, env=env, check=True, timeout=DEADLINE)
-    running = Services(PROCFILE, env, tmp_path)
-    try:
+    with services_of(PROCFILE, "examples.order_flow.apps", env, tmp_path) as running:
         yield running
-    finally:
-        for process in running.running.values():
-            process.kill()
 
 
 async def test_a_shipment_timeout_is_compensated_across_processes(

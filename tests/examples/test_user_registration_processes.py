@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,6 +25,7 @@ from tests.examples.processes import (
     environment,
     free_port,
     rows,
+    services_of,
 )
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis, pytest.mark.slow]
@@ -41,14 +40,8 @@ def services(tmp_path: Path, redis_url: str, prefix: str) -> Iterator[Services]:
         DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'registration.db'}",
         AUTH_PORT=str(free_port()),
     )
-    tables = [sys.executable, "-m", "examples.user_registration.tables"]
-    subprocess.run(tables, cwd=ROOT, env=env, check=True, timeout=DEADLINE)
-    running = Services(PROCFILE, env, tmp_path)
-    try:
+    with services_of(PROCFILE, "examples.user_registration.tables", env, tmp_path) as running:
         yield running
-    finally:
-        for process in running.running.values():
-            process.kill()
 
 
 async def test_each_service_as_a_process_and_the_operator_replays_with_the_cli(
