@@ -23,7 +23,7 @@ from eventbus.outbox import OutboxRelay
 from eventbus.sagas import COMPENSATION_FAILED, SagaNotFound, SagaWorker
 from examples.order_flow.domain import Faults, Shop
 from examples.order_flow.orders import Variant
-from examples.order_flow.settings import fresh_engine
+from examples.order_flow.settings import make_engine
 from examples.order_flow.wiring import Flow
 
 FINISHED = {"completed", "compensated", COMPENSATION_FAILED}
@@ -31,7 +31,8 @@ FINISHED = {"completed", "compensated", COMPENSATION_FAILED}
 
 async def run(variant: Variant, shop: Shop) -> tuple[str, str]:
     """Place one order in ``variant``; its status in the read model, and the saga's (or "-")."""
-    flow = Flow.of(variant, await fresh_engine(variant), shop)
+    flow = Flow.of(variant, make_engine(variant), shop)
+    await flow.drop_tables()  # a fresh run: the example's own tables, on SQLite or PostgreSQL
     await flow.create_tables()
     bus = flow.orders_bus()  # one process: the services' routers join the order service's bus
     for router in flow.services.values():

@@ -154,11 +154,10 @@ class OrderService:
         async with self.engine.begin() as connection:
             await connection.run_sync(summaries.metadata.create_all)
 
-    async def status(self, order_id: str) -> str | None:
-        """The order's status in the read model (None: not there yet)."""
-        async with self.engine.connect() as connection:
-            query = sa.select(summaries.c.status).where(summaries.c.order_id == order_id)
-            return (await connection.execute(query)).scalar_one_or_none()
+    def metadata(self) -> list[sa.MetaData]:
+        """Where the service's tables are declared: the store's (with the outbox, the inbox,
+        the checkpoints and the saga's tables), the read model's, the request keys'."""
+        return [self.store.metadata, summaries.metadata, self.request_keys.table.metadata]
 
     async def _change(self, order_id: str, change: str, reason: str = "") -> None:
         """Load the order, run ``change`` on it, save and publish what it recorded, in one

@@ -13,7 +13,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 
@@ -39,13 +38,3 @@ def make_engine(variant: str) -> AsyncEngine:
     if url.startswith("sqlite"):
         return create_async_engine(url, connect_args={"timeout": 30})
     return create_async_engine(url, pool_size=5)
-
-
-async def fresh_engine(variant: str) -> AsyncEngine:
-    """The variant's database, emptied: a run starts from nothing."""
-    engine = make_engine(variant)
-    metadata = sa.MetaData()
-    async with engine.begin() as connection:
-        await connection.run_sync(metadata.reflect)
-        await connection.run_sync(metadata.drop_all)
-    return engine

@@ -40,8 +40,15 @@ from examples.user_registration import (
     email_service,
 )
 from examples.user_registration.events import UserRegistered
-from examples.user_registration.settings import SQLITE_FILE, database_url, engine, outbox
-from examples.user_registration.tables import contacts, create_tables, signups, users, welcome_mails
+from examples.user_registration.settings import engine, outbox
+from examples.user_registration.tables import (
+    contacts,
+    create_tables,
+    drop_tables,
+    signups,
+    users,
+    welcome_mails,
+)
 from examples.user_registration.tracetree import flow_root, print_trace_tree
 
 CONSUMERS = [email_service.bus, analytics_service.bus, crm_service.bus]
@@ -72,8 +79,7 @@ async def main() -> None:
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(spans))
     trace.set_tracer_provider(provider)
-    if database_url().startswith("sqlite"):
-        SQLITE_FILE.unlink(missing_ok=True)  # a fresh run
+    await drop_tables()  # a fresh run: the example's own tables, on SQLite or PostgreSQL
     await create_tables()
 
     async with AsyncExitStack() as stack:

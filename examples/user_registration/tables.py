@@ -40,6 +40,18 @@ contacts = sa.Table(  # the CRM service's
 )
 
 
+async def drop_tables() -> None:
+    """Every table ``create_tables`` makes, gone: a demo run starts from nothing."""
+    async with engine.begin() as connection:
+        for tables in (
+            metadata,
+            outbox.metadata,
+            claims.table.metadata,
+            request_keys.table.metadata,
+        ):
+            await connection.run_sync(tables.drop_all)
+
+
 async def create_tables() -> None:
     """The services' tables, the outbox and inbox tables, the claims table (idempotent)."""
     async with engine.begin() as connection:
