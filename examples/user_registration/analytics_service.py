@@ -10,12 +10,11 @@ from __future__ import annotations
 
 from sqlalchemy.dialects import postgresql, sqlite
 
-from eventbus import Context, EventBus, Router
-from eventbus.middleware import Idempotency, default_middleware
-from eventbus.otel import Tracing
+from eventbus import Context, Router
+from eventbus.middleware import Idempotency
 from examples.timeline import say
 from examples.user_registration.events import UserRegistered
-from examples.user_registration.settings import broker_options, broker_url, claims, engine
+from examples.user_registration.settings import claims, engine, service_bus
 from examples.user_registration.tables import signups
 
 router = Router()
@@ -36,14 +35,4 @@ async def count_signup(event: UserRegistered, ctx: Context) -> None:
     say("analytics", f"counted a sign-up from {domain}", ctx)
 
 
-def make_bus() -> EventBus:
-    return EventBus(
-        broker_url(),
-        service="analytics",
-        routers=[router],
-        middleware=[Tracing(), *default_middleware()],
-        **broker_options(),
-    )
-
-
-bus = make_bus()
+bus = service_bus("analytics", [router])

@@ -22,29 +22,14 @@ from pydantic import BaseModel
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from eventbus import EventBus
 from eventbus.fastapi import IdempotencyKeyMiddleware, OutboxPublisher, Transaction, lifespan
-from eventbus.middleware import default_middleware
-from eventbus.otel import Tracing
 from eventbus.outbox import OutboxRelay
 from examples.timeline import say
 from examples.user_registration.events import UserRegistered
-from examples.user_registration.settings import (
-    broker_options,
-    broker_url,
-    engine,
-    outbox,
-    request_keys,
-)
+from examples.user_registration.settings import engine, request_keys, service_bus
 from examples.user_registration.tables import users
 
-bus = EventBus(
-    broker_url(),
-    service="auth",
-    middleware=[Tracing(), *default_middleware()],
-    outbox=outbox,
-    **broker_options(),
-)
+bus = service_bus("auth", with_outbox=True)
 transaction = Transaction(async_sessionmaker(engine, expire_on_commit=False))
 
 app = FastAPI(title="auth", lifespan=lifespan(bus, services=[OutboxRelay(engine, bus)]))

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 from sqlalchemy.dialects import postgresql, sqlite
 
-from eventbus import Context, EventBus, Router
-from eventbus.middleware import default_middleware
-from eventbus.otel import Tracing
+from eventbus import Context, Router
 from examples.timeline import say
 from examples.user_registration.events import UserRegistered
-from examples.user_registration.settings import broker_options, broker_url, engine
+from examples.user_registration.settings import engine, service_bus
 from examples.user_registration.tables import contacts
 
 router = Router()
@@ -34,14 +32,4 @@ async def upsert_contact(event: UserRegistered, ctx: Context) -> None:
     say("crm", f"contact for {event.name} up to date", ctx)
 
 
-def make_bus() -> EventBus:
-    return EventBus(
-        broker_url(),
-        service="crm",
-        routers=[router],
-        middleware=[Tracing(), *default_middleware()],
-        **broker_options(),
-    )
-
-
-bus = make_bus()
+bus = service_bus("crm", [router])

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import os
 
-from eventbus import Context, EventBus, PermanentError, Router
-from eventbus.middleware import current_try, default_middleware
-from eventbus.otel import Tracing
+from eventbus import Context, PermanentError, Router
+from eventbus.middleware import current_try
 from eventbus.outbox import Inbox
 from examples.timeline import say
 from examples.user_registration.events import UserRegistered
 from examples.user_registration.mail_provider import MailProvider
-from examples.user_registration.settings import broker_options, broker_url, engine, outbox
+from examples.user_registration.settings import engine, outbox, service_bus
 from examples.user_registration.tables import welcome_mails
 
 GROUP = "email.welcome"
@@ -57,15 +56,4 @@ async def send_welcome(event: UserRegistered, ctx: Context) -> None:
     say("email", f"welcome mail {message_id} sent to {event.email}", ctx)
 
 
-def make_bus() -> EventBus:
-    return EventBus(
-        broker_url(),
-        service="email",
-        routers=[router],
-        middleware=[Tracing(), *default_middleware()],
-        outbox=outbox,
-        **broker_options(),
-    )
-
-
-bus = make_bus()
+bus = service_bus("email", [router], with_outbox=True)
