@@ -21,10 +21,12 @@ import httpx
 from eventbus import EventBus
 from eventbus.outbox import OutboxRelay
 from eventbus.sagas import COMPENSATION_FAILED, SagaNotFound, SagaWorker
+from eventbus.testing import wait_until
 from examples.order_flow.domain import Faults, Shop
 from examples.order_flow.orders import Variant
 from examples.order_flow.settings import make_engine
 from examples.order_flow.wiring import Flow
+from examples.quiet import until_quiet
 
 FINISHED = {"completed", "compensated", COMPENSATION_FAILED}
 
@@ -60,18 +62,19 @@ async def run(variant: Variant, shop: Shop) -> tuple[str, str]:
 async def _settled(bus: EventBus, flow: Flow, key: str) -> str:
     """Wait (at most 30 s) until nothing more happens: the saga, if any, has ended, and
     everything published has been handled. Returns the saga's status, "-" without one."""
-    for _ in range(600):
-        status = "-"
-        if flow.saga is not None:
-            with contextlib.suppress(SagaNotFound):  # not until OrderCreated is handled
-                status = (await flow.saga.show(key)).status
-        if flow.saga is None or status in FINISHED:
-            await bus.drain()
-            if (await flow.outbox.backlog(flow.engine)).pending == 0:
-                await bus.drain()
-                return status
-        await asyncio.sleep(0.05)
-    raise TimeoutError("the order flow did not settle within 30 s")
+    status = "-"
+
+    async def ended() -> bool:
+        nonlocal status
+        assert flow.saga is not None
+        with contextlib.suppress(SagaNotFound):  # not until OrderCreated is handled
+            status = (await flow.saga.show(key)).status
+        return status in FINISHED
+
+    if flow.saga is not None:
+        await wait_until(ended, timeout=30, message="the saga did not end within 30 s")
+    await until_quiet(bus, flow.outbox, flow.engine)
+    return status
 
 
 async def main() -> None:

@@ -32,6 +32,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from eventbus import Envelope
 from eventbus.testing import published
+from examples.quiet import until_quiet
 from examples.timeline import say
 from examples.user_registration import (
     analytics_service,
@@ -55,14 +56,7 @@ CONSUMERS = [email_service.bus, analytics_service.bus, crm_service.bus]
 
 
 async def quiet() -> None:
-    """Until the outbox is empty and every published event is handled and settled."""
-    for _ in range(1000):
-        backlog = await outbox.backlog(engine)
-        await email_service.bus.drain()  # the services share one in-memory broker
-        if backlog.pending == 0 and (await outbox.backlog(engine)).pending == 0:
-            return
-        await asyncio.sleep(0.01)
-    raise TimeoutError("the outbox did not empty")
+    await until_quiet(email_service.bus, outbox, engine)  # the services share one broker
 
 
 async def register(client: httpx.AsyncClient, email: str, name: str, key: str) -> httpx.Response:
