@@ -13,14 +13,11 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from contextlib import AbstractAsyncContextManager
-from typing import Any
 
 import httpx
 
 from eventbus import EventBus
-from eventbus.outbox import OutboxRelay
-from eventbus.sagas import COMPENSATION_FAILED, SagaNotFound, SagaWorker
+from eventbus.sagas import COMPENSATION_FAILED, SagaNotFound
 from eventbus.testing import wait_until
 from examples.order_flow.domain import Faults, Shop
 from examples.order_flow.orders import Variant
@@ -39,12 +36,7 @@ async def run(variant: Variant, shop: Shop) -> tuple[str, str]:
     bus = flow.orders_bus()  # one process: the services' routers join the order service's bus
     for router in flow.services.values():
         bus.include_router(router)
-    services: list[AbstractAsyncContextManager[Any]] = [
-        OutboxRelay(flow.engine, bus, poll_interval=0.02)
-    ]
-    if flow.saga is not None:
-        services.append(SagaWorker(bus, [flow.saga], poll_interval=0.05))
-    app = flow.orders.app(bus, services)
+    app = flow.orders_app(bus)
     transport = httpx.ASGITransport(app=app)
     async with (
         app.router.lifespan_context(app),

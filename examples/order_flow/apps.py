@@ -16,14 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-from contextlib import AbstractAsyncContextManager
-from typing import Any, cast
+from typing import cast
 
 from fastapi import FastAPI
 
 from eventbus import EventBus
-from eventbus.outbox import OutboxRelay
-from eventbus.sagas import SagaWorker
 from examples.order_flow.domain import Faults, Shop
 from examples.order_flow.orders import Variant
 from examples.order_flow.settings import make_engine
@@ -41,13 +38,7 @@ def flow() -> Flow:
 
 def orders_app() -> FastAPI:
     parts = flow()
-    bus = parts.orders_bus()
-    services: list[AbstractAsyncContextManager[Any]] = [
-        OutboxRelay(parts.engine, bus, poll_interval=0.05)
-    ]
-    if parts.saga is not None:
-        services.append(SagaWorker(bus, [parts.saga], poll_interval=0.1))
-    return parts.orders.app(bus, services)
+    return parts.orders_app(parts.orders_bus())
 
 
 def inventory() -> EventBus:

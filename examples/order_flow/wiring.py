@@ -7,13 +7,16 @@ everything in one process with them; ``apps`` gives each service a process of it
 
 from __future__ import annotations
 
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from typing import Any
 
+from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from eventbus import EventBus, Router
-from eventbus.outbox import Outbox
-from eventbus.sagas import Saga, SqlSagaStore
+from eventbus.outbox import Outbox, OutboxRelay
+from eventbus.sagas import Saga, SagaWorker, SqlSagaStore
 from examples.order_flow import choreography, orchestration
 from examples.order_flow.domain import Shop
 from examples.order_flow.orchestration import OrderState
@@ -60,6 +63,16 @@ class Flow:
         if self.saga is not None:
             routers.append(self.saga.router())
         return self._bus("orders", routers)
+
+    def orders_app(self, bus: EventBus, poll_interval: float = 0.05) -> FastAPI:
+        """The order service's app on ``bus``: its lifespan runs the bus, the outbox relay and,
+        under orchestration, the saga's timer worker, each polling every ``poll_interval`` s."""
+        services: list[AbstractAsyncContextManager[Any]] = [
+            OutboxRelay(self.engine, bus, poll_interval=poll_interval)
+        ]
+        if self.saga is not None:
+            services.append(SagaWorker(bus, [self.saga], poll_interval=poll_interval))
+        return self.orders.app(bus, services)
 
     def service_bus(self, *names: str) -> EventBus:
         """A bus for the named services (all of them when none is named)."""
