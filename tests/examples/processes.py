@@ -58,6 +58,22 @@ def rows(database: Path, query: str) -> list[tuple[object, ...]]:
             return []
 
 
+def run_example(
+    *args: str, database_url: str | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """``python -m ARGS`` as a user runs an example: on the embedded default (whatever the
+    test's own environment says of a broker or database), or on ``database_url``."""
+    env = environment()
+    for name in ("EVENTBUS_URL", "EVENTBUS_OPTIONS", "DATABASE_URL"):
+        env.pop(name, None)
+    if database_url is not None:
+        env["DATABASE_URL"] = database_url
+    return subprocess.run(
+        [sys.executable, "-m", *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

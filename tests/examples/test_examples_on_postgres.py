@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from tests.examples.processes import ROOT
+from tests.examples.processes import run_example
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 DATABASE = "eventbus_examples"
@@ -41,13 +38,7 @@ def database_url(postgres_url: str) -> str:
     "command", [["examples.user_registration"], ["examples.order_flow", "--fail", "payment"]]
 )
 def test_an_example_runs_twice_on_postgresql(command: list[str], database_url: str) -> None:
-    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "DATABASE_URL": database_url, "PYTHONPATH": path}
-    env.pop("EVENTBUS_URL", None)
     for _ in range(2):
-        run = subprocess.run(
-            [sys.executable, "-m", *command],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=180,
-        )  # fmt: skip
+        run = run_example(*command, database_url=database_url, timeout=180)
         assert run.returncode == 0, run.stdout + run.stderr
     assert "Traceback" not in run.stderr

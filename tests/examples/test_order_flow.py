@@ -7,18 +7,15 @@ per failure checks the command itself.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from examples.order_flow import __main__ as order_flow
 from examples.order_flow.domain import Faults, Shop
+from tests.examples.processes import run_example
 
 pytestmark = pytest.mark.anyio
-ROOT = Path(__file__).parent.parent.parent
 
 
 @pytest.fixture(autouse=True)
@@ -64,11 +61,6 @@ async def test_a_shipment_timeout_is_compensated_by_the_saga_only() -> None:
 
 @pytest.mark.parametrize("fail", ["payment", "shipment-timeout"])
 def test_the_command_runs_and_shows_the_compensation(fail: str) -> None:
-    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "EVENTBUS_URL")}
-    run = subprocess.run(
-        [sys.executable, "-m", "examples.order_flow", "--fail", fail],
-        cwd=ROOT, env={**env, "PYTHONPATH": path}, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    run = run_example("examples.order_flow", "--fail", fail)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "saga         order 'cancelled' (the saga compensated)" in run.stdout

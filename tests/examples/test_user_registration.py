@@ -6,31 +6,15 @@ by what the services stored, not only by what was printed.
 
 from __future__ import annotations
 
-import os
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).parent.parent.parent
+from tests.examples.processes import run_example
 
 
 def test_every_service_reacts_once_and_the_dead_letter_is_replayed(tmp_path: Path) -> None:
     database = tmp_path / "registration.db"
-    env = {
-        **os.environ,
-        "DATABASE_URL": f"sqlite+aiosqlite:///{database}",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-    }
-    env.pop("EVENTBUS_URL", None)
-    run = subprocess.run(
-        [sys.executable, "-m", "examples.user_registration"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    run = run_example("examples.user_registration", database_url=f"sqlite+aiosqlite:///{database}")
     assert run.returncode == 0, run.stdout + run.stderr
 
     with sqlite3.connect(database) as db:
