@@ -13,11 +13,10 @@ which that mapping is applied, as a context manager around every driver call.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from eventbus.deadletters import DLQ_PREFIX
@@ -70,8 +69,7 @@ def whole_number(value: str | None, default: int) -> int:
     return default
 
 
-@dataclasses.dataclass(frozen=True)
-class Carried:
+class Carried(NamedTuple):
     """What an adapter's own headers say about a delivery."""
 
     attempt: int | None
@@ -97,7 +95,12 @@ def carried_headers(
 
 
 def read_carried(headers: Mapping[str, Any]) -> Carried:
-    """The attempt, metadata and routing an earlier copy of this message carried."""
+    """The attempt, metadata and routing an earlier copy of this message carried.
+
+    Every copy an adapter sends on carries ``eventbus-attempt`` (:func:`carried_headers`), so
+    a message without it is an original and its headers are not looked through."""
+    if ATTEMPT not in headers:
+        return Carried(None, {}, None, None)
     attempt: int | None = None
     destination: str | None = None
     due: int | None = None
