@@ -180,3 +180,35 @@ async def test_a_removed_group_is_no_longer_kept_for() -> None:
         assert await bus.broker.lag(subscription) == 0  # type: ignore[attr-defined]
         await bus.broker.remove_group(subscription)  # type: ignore[attr-defined]
         assert await bus.broker.lag(subscription) is None  # type: ignore[attr-defined]
+
+
+async def test_a_consumer_cancelled_as_it_is_woken_hands_the_message_on() -> None:
+    """Two consumers wait on one group queue; the one woken for a message is cancelled
+    before it runs: the other takes the message, and nothing is taken twice."""
+    from eventbus.brokers.memory.queues import GroupQueue, Message
+
+    group = GroupQueue("g", "t", is_pattern=False)
+    first = asyncio.ensure_future(group.queue.get())
+    second = asyncio.ensure_future(group.queue.get())
+    await wait_until(lambda: len(group.queue._getters) == 2, timeout=5)
+    message = Message("t", None, ({}, b"x"), None)
+    group.queue.put_nowait(message)  # wakes the first waiter...
+    first.cancel()  # ...which is cancelled before it can take it
+    assert await asyncio.wait_for(second, 5) is message
+    assert first.cancelled()
+    assert group.queue.qsize() == 0
+
+
+async def test_released_messages_go_back_to_the_front_in_the_order_released() -> None:
+    from eventbus.brokers.memory.queues import GroupQueue, Message
+
+    queue = GroupQueue("g", "t", is_pattern=False).queue
+    a, b, c, d = (Message("t", None, ({}, bytes([i])), None) for i in range(4))
+    for message in (a, b, c, d):
+        queue.put_nowait(message)
+    taken = [queue.get_nowait(), queue.get_nowait(), queue.get_nowait()]
+    queue.put_front(taken[0])
+    queue.put_front(taken[1])
+    assert [queue.get_nowait() for _ in range(3)] == [a, b, d]
+    with pytest.raises(asyncio.QueueEmpty):
+        queue.get_nowait()

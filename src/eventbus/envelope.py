@@ -58,8 +58,8 @@ __all__ = [
 STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
 _EMPTY: Mapping[str, str] = MappingProxyType({})
 _EXTENSION_NAME = re.compile(r"^[a-z0-9]{1,64}$")
-# Attributes with a field of their own; everything else read from the wire is an extension.
 _UTC = timezone.utc
+# Attributes with a field of their own; everything else read from the wire is an extension.
 _STRING_ATTRS = (
     "id",
     "source",
@@ -76,6 +76,16 @@ _KNOWN = frozenset(
     (*_STRING_ATTRS, "specversion", "time", "datacontenttype", "dataversion", "data", "data_base64")
 )
 _PREFIXES = ("ce_", "ce-", "cloudevents_", "cloudevents:")
+# How _build reads each attribute with a field of its own; any other name is an extension.
+_TEXT, _TIME, _VERSION, _SPEC, _SKIP = range(5)
+_KINDS = {
+    **dict.fromkeys((*_STRING_ATTRS, "datacontenttype"), _TEXT),
+    "time": _TIME,
+    "dataversion": _VERSION,
+    "specversion": _SPEC,
+    "data": _SKIP,
+    "data_base64": _SKIP,
+}
 # The header names this library writes, resolved once; anything else goes the slow way.
 _HEADER_NAMES = {
     prefix + name: name
@@ -240,44 +250,42 @@ def is_json_content_type(content_type: str | None) -> bool:
 def _build(attrs: Mapping[str, Any], data: bytes, key: str | None = None) -> Envelope:
     """Make an envelope from attributes read off the wire, checking the required ones.
 
-    It fills a draft (see :func:`new_envelope`) by looking each attribute up once, and
-    takes what is left as extensions: this runs for every delivery."""
+    It fills a draft (see :func:`new_envelope`) in one pass over the attributes: this runs
+    for every delivery, so it avoids building keyword arguments."""
     get = attrs.get
-    id_, source, type_, spec = get("id"), get("source"), get("type"), get("specversion")
-    if not (id_ and source and type_ and spec):
+    if not (get("id") and get("source") and get("type") and get("specversion")):
         missing = [name for name in ("id", "source", "type", "specversion") if not get(name)]
         raise DecodeError(f"not a CloudEvent: required attribute(s) {', '.join(missing)} missing")
-    if spec != "1.0" and str(spec) != "1.0":
-        raise DecodeError(f"unsupported CloudEvents specversion {spec!r}; need 1.0")
     draft: Any = _Draft()
-    draft.id = id_ if type(id_) is str else text(id_)
-    draft.source = source if type(source) is str else text(source)
-    draft.type = type_ if type(type_) is str else text(type_)
-    draft.specversion, draft.data, draft.extensions = "1.0", data, _EMPTY
-    for name in _OPTIONAL_TEXT:
-        value = get(name)
-        setattr(draft, name, value if value is None or type(value) is str else text(value))
-    value = get("datacontenttype")
-    draft.datacontenttype = _JSON if value is None else text(value)
-    value = get("time")
-    draft.time = None if value is None else parse_time(value)
-    value = get("dataversion")
-    draft.dataversion = None if value is None else parse_int(value)
+    draft.data, draft.time, draft.subject, draft.datacontenttype = data, None, None, _JSON
+    draft.dataschema = draft.partitionkey = draft.correlationid = draft.causationid = None
+    draft.dataversion = draft.traceparent = draft.tracestate = None
+    draft.specversion, draft.extensions = "1.0", _EMPTY
+    extensions: dict[str, str] | None = None
+    for name, value in attrs.items():
+        kind = _KINDS.get(name)
+        if value is None or kind == _SKIP:
+            continue
+        if kind == _TEXT:
+            setattr(draft, name, value if type(value) is str else text(value))
+        elif kind is None:
+            if extensions is None:
+                extensions = {}
+            extensions[name] = text(value)
+        elif kind == _TIME:
+            draft.time = parse_time(value)
+        elif kind == _VERSION:
+            draft.dataversion = parse_int(value)
+        elif value != "1.0" and str(value) != "1.0":
+            raise DecodeError(f"unsupported CloudEvents specversion {value!r}; need 1.0")
     if key is not None and draft.partitionkey is None:
         draft.partitionkey = key
-    if not attrs.keys() <= _KNOWN:
-        extensions = {
-            name: text(value)
-            for name, value in attrs.items()
-            if name not in _KNOWN and value is not None
-        }
-        if extensions:
-            draft.extensions = MappingProxyType(extensions)
+    if extensions:
+        draft.extensions = MappingProxyType(extensions)
     draft.__class__ = Envelope
     return draft  # type: ignore[no-any-return]
 
 
-_OPTIONAL_TEXT = tuple(name for name in _STRING_ATTRS if name not in ("id", "source", "type"))
 _JSON = "application/json"
 
 

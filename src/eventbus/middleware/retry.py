@@ -130,9 +130,6 @@ class Retry:
         return not is_permanent(exc, self.permanent, self.is_permanent)
 
     async def __call__(self, ctx: Context, call_next: Next) -> None:
-        await self.run(ctx, call_next)
-
-    async def run(self, ctx: Context, call_next: Next) -> None:
         """Run ``call_next`` under this policy."""
         ctx.state[TRY_STATE_KEY] = 1
         try:  # the common case, a first try that succeeds, costs no tenacity machinery
