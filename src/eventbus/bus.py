@@ -284,10 +284,13 @@ class EventBus(Lifecycle):
         stages them all in that transaction (see :meth:`publish`).
         """
         envelopes = []
+        prepare = self._prepare if self.publish_middleware else None  # else nothing to await
         for item in events:
             event, key = item if isinstance(item, tuple) else (item, None)
             envelope = self._envelope(event, key, None, None, correlation_id)
-            envelopes.append(self._envelope.check_size(await self._prepare(envelope)))
+            if prepare is not None:
+                envelope = await prepare(envelope)
+            envelopes.append(self._envelope.check_size(envelope))
         destination = self._envelope.destination
         messages = [(destination(e), e) for e in envelopes]
         token = staging_session.set(session) if session is not None else None
