@@ -57,7 +57,13 @@ def headers_of(fields: Mapping[bytes, bytes]) -> dict[str, str | bytes]:
     """Every field of an entry but ``data``: values as text where they are UTF-8 and as the
     bytes themselves where not, so that they can be sent again unchanged; names as text (one
     that is not UTF-8, which only a foreign producer writes, gets replacement characters)."""
-    return {text(name): _value(value) for name, value in fields.items() if name != b"data"}
+    headers: dict[str, str | bytes] = {}
+    for name, value in fields.items():
+        if name == b"data":
+            continue
+        key = name.decode("utf-8", "replace") if type(name) is bytes else text(name)
+        headers[key] = _value(value)
+    return headers
 
 
 def decode_entry(
