@@ -14,7 +14,7 @@ from typing import Any
 
 from eventbus.brokers._wire import read_carried
 from eventbus.deadletters import DeadLetterRecord
-from eventbus.envelope import Envelope, decode, from_binary
+from eventbus.envelope import Envelope, decode, from_own_binary
 from eventbus.errors import DecodeError
 
 __all__ = ["KafkaDelivery", "Settling", "_Partition"]
@@ -116,7 +116,7 @@ class KafkaDelivery:
                 "ce_specversion" in self.headers
                 and self.headers.get("content-type") == b"application/json"
             ):  # what eventbus writes: what decode() would find, without looking for it
-                self.envelope = from_binary(self.headers, record.value, key=record.key)
+                self.envelope = from_own_binary(self.headers, record.value, key=record.key)
             else:
                 self.envelope = decode(self.headers, record.value, key=record.key)
         except DecodeError as exc:
