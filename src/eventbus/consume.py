@@ -125,57 +125,70 @@ class SubscriptionHandler:
         self._clock = clock
         self._active = active
 
-    async def __call__(self, delivery: Delivery) -> None:
-        active = self._active
-        task = asyncio.current_task() if active is not None else None
-        if active is not None and task is not None:
+    def __call__(self, delivery: Delivery) -> Awaitable[None]:
+        if self._active is not None:  # a fake clock's bus: drain() looks at what is running
+            return self._tracked(self._active, delivery)
+        return self._handle(delivery)
+
+    async def _tracked(self, active: set[asyncio.Task[Any]], delivery: Delivery) -> None:
+        task = asyncio.current_task()
+        if task is not None:
             active.add(task)
         try:
-            await self._settle_by_policy(delivery)
-        except Exception:  # a bug of ours must not lose the message or end the consumer
-            log.exception(
-                "%s: handling a delivery failed unexpectedly; handing it back",
-                self._sub.name,
-                extra=delivery_fields(delivery, self._sub, "released"),
-            )
-            await self._settle(delivery, delivery.release)
+            await self._handle(delivery)
         finally:
-            if active is not None and task is not None:
+            if task is not None:
                 active.discard(task)
 
-    async def _settle_by_policy(self, delivery: Delivery) -> None:
-        sub, envelope = self._sub, delivery.envelope
-        if envelope is None:
-            error = delivery.decode_error or DecodeError("undecodable message")
-            self._observe_undecodable(delivery, error)
-            await self._dead_letter(delivery, error, "undecodable")
-            return
-        if not sub.accepts(envelope.type):
+    async def _handle(self, delivery: Delivery) -> None:
+        """Run the chain and settle by its outcome; one coroutine for the common case."""
+        sub, envelope, clock = self._sub, delivery.envelope, self._clock
+        try:
+            if envelope is None or not sub.accepts(envelope.type):
+                await self._settle_unhandled(delivery)
+                return
+            ctx = Context(
+                envelope=envelope,
+                subscription=sub,
+                bus=self._bus,
+                delivery=delivery,
+                attempt=delivery.attempt,
+                clock=clock,
+            )
+            token = current_envelope.set(envelope)
+            try:
+                await self._chain(ctx)
+            except asyncio.CancelledError:
+                await settle(delivery, delivery.nack, clock, retries=False, subscription=sub)
+                raise
+            except Exception as exc:
+                await self._settle_failure(delivery, exc)
+            else:
+                try:
+                    await delivery.ack()
+                except Exception as exc:
+                    await _settle_again(delivery, delivery.ack, exc, clock, sub)
+            finally:
+                current_envelope.reset(token)
+        except Exception:  # a bug of ours must not lose the message or end the consumer
+            await self._unexpected(delivery)
+
+    async def _settle_unhandled(self, delivery: Delivery) -> None:
+        """Undecodable: dead-lettered as it arrived; another type: acked, not handled here."""
+        if delivery.envelope is not None:
             await self._settle(delivery, delivery.ack)  # another type on this destination
             return
-        ctx = Context(
-            envelope=envelope,
-            subscription=sub,
-            bus=self._bus,
-            delivery=delivery,
-            attempt=delivery.attempt,
-            clock=self._clock,
+        error = delivery.decode_error or DecodeError("undecodable message")
+        self._observe_undecodable(delivery, error)
+        await self._dead_letter(delivery, error, "undecodable")
+
+    async def _unexpected(self, delivery: Delivery) -> None:
+        log.exception(
+            "%s: handling a delivery failed unexpectedly; handing it back",
+            self._sub.name,
+            extra=delivery_fields(delivery, self._sub, "released"),
         )
-        token = current_envelope.set(envelope)
-        try:
-            await self._chain(ctx)
-        except asyncio.CancelledError:
-            await settle(delivery, delivery.nack, self._clock, retries=False, subscription=sub)
-            raise
-        except Exception as exc:
-            await self._settle_failure(delivery, exc)
-        else:
-            try:
-                await delivery.ack()
-            except Exception as exc:
-                await _settle_again(delivery, delivery.ack, exc, self._clock, sub)
-        finally:
-            current_envelope.reset(token)
+        await self._settle(delivery, delivery.release)
 
     def _observe_undecodable(self, delivery: Delivery, error: DecodeError) -> None:
         for observer in self._observers:
