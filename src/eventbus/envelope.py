@@ -383,10 +383,8 @@ def from_own_binary(
                 value = get("ce_dataversion")
                 draft.dataversion = None if value is None else int(value)
                 value = get("ce_partitionkey")
-                if value is not None:
-                    draft.partitionkey = value.decode()
-                else:
-                    draft.partitionkey = None if key is None else key.decode()
+                key_text = None if key is None else key.decode()  # refused when not UTF-8
+                draft.partitionkey = key_text if value is None else value.decode()
                 value = get("ce_correlationid")
                 draft.correlationid = None if value is None else value.decode()
                 value = get("ce_causationid")
