@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from hypothesis import example, given
+from hypothesis import given
 from hypothesis import strategies as st
 
 from eventbus.envelope import (
@@ -18,7 +18,6 @@ from eventbus.envelope import (
     Envelope,
     decode,
     from_binary,
-    from_own_binary,
     from_structured,
     new_envelope,
     to_binary,
@@ -89,50 +88,6 @@ def test_binary_mode_survives_bytes_header_values(envelope: Envelope) -> None:
     headers, body = to_binary(envelope)
     as_bytes = {name: value.encode() for name, value in headers.items()}
     assert from_binary(as_bytes, body) == envelope
-
-
-keys = st.none() | st.binary(max_size=8)
-
-
-@given(envelopes(), keys)
-@example(Envelope(id="1", type="t", source="s", partitionkey="k"), b"\x80")  # key not UTF-8
-def test_the_fast_reader_of_own_headers_reads_what_the_general_one_does(
-    envelope: Envelope, key: bytes | None
-) -> None:
-    headers, body = to_binary(envelope)
-    as_bytes = {name: value.encode() for name, value in headers.items()}
-    fast = _outcome(from_own_binary, as_bytes, body, key)
-    assert fast == _outcome(from_binary, as_bytes, body, key)
-    assert isinstance(fast, Envelope) or key is not None  # only a key that is not UTF-8 fails
-
-
-def _outcome(read: Any, headers: Any, body: bytes, key: bytes | None = None) -> Any:
-    """What ``read`` makes of the message: its envelope, or the DecodeError's message."""
-    try:
-        return read(headers, body, key=key)
-    except DecodeError as exc:
-        return str(exc)
-
-
-own_names = st.sampled_from(
-    [
-        *("ce_specversion", "ce_id", "ce_source", "ce_type", "ce_time", "ce_dataversion"),
-        *("ce_subject", "ce_partitionkey", "ce_tracestate", "content-type", "ce_x", "ce-id"),
-    ]
-)
-own_values = st.sampled_from(
-    [
-        *(b"1.0", b"2.0", b"", b"id", b"5", b"-1", b"x", b"\xff", b"2026-12-01T10:00:00Z"),
-        *(b"application/json", b"text/plain", "1.0", None),
-    ]
-)
-
-
-@given(st.dictionaries(own_names, own_values, max_size=10), st.binary(max_size=8))
-def test_the_fast_reader_accepts_and_refuses_exactly_what_the_general_one_does(
-    headers: dict[str, Any], body: bytes
-) -> None:
-    assert _outcome(from_own_binary, headers, body) == _outcome(from_binary, headers, body)
 
 
 @given(envelopes())

@@ -42,12 +42,12 @@ from eventbus.wirevalues import (
 )
 
 __all__ = [
+    "OPTIONAL_TEXT_ATTRIBUTES",
     "STRUCTURED_CONTENT_TYPE",
     "Envelope",
     "binary_headers",
     "decode",
     "from_binary",
-    "from_own_binary",
     "from_structured",
     "is_json_content_type",
     "new_envelope",
@@ -73,6 +73,8 @@ _STRING_ATTRS = (
     "traceparent",
     "tracestate",
 )
+OPTIONAL_TEXT_ATTRIBUTES = _STRING_ATTRS[3:]
+"""The text attributes an envelope may leave unset, in the order binary mode writes them."""
 _KNOWN = frozenset(
     (*_STRING_ATTRS, "specversion", "time", "datacontenttype", "dataversion", "data", "data_base64")
 )
@@ -348,63 +350,6 @@ def from_binary(
         raise
     except Exception as exc:  # decoding is total: whatever the input, a DecodeError
         raise _undecodable(exc) from exc
-
-
-_OWN_BYTES_HEADERS = frozenset(
-    (
-        *(f"ce_{name}" for name in (*_STRING_ATTRS, "specversion", "time", "dataversion")),
-        "content-type",
-    )
-)
-
-
-def from_own_binary(
-    headers: Mapping[str, Any], body: bytes | None, *, key: bytes | None = None
-) -> Envelope:
-    """:func:`from_binary` for headers as eventbus writes them on Kafka (``ce_`` names, UTF-8
-    byte values, no extensions): each attribute looked up by name, in one pass.
-
-    Anything else (extensions, other prefixes, text values, a value that does not decode)
-    goes through :func:`from_binary`, which reads it or names what is wrong."""
-    if headers.keys() <= _OWN_BYTES_HEADERS and headers.get("ce_specversion") == b"1.0":
-        get = headers.get
-        try:
-            ident, source, kind = get("ce_id"), get("ce_source"), get("ce_type")
-            if ident and source and kind:
-                draft: Any = _Draft()
-                draft.id, draft.source, draft.type = ident.decode(), source.decode(), kind.decode()
-                draft.data, draft.specversion, draft.extensions = body or b"", "1.0", _EMPTY
-                value = get("content-type")
-                draft.datacontenttype = (
-                    _JSON if value is None or value == _JSON_BYTES else value.decode()
-                )
-                value = get("ce_time")
-                draft.time = None if value is None else parse_time(value.decode())
-                value = get("ce_dataversion")
-                draft.dataversion = None if value is None else int(value)
-                value = get("ce_partitionkey")
-                key_text = None if key is None else key.decode()  # refused when not UTF-8
-                draft.partitionkey = key_text if value is None else value.decode()
-                value = get("ce_correlationid")
-                draft.correlationid = None if value is None else value.decode()
-                value = get("ce_causationid")
-                draft.causationid = None if value is None else value.decode()
-                value = get("ce_subject")
-                draft.subject = None if value is None else value.decode()
-                value = get("ce_dataschema")
-                draft.dataschema = None if value is None else value.decode()
-                value = get("ce_traceparent")
-                draft.traceparent = None if value is None else value.decode()
-                value = get("ce_tracestate")
-                draft.tracestate = None if value is None else value.decode()
-                draft.__class__ = Envelope
-                return draft  # type: ignore[no-any-return]
-        except Exception:  # the general reader below names what is wrong
-            pass
-    return from_binary(headers, body, key=key)
-
-
-_JSON_BYTES = b"application/json"
 
 
 def _header_attribute(name: str) -> str | None:

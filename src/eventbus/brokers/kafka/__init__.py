@@ -49,6 +49,7 @@ from eventbus.brokers.kafka.deadletters import KafkaDeadLetters
 from eventbus.brokers.kafka.delivery import KafkaDelivery
 from eventbus.brokers.kafka.delivery import _Partition as _Partition
 from eventbus.brokers.kafka.driver import ERRORS, Headers, encode_headers, reraise
+from eventbus.brokers.kafka.records import record_of
 from eventbus.brokers.kafka.topology import (
     DEFAULT_MAX_MESSAGE_BYTES,
     Settings,
@@ -58,11 +59,10 @@ from eventbus.brokers.kafka.topology import (
     retry_topic,
 )
 from eventbus.clock import SystemClock
-from eventbus.envelope import Envelope, binary_headers
+from eventbus.envelope import Envelope
 from eventbus.errors import BrokerUnavailable, BusNotStarted, ConfigurationError
 from eventbus.redact import redact_options, redact_url
 from eventbus.types import Capabilities, SubscriptionView, WireChannel, WireFormat
-from eventbus.wirevalues import format_time
 
 __all__ = ["KafkaBroker", "KafkaConsumer", "KafkaDeadLetters", "KafkaDelivery", "from_url"]
 
@@ -273,7 +273,7 @@ class KafkaBroker:
 
     async def publish(self, destination: str, envelope: Envelope) -> None:
         """Returns once Kafka has the record (``acks="all"`` unless configured otherwise)."""
-        future = await self.send(destination, *_record(envelope))
+        future = await self.send(destination, *record_of(envelope))
         try:
             await future
         except Exception as exc:
@@ -281,7 +281,7 @@ class KafkaBroker:
 
     async def publish_batch(self, messages: Sequence[tuple[str, Envelope]]) -> None:
         """Pipelined: every record is handed to the producer before any acknowledgement."""
-        futures = [await self.send(topic, *_record(envelope)) for topic, envelope in messages]
+        futures = [await self.send(topic, *record_of(envelope)) for topic, envelope in messages]
         await self.wait(futures, messages[0][0] if messages else "")
 
     async def send_raw(
@@ -341,63 +341,6 @@ class KafkaBroker:
 
 
 _GROUP_ID_NOT_FOUND = 69
-
-
-def _record(envelope: Envelope) -> tuple[bytes, bytes | None, Headers]:
-    """Value, key and headers of the record that carries ``envelope`` (binary mode)."""
-    key = envelope.partitionkey
-    return envelope.data, None if key is None else key.encode(), _headers(envelope)
-
-
-def _headers(envelope: Envelope) -> Headers:
-    """The ``ce_`` headers of :func:`~eventbus.envelope.binary_headers`, as UTF-8 bytes.
-
-    Written out for the attributes every event has; the values that repeat from one event to
-    the next (source, type, content type) are encoded once (:func:`_encoded`)."""
-    if envelope.specversion != "1.0" or envelope.time is None or envelope.extensions:
-        return [(name, value.encode()) for name, value in binary_headers(envelope)]
-    encoded = _ENCODED.get
-    headers: Headers = [
-        ("ce_specversion", b"1.0"),
-        ("ce_id", envelope.id.encode()),
-        ("ce_source", encoded(envelope.source) or _encoded(envelope.source)),
-        ("ce_type", encoded(envelope.type) or _encoded(envelope.type)),
-    ]
-    for attr, name in _OPTIONAL:
-        value = getattr(envelope, attr)
-        if value is not None:
-            headers.append((name, value.encode()))
-    headers.append(("ce_time", format_time(envelope.time).encode()))
-    if envelope.dataversion is not None:
-        version = envelope.dataversion
-        headers.append(("ce_dataversion", _VERSIONS.get(version) or str(version).encode()))
-    content_type = envelope.datacontenttype
-    headers.append(("content-type", encoded(content_type) or _encoded(content_type)))
-    return headers
-
-
-_OPTIONAL = tuple(
-    (name, f"ce_{name}")
-    for name in (
-        "subject",
-        "dataschema",
-        "partitionkey",
-        "correlationid",
-        "causationid",
-        "traceparent",
-        "tracestate",
-    )
-)
-_VERSIONS = {version: str(version).encode() for version in range(1, 33)}
-_ENCODED: dict[str, bytes] = {}
-
-
-def _encoded(value: str) -> bytes:
-    """``value`` as UTF-8, remembered (up to a bound) for the events that follow."""
-    data = value.encode()
-    if len(_ENCODED) < 4096:
-        _ENCODED[value] = data
-    return data
 
 
 def from_url(url: str, **options: Any) -> KafkaBroker:

@@ -13,8 +13,9 @@ from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 from eventbus.brokers._wire import read_carried
+from eventbus.brokers.kafka.records import read_own
 from eventbus.deadletters import DeadLetterRecord
-from eventbus.envelope import Envelope, decode, from_own_binary
+from eventbus.envelope import Envelope, decode
 from eventbus.errors import DecodeError
 
 __all__ = ["KafkaDelivery", "Settling", "_Partition"]
@@ -116,7 +117,7 @@ class KafkaDelivery:
                 "ce_specversion" in self.headers
                 and self.headers.get("content-type") == b"application/json"
             ):  # what eventbus writes: what decode() would find, without looking for it
-                self.envelope = from_own_binary(self.headers, record.value, key=record.key)
+                self.envelope = read_own(self.headers, record.value, key=record.key)
             else:
                 self.envelope = decode(self.headers, record.value, key=record.key)
         except DecodeError as exc:
