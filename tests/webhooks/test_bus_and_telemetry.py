@@ -4,6 +4,8 @@ span linked to the publish and counted in the metrics."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -15,11 +17,13 @@ from eventbus import Event, EventBus
 from eventbus.clock import FakeClock
 from eventbus.errors import ConfigurationError
 from eventbus.otel import Tracing
+from eventbus.testing import wait_until
 from eventbus.webhooks import RetrySchedule, WebhookSender, WebhookStore, webhook_router
 from eventbus.webhooks.telemetry import WebhookTelemetry
 from tests.otel.test_metrics import points
 from tests.otel.test_tracing import spans
 from tests.webhooks.conftest import LOOPBACK, Receiver
+from tests.webhooks.support import event
 
 __all__ = ["spans"]
 
@@ -94,6 +98,48 @@ async def test_published_events_are_delivered_with_a_span_per_attempt_and_metric
     [(_, lag, _)] = found["eventbus.webhooks.endpoint.lag"]
     assert lag.value == 0.0, "nothing waits any more"
     reader.shutdown()
+
+
+class LagRecorder:
+    """An observer that keeps only the lag samples."""
+
+    def __init__(self) -> None:
+        self.samples: list[dict[str, float]] = []
+
+    def started(self, endpoint: Any, row: Any, attempt: int) -> Any:
+        return lambda result, state: None
+
+    def lag(self, per_endpoint: dict[str, float]) -> None:
+        self.samples.append(per_endpoint)
+
+
+async def test_run_once_ends_on_a_lag_sample_taken_after_its_last_attempt(
+    store: WebhookStore, receiver: Receiver, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slow lag query that an attempt finishes during: the gauge must not keep that stale
+    sample once ``run_once`` has returned."""
+    endpoint = await store.endpoints.add("acme", receiver.script("/s", 200), ["#"])
+    await store.take(event())
+    await clock.advance(7)
+    query, calls = store.deliveries.lag, 0
+
+    async def delivered() -> bool:
+        return (await query())[endpoint.id] == 0.0
+
+    async def slow_lag() -> dict[str, float]:
+        nonlocal calls
+        calls += 1
+        sample = await query()
+        if calls == 2:  # the attempt is in flight: let it finish before this sample returns
+            await wait_until(delivered, message="the attempt never finished")
+        return sample
+
+    monkeypatch.setattr(store.deliveries, "lag", slow_lag)
+    recorder = LagRecorder()
+    sender = WebhookSender(store, guard=LOOPBACK, observer=recorder, lag_interval=0)
+    assert await sender.run_once() == 1
+    await sender.stop()
+    assert recorder.samples[-1] == {endpoint.id: 0.0}
 
 
 def test_a_webhook_router_needs_the_event_types() -> None:

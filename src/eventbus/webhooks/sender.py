@@ -124,11 +124,15 @@ class WebhookSender(Lifecycle):
         made (due retries included; later ones are left for a later call)."""
         made = self.attempts
         while True:
+            quiet = not self._tasks
             started = await self._round()
-            if not started and not self._tasks:
-                return self.attempts - made
-            if self._tasks and not started:
-                await asyncio.wait(set(self._tasks), return_when=asyncio.FIRST_COMPLETED)
+            if started:
+                continue
+            if not self._tasks:
+                if quiet:  # no attempt ran during that round: what it sampled still holds
+                    return self.attempts - made
+                continue  # attempts ended mid-round: one more, so the lag gauge sees them
+            await asyncio.wait(set(self._tasks), return_when=asyncio.FIRST_COMPLETED)
 
     def signal(self) -> None:
         """Look for due deliveries now (an event was just taken in)."""
