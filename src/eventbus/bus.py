@@ -176,7 +176,7 @@ class EventBus(Lifecycle):
                 handle = SubscriptionHandler(
                     self, sub, chain, self.redelivery_delay, clock, self._active, observers
                 )
-                runner = SubscriptionRunner(sub, consumer, handle, handle.release_unstarted)
+                runner = SubscriptionRunner(sub, consumer, handle.run, handle.release_unstarted)
                 self._runners.append(runner)
         except BaseException:
             await self._stop_runners(0)

@@ -107,7 +107,7 @@ class SubscriptionHandler:
     ``clock`` paces the retries of a settle that failed.
     """
 
-    __slots__ = ("_active", "_bus", "_chain", "_clock", "_delay", "_observers", "_sub")
+    __slots__ = ("_active", "_bus", "_chain", "_clock", "_delay", "_observers", "_sub", "run")
 
     def __init__(
         self,
@@ -124,11 +124,13 @@ class SubscriptionHandler:
         self._delay = redelivery_delay
         self._clock = clock
         self._active = active
+        self.run: Callable[[Delivery], Awaitable[None]] = (
+            self._handle if active is None else functools.partial(self._tracked, active)
+        )
+        """Handle one delivery (what a runner calls; ``handler(delivery)`` does the same)."""
 
     def __call__(self, delivery: Delivery) -> Awaitable[None]:
-        if self._active is not None:  # a fake clock's bus: drain() looks at what is running
-            return self._tracked(self._active, delivery)
-        return self._handle(delivery)
+        return self.run(delivery)
 
     async def _tracked(self, active: set[asyncio.Task[Any]], delivery: Delivery) -> None:
         task = asyncio.current_task()
@@ -147,14 +149,8 @@ class SubscriptionHandler:
             if envelope is None or not sub.accepts(envelope.type):
                 await self._settle_unhandled(delivery)
                 return
-            ctx = Context(
-                envelope=envelope,
-                subscription=sub,
-                bus=self._bus,
-                delivery=delivery,
-                attempt=delivery.attempt,
-                clock=clock,
-            )
+            # Positional: a class called with keywords builds a dict of them first.
+            ctx = Context(envelope, sub, self._bus, delivery, delivery.attempt, clock)
             token = current_envelope.set(envelope)
             try:
                 await self._chain(ctx)

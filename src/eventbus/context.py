@@ -104,7 +104,6 @@ class Context:
 
     def __init__(
         self,
-        *,
         envelope: Envelope,
         subscription: SubscriptionView,
         bus: Publisher,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from types import MappingProxyType
 from typing import Any
@@ -128,7 +128,9 @@ def encode(event: Event) -> bytes:
     """The event as JSON; refuses what JSON cannot carry (PublishError, nothing sent).
 
     ``Event`` writes NaN and infinities as the bare constants ``NaN``/``Infinity`` (not JSON),
-    so a payload is only parsed again in the rare case those letters occur in it.
+    so a payload is only parsed again in the rare case those letters occur in it (looking for
+    the bytes ``N`` and ``I`` first: a search for one byte is a ``memchr``, several times
+    cheaper than a search for a word).
     """
     try:
         data = event.__pydantic_serializer__.to_json(event)
@@ -136,7 +138,7 @@ def encode(event: Event) -> bytes:
         raise PublishError(
             f"cannot encode {type(event).__name__} as JSON: {exc}; nothing was sent"
         ) from exc
-    if b"NaN" in data or b"Infinity" in data:
+    if (_N in data or _I in data) and (b"NaN" in data or b"Infinity" in data):
         try:
             json.loads(data, parse_constant=_refuse_constant)
         except ValueError as exc:
@@ -147,6 +149,9 @@ def encode(event: Event) -> bytes:
                 "'Infinity' and '-Infinity' and validate back into floats"
             ) from None
     return data
+
+
+_N, _I = ord("N"), ord("I")
 
 
 def _refuse_constant(name: str) -> Any:
@@ -161,32 +166,37 @@ def _check_correlation_id(value: object) -> None:
 
 
 class _EventIds:
-    """Random (version 4) UUIDs as text, from ``os.urandom`` read 4 KiB at a time.
+    """Random (version 4) UUIDs as text, made 128 at a time from one ``os.urandom`` read.
 
-    One system call per 128 ids instead of one per id; the buffer is dropped in a forked child
-    so parent and child never hand out the same ids.
+    The version and variant bits of all 128 are set with one mask over the read, and the ids
+    are formatted in one comprehension, so handing one out is taking the next of a list. The
+    ids made are dropped in a forked child, so parent and child never hand out the same ids.
     """
 
-    _CHUNK = 4096
+    _BATCH = 128
+    _KEEP = int.from_bytes(bytes.fromhex("ffffffffffff0fff3fffffffffffffff") * _BATCH, "big")
+    _SET = int.from_bytes(bytes.fromhex("00000000000040008000000000000000") * _BATCH, "big")
 
     def __init__(self) -> None:
-        self._hex = ""
-        self._at = 0
+        self._ids: Iterator[str] = iter(())
 
     def reset(self) -> None:
-        self._hex, self._at = "", 0
+        self._ids = iter(())
 
     def __call__(self) -> str:
-        at = self._at
-        if at == len(self._hex):
-            self._hex, at = os.urandom(self._CHUNK).hex(), 0
-        self._at = at + 32
-        h = self._hex[at : at + 32]
-        return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
-
-
-_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
-"""The UUID variant digit (10xx in binary) for each random hex digit."""
+        for event_id in self._ids:
+            return event_id
+        size = 16 * self._BATCH
+        bits = int.from_bytes(os.urandom(size), "big") & self._KEEP | self._SET
+        h = bits.to_bytes(size, "big").hex()
+        self._ids = iter(
+            [
+                f"{h[i : i + 8]}-{h[i + 8 : i + 12]}-{h[i + 12 : i + 16]}-{h[i + 16 : i + 20]}-"
+                f"{h[i + 20 : i + 32]}"
+                for i in range(0, 2 * size, 32)
+            ]
+        )
+        return next(self._ids)
 
 
 new_event_id = _EventIds()
