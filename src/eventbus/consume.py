@@ -107,7 +107,7 @@ class SubscriptionHandler:
     ``clock`` paces the retries of a settle that failed.
     """
 
-    __slots__ = ("_active", "_bus", "_chain", "_clock", "_delay", "_observers", "_sub", "run")
+    __slots__ = ("_bus", "_chain", "_clock", "_delay", "_observers", "_sub", "run")
 
     def __init__(
         self,
@@ -123,7 +123,6 @@ class SubscriptionHandler:
         self._observers = tuple(observers)
         self._delay = redelivery_delay
         self._clock = clock
-        self._active = active
         self.run: Callable[[Delivery], Awaitable[None]] = (
             self._handle if active is None else functools.partial(self._tracked, active)
         )

@@ -125,6 +125,10 @@ class EnvelopeFactory:
         return MappingProxyType(dict(headers))
 
 
+_N, _I = ord("N"), ord("I")
+"""The first bytes of ``NaN`` and ``Infinity``, looked for before the words themselves."""
+
+
 def encode(event: Event) -> bytes:
     """The event as JSON; refuses what JSON cannot carry (PublishError, nothing sent).
 
@@ -150,9 +154,6 @@ def encode(event: Event) -> bytes:
                 "'Infinity' and '-Infinity' and validate back into floats"
             ) from None
     return data
-
-
-_N, _I = ord("N"), ord("I")
 
 
 def _refuse_constant(name: str) -> Any:
