@@ -79,16 +79,6 @@ _KNOWN = frozenset(
     (*_STRING_ATTRS, "specversion", "time", "datacontenttype", "dataversion", "data", "data_base64")
 )
 _PREFIXES = ("ce_", "ce-", "cloudevents_", "cloudevents:")
-# How _build reads each attribute with a field of its own; any other name is an extension.
-_TEXT, _TIME, _VERSION, _SPEC, _SKIP = range(5)
-_KINDS = {
-    **dict.fromkeys((*_STRING_ATTRS, "datacontenttype"), _TEXT),
-    "time": _TIME,
-    "dataversion": _VERSION,
-    "specversion": _SPEC,
-    "data": _SKIP,
-    "data_base64": _SKIP,
-}
 # The header names this library writes, resolved once; anything else goes the slow way.
 _HEADER_NAMES = {
     prefix + name: name
@@ -244,7 +234,7 @@ def validate_extension_name(name: str) -> str:
 
 
 def is_json_content_type(content_type: str | None) -> bool:
-    if not content_type:
+    if not content_type or content_type == _JSON:
         return True
     base = content_type.split(";", 1)[0].strip().lower()
     return base in ("application/json", "text/json") or base.endswith("+json")
@@ -253,40 +243,42 @@ def is_json_content_type(content_type: str | None) -> bool:
 def _build(attrs: Mapping[str, Any], data: bytes, key: str | None = None) -> Envelope:
     """Make an envelope from attributes read off the wire, checking the required ones.
 
-    It fills a draft (see :func:`new_envelope`) in one pass over the attributes: this runs
-    for every delivery, so it avoids building keyword arguments."""
+    This runs for every delivery, so it fills a draft (see :func:`new_envelope`) with one
+    lookup per attribute and walks the names only when there are extensions among them."""
     get = attrs.get
-    if not (get("id") and get("source") and get("type") and get("specversion")):
+    id_, source, type_, spec = get("id"), get("source"), get("type"), get("specversion")
+    if not (id_ and source and type_ and spec):
         missing = [name for name in ("id", "source", "type", "specversion") if not get(name)]
         raise DecodeError(f"not a CloudEvent: required attribute(s) {', '.join(missing)} missing")
+    if spec != "1.0" and str(spec) != "1.0":
+        raise DecodeError(f"unsupported CloudEvents specversion {spec!r}; need 1.0")
     draft: Any = _Draft()
-    draft.data, draft.time, draft.subject, draft.datacontenttype = data, None, None, _JSON
-    draft.dataschema = draft.partitionkey = draft.correlationid = draft.causationid = None
-    draft.dataversion = draft.traceparent = draft.tracestate = None
-    draft.specversion, draft.extensions = "1.0", _EMPTY
-    extensions: dict[str, str] | None = None
-    for name, value in attrs.items():
-        kind = _KINDS.get(name)
-        if value is None or kind == _SKIP:
-            continue
-        if kind == _TEXT:
-            setattr(draft, name, value if type(value) is str else text(value))
-        elif kind is None:
-            if extensions is None:
-                extensions = {}
-            extensions[name] = text(value)
-        elif kind == _TIME:
-            draft.time = parse_time(value)
-        elif kind == _VERSION:
-            draft.dataversion = parse_int(value)
-        elif value != "1.0" and str(value) != "1.0":
-            raise DecodeError(f"unsupported CloudEvents specversion {value!r}; need 1.0")
+    draft.specversion, draft.data = "1.0", data
+    draft.id = id_ if type(id_) is str else text(id_)
+    draft.source = source if type(source) is str else text(source)
+    draft.type = type_ if type(type_) is str else text(type_)
+    draft.subject = v if type(v := get("subject")) is str or v is None else text(v)
+    draft.dataschema = v if type(v := get("dataschema")) is str or v is None else text(v)
+    draft.partitionkey = v if type(v := get("partitionkey")) is str or v is None else text(v)
+    draft.correlationid = v if type(v := get("correlationid")) is str or v is None else text(v)
+    draft.causationid = v if type(v := get("causationid")) is str or v is None else text(v)
+    draft.traceparent = v if type(v := get("traceparent")) is str or v is None else text(v)
+    draft.tracestate = v if type(v := get("tracestate")) is str or v is None else text(v)
+    v = get("datacontenttype")
+    draft.datacontenttype = _JSON if v is None else v if type(v) is str else text(v)
+    draft.time = None if (v := get("time")) is None else parse_time(v)
+    draft.dataversion = v if type(v := get("dataversion")) is int or v is None else parse_int(v)
     if key is not None and draft.partitionkey is None:
         draft.partitionkey = key
-    if extensions:
-        draft.extensions = MappingProxyType(extensions)
+    draft.extensions = _EMPTY if attrs.keys() <= _KNOWN else _extensions(attrs)
     draft.__class__ = Envelope
     return draft  # type: ignore[no-any-return]
+
+
+def _extensions(attrs: Mapping[str, Any]) -> Mapping[str, str]:
+    """The attributes without a field of their own, as text (read-only)."""
+    found = {name: text(v) for name, v in attrs.items() if name not in _KNOWN and v is not None}
+    return MappingProxyType(found) if found else _EMPTY
 
 
 _JSON = "application/json"
