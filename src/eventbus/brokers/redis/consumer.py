@@ -76,13 +76,12 @@ class RedisConsumer:
         self._reread = False
         self._closed = False
         self._acks = AckBatch(link, self.main, self.group, self.name)
-        self._reader: asyncio.Task[Any] | None = None  # the task iterating the deliveries
+        self._reading = False  # inside _fetch: the reader may wait in a blocking read
 
     def __aiter__(self) -> AsyncIterator[RedisDelivery]:
         return self._deliveries()
 
     async def _deliveries(self) -> AsyncIterator[RedisDelivery]:
-        self._reader = asyncio.current_task()
         backoff = 0.05
         while not self._closed:
             _raise_if_cancelled()
@@ -108,6 +107,13 @@ class RedisConsumer:
 
     async def _fetch(self) -> list[RedisDelivery]:
         """The next deliveries: lost entries first, then abandoned ones when due, then new."""
+        self._reading = True
+        try:
+            return await self._next_batch()
+        finally:
+            self._reading = False
+
+    async def _next_batch(self) -> list[RedisDelivery]:
         if self._acks.busy:
             await self._acks.flush()
         if self._reread:
@@ -235,9 +241,9 @@ class RedisConsumer:
             return
         if stream == self.main and script == "ack":
             del self._unsettled[(stream, entry_id)]
-            # The reader sends its acks before its next read; from any other task they are sent
-            # at once, as the reader may be waiting in a blocking read meanwhile.
-            self._acks.add(entry_id, send_now=asyncio.current_task() is not self._reader)
+            # The reader sends the acks queued before its next read; one made while it reads is
+            # sent at once, as the reader may be waiting in a blocking read meanwhile.
+            self._acks.add(entry_id, send_now=self._reading)
             return
         drop = "1" if stream == self.retry else "0"
         async with self.link.call(f"{script} entry {entry_id} of {stream!r}"):

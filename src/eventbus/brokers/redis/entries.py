@@ -41,8 +41,12 @@ DEAD_LETTER_ID = DLQ_PREFIX + "id"
 
 
 def published(data: bytes) -> dict[Any, Any]:
-    """The entry eventbus writes: a structured CloudEvent and its content type."""
-    return {"data": data, "content-type": STRUCTURED_CONTENT_TYPE}
+    """The entry eventbus writes: a structured CloudEvent and its content type (as bytes,
+    which redis-py sends without encoding them again)."""
+    return {b"data": data, b"content-type": _STRUCTURED}
+
+
+_STRUCTURED = STRUCTURED_CONTENT_TYPE.encode()
 
 
 def foreign(body: bytes, headers: Mapping[str, Any] | None, key: str | None) -> dict[Any, Any]:
