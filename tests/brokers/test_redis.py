@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from redis.asyncio.connection import Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from eventbus import Context, Event, EventBus, Next, Router
@@ -142,6 +143,28 @@ async def test_calls_are_bounded_by_redis_py_default_socket_timeout(redis_url: s
         assert broker.redis.connection_pool.connection_kwargs["socket_timeout"] is None
     finally:
         await broker.close()
+
+
+async def test_the_adapter_packs_its_own_client_with_hiredis_and_leaves_a_given_one(
+    redis_url: str,
+) -> None:
+    """Commands of a client the adapter made are packed in C (same bytes, see
+    test_redis_packing.py); a client passed in keeps the connection class it came with."""
+    own = RedisBroker(redis_url)
+    given = aioredis.Redis.from_url(redis_url)
+    lent = RedisBroker(client=given)
+    await own.connect()
+    await lent.connect()
+    try:
+        pool = own.redis.connection_pool
+        assert pool.connection_class is not Connection
+        assert issubclass(pool.connection_class, Connection)
+        assert await own.redis.ping()
+        assert given.connection_pool.connection_class is Connection
+    finally:
+        await own.close()
+        await lent.close()
+        await given.aclose()
 
 
 async def test_a_dead_letter_is_the_entry_with_its_provenance_as_fields(

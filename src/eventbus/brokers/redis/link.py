@@ -33,6 +33,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from eventbus.brokers._wire import DriverErrors
+from eventbus.brokers.redis.packing import pack_with_hiredis
 from eventbus.brokers.redis.scripts import register
 from eventbus.brokers.redis.topology import DEFAULT_SOCKET_TIMEOUT
 from eventbus.errors import (
@@ -169,6 +170,7 @@ class Link:
             connection_kwargs = client.connection_pool.connection_kwargs
             self.socket_timeout = connection_kwargs.get("socket_timeout", DEFAULT_SOCKET_TIMEOUT)
             connection_kwargs["socket_timeout"] = None
+            pack_with_hiredis(client)
         try:
             async with self.call(f"connect to {redact_url(url)}"):
                 await client.ping()
