@@ -13,12 +13,14 @@ below it):
 * :mod:`~eventbus.brokers.redis.entries` — what the stream entries hold (events, redelivered
   copies, dead letters);
 * :mod:`~eventbus.brokers.redis.link` — the client, every call bounded by the socket timeout,
-  redis-py's errors translated; :mod:`~eventbus.brokers.redis.scripts` — the Lua scripts;
+  redis-py's errors translated; :mod:`~eventbus.brokers.redis.packing` — its commands packed
+  by hiredis; :mod:`~eventbus.brokers.redis.scripts` — the Lua scripts;
 * :mod:`~eventbus.brokers.redis.topology` — key names and the checks of the options.
 
 Options: keyword arguments that are not the adapter's own go to
 ``redis.asyncio.Redis.from_url`` untouched (https://redis.readthedocs.io/en/stable/connections.html);
-only ``socket_timeout`` is then moved from the connections to the adapter's own calls.
+only ``socket_timeout`` is then moved from the connections to the adapter's own calls, and
+commands are packed by hiredis rather than redis-py's Python packer (the same bytes).
 Not supported: Redis Cluster (the scripts touch keys of several slots) and patterns.
 """
 
