@@ -21,6 +21,7 @@ from eventbus.errors import DecodeError
 __all__ = [
     "dumps",
     "format_time",
+    "format_time_bytes",
     "loads",
     "parse_int",
     "parse_time",
@@ -40,6 +41,13 @@ def format_time(value: datetime) -> str:
         value = value.astimezone(_UTC)
     written = value.isoformat()
     return written[:-6] + "Z" if written.endswith("+00:00") else written
+
+
+def format_time_bytes(value: datetime) -> bytes:
+    """:func:`format_time` as UTF-8, for a header written as bytes (no text in between)."""
+    if value.tzinfo is _UTC:
+        return pydantic_core.to_json(value)[1:-1]
+    return format_time(value).encode()
 
 
 _UTC = timezone.utc
