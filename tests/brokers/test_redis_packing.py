@@ -18,7 +18,7 @@ ARGUMENT = st.one_of(
     st.binary(),
     st.integers(min_value=-(2**63), max_value=2**63 - 1),
     st.floats(allow_nan=False),
-    st.binary().map(memoryview),
+    st.binary().map(lambda data: memoryview(data)),
 )
 
 
@@ -41,13 +41,16 @@ def test_commands_are_the_bytes_redis_py_writes(name: str | bytes, args: list[An
 
 
 def test_a_pipeline_of_commands_is_the_same_bytes() -> None:
-    commands = [("XADD", "s", "*", b"data", b'{"a":1}'), ("XACK", "s", "g", "1-0", "2-0")]
+    commands: list[tuple[Any, ...]] = [
+        ("XADD", "s", "*", b"data", b'{"a":1}'),
+        ("XACK", "s", "g", "1-0", "2-0"),
+    ]
     ours = _connection(_packed_client())
     assert b"".join(ours.pack_commands(commands)) == b"".join(Connection().pack_commands(commands))
 
 
 @pytest.mark.parametrize("bad", [True, None, [1], object()])
-def test_what_redis_py_refuses_is_refused_the_same_way(bad: object) -> None:
+def test_what_redis_py_refuses_is_refused_the_same_way(bad: Any) -> None:
     ours = _connection(_packed_client())
     with pytest.raises(DataError) as ours_error:
         ours.pack_command("SET", "key", bad)
@@ -71,7 +74,8 @@ def test_the_connection_class_of_the_url_is_kept() -> None:
 
 
 def test_a_client_that_does_not_write_strict_utf8_is_left_alone() -> None:
-    for options in ({"encoding": "latin-1"}, {"encoding_errors": "replace"}):
+    cases: list[dict[str, Any]] = [{"encoding": "latin-1"}, {"encoding_errors": "replace"}]
+    for options in cases:
         client = aioredis.Redis.from_url("redis://127.0.0.1:1/0", **options)
         assert not pack_with_hiredis(client)
         assert client.connection_pool.connection_class is Connection
