@@ -14,7 +14,6 @@ from typing import Any
 
 from eventbus.brokers.kafka.driver import Headers
 from eventbus.envelope import (
-    OPTIONAL_TEXT_ATTRIBUTES,
     Envelope,
     binary_headers,
     from_binary,
@@ -71,7 +70,6 @@ def record_headers(envelope: Envelope) -> Headers:
     return headers
 
 
-_OPTIONAL = tuple((name, f"ce_{name}") for name in OPTIONAL_TEXT_ATTRIBUTES)
 _VERSIONS = {version: str(version).encode() for version in range(1, 33)}
 _ENCODED: dict[str, bytes] = {}
 

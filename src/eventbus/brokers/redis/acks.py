@@ -5,9 +5,8 @@ it), so ``ack`` only queues the entry id and returns. The task that reads sends 
 queued in one ``XACK`` before its next read, so acks handled inline (``concurrency=1``) cost
 one command per batch read; an ack made while the reader reads (handlers running
 concurrently while it waits in a blocking read) starts a sender task that does the same at
-once. An
-entry is only acked after its handler, and one whose ``XACK`` does not arrive stays pending
-and is delivered again, as after any failed ack: nothing is lost.
+once. An entry is only acked after its handler, and one whose ``XACK`` does not arrive stays
+pending and is delivered again, as after any failed ack: nothing is lost.
 """
 
 from __future__ import annotations
