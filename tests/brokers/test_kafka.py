@@ -27,6 +27,7 @@ from aiokafka import (  # type: ignore[import-untyped]
 from eventbus import Context, Event, EventBus, Router
 from eventbus.brokers import from_url
 from eventbus.brokers.kafka import KafkaBroker, KafkaConsumer
+from eventbus.brokers.kafka.topology import retry_group
 from eventbus.envelope import Envelope, decode, to_binary, to_structured
 from eventbus.errors import ConfigurationError, PermanentError, RetryLater
 from eventbus.testing import BrokerContract, wait_until
@@ -244,33 +245,69 @@ async def test_retry_later_goes_through_a_retry_topic_with_metadata(kafka_url: s
     assert seen[1] == (2, {"first-failure-at": "2026-01-01T00:00:00+00:00"}, f"r{ns}.x")
 
 
-async def test_empty_retry_partitions_are_paused_and_polled(kafka_url: str) -> None:
+async def test_retry_topics_are_read_by_a_group_of_their_own(kafka_url: str) -> None:
     ns = uuid.uuid4().hex[:8]
-    event_cls = kind(Aggregate, f"e{ns}.x")
+    topic, group = f"e{ns}.x", f"e{ns}-g"
+    event_cls = kind(Aggregate, topic)
     seen: list[int] = []
     router = Router()
 
-    @router.subscribe(event_cls, group=f"e{ns}-g")
+    @router.subscribe(event_cls, group=group)
     async def later(event: Aggregate, ctx: Context) -> None:
         seen.append(ctx.attempt)
         if ctx.attempt == 1:
             raise RetryLater(0)  # tier 0: due at once
 
-    broker = make(kafka_url, retry_poll_interval=3600)  # polled below, by hand
-    async with EventBus(broker, service="e", routers=[router], middleware=()) as bus:
+    async with EventBus(make(kafka_url), service="e", routers=[router], middleware=()) as bus:
         consumer = bus._runners[0].consumer
         assert isinstance(consumer, KafkaConsumer)
-        retries = {tp for tp in consumer._parts if tp.topic in consumer.retry_topics}
-        assert retries
-        # Fetched once, found empty, then left out of the fetches; the main topic never is.
-        await wait_until(lambda: consumer._kafka.paused() == retries, timeout=15)
+        # The main topic's fetches carry its own partitions only.
+        assert {tp.topic for tp in consumer.main.kafka.assignment()} == {topic}
+        assert {tp.topic for tp in consumer.retries.kafka.assignment()} == {*consumer.retry_topics}
+        assert (consumer.main.group_id, consumer.retries.group_id) == (
+            group,
+            retry_group(group, topic),
+        )
         await bus.publish(event_cls(n=1), key="k")
-        await wait_until(lambda: seen == [1], timeout=15)
-        await asyncio.sleep(1.5)
-        assert seen == [1]  # the retry waits in a paused partition until the next poll
-        consumer._poll_retries()
         await wait_until(lambda: seen == [1, 2], timeout=15)
-        await wait_until(lambda: consumer._kafka.paused() == retries, timeout=15)
+        # The copy is committed in the retry topics' group, the original in the main one.
+        tier_0 = consumer.retry_topics[0]
+        retries = consumer.retries.group_id
+        await wait_until(lambda: _none_left(kafka_url, retries, tier_0), timeout=15)
+        await wait_until(lambda: _none_left(kafka_url, group, topic), timeout=15)
+        assert await bus.broker.lag(bus.subscriptions[0]) == 0  # type: ignore[attr-defined]
+
+
+async def _none_left(url: str, group: str, topic: str) -> bool:
+    return await uncommitted(url, group, topic) == 0
+
+
+async def test_retries_keep_flowing_while_the_main_topic_is_busy(kafka_url: str) -> None:
+    ns = uuid.uuid4().hex[:8]
+    event_cls = kind(Aggregate, f"f{ns}.x")
+    handled: list[tuple[int, int]] = []  # (n, attempt), in the order handled
+    router = Router()
+
+    @router.subscribe(event_cls, group=f"f{ns}-g")
+    async def once_more(event: Aggregate, ctx: Context) -> None:
+        handled.append((event.n, ctx.attempt))
+        if ctx.attempt == 1:
+            raise RetryLater(0)  # each one writes its copy, awaited: the main topic stays busy
+
+    broker = make(
+        kafka_url,
+        retry_poll_interval=0.05,
+        consumer_options={**TEST_CONSUMER, "max_poll_records": 5},
+    )
+    async with EventBus(broker, service="f", routers=[router], middleware=()) as bus:
+        await bus.publish_many([(event_cls(n=n), f"k{n}") for n in range(200)])
+        await wait_until(lambda: len(handled) == 400, timeout=60)
+        assert await bus.broker.lag(bus.subscriptions[0]) == 0  # type: ignore[attr-defined]
+    assert sorted(handled) == [(n, attempt) for n in range(200) for attempt in (1, 2)]
+    # Retries were taken between fetches of the main topic, not only once it fell idle.
+    first_retry = next(i for i, (_, attempt) in enumerate(handled) if attempt == 2)
+    last_original = max(i for i, (_, attempt) in enumerate(handled) if attempt == 1)
+    assert first_retry < last_original
 
 
 async def test_concurrent_publishes_share_produce_requests(kafka_url: str) -> None:
@@ -316,14 +353,14 @@ async def test_max_poll_records_sets_the_records_per_fetch(kafka_url: str) -> No
         consumer = bus._runners[0].consumer
         assert isinstance(consumer, KafkaConsumer)
         sizes: list[int] = []
-        getmany = consumer._kafka.getmany
+        getmany = consumer.main.kafka.getmany
 
         async def spy(*args: Any, **kwargs: Any) -> Any:
             batch = await getmany(*args, **kwargs)
             sizes.append(sum(len(records) for records in batch.values()))
             return batch
 
-        consumer._kafka.getmany = spy
+        consumer.main.kafka.getmany = spy
         await wait_until(lambda: bool(sizes), timeout=10)  # the fetch loop now calls the spy
         await bus.publish_many([(event_cls(n=n), "k") for n in range(20)])  # one partition
         await wait_until(lambda: len(got) == 20, timeout=15)
@@ -364,7 +401,7 @@ async def test_partitions_split_across_two_consumers(kafka_url: str) -> None:
 
 
 def _main_partitions(consumer: KafkaConsumer, topic: str) -> int:
-    return sum(1 for tp in consumer._parts if tp.topic == topic)
+    return sum(1 for tp in consumer.main.parts if tp.topic == topic)
 
 
 async def test_restart_resumes_from_the_committed_offset(kafka_url: str) -> None:
@@ -415,7 +452,7 @@ async def test_commits_stop_at_the_lowest_unfinished_offset(kafka_url: str) -> N
         await wait_until(lambda: len(done) == 3, timeout=15)
         consumer = bus._runners[0].consumer
         assert isinstance(consumer, KafkaConsumer)
-        part = next(p for tp, p in consumer._parts.items() if tp.topic == f"l{ns}.x" and p.next)
+        part = next(p for tp, p in consumer.main.parts.items() if tp.topic == f"l{ns}.x" and p.next)
         await wait_until(lambda: part.committed == min(part.inflight), timeout=5)
         assert part.inflight
         assert part.committed < (part.next or 0)  # not past message 0
@@ -559,10 +596,10 @@ async def test_rebalance_lets_in_flight_work_finish_and_commits_it(kafka_url: st
         assert isinstance(consumer, KafkaConsumer)
         await first.publish(event_cls(n=1), key="k")
         await asyncio.wait_for(started.wait(), 15)
-        generation = consumer._generation
+        generation = consumer.main.generation
         second = EventBus(make(kafka_url), service="b", routers=[router])
         joining = asyncio.ensure_future(second.start())
-        await wait_until(lambda: consumer._generation != generation, timeout=15)  # revoking
+        await wait_until(lambda: consumer.main.generation != generation, timeout=15)  # revoking
         release.set()  # the in-flight handler finishes during the rebalance
         await asyncio.wait_for(joining, 30)
         try:  # whichever member owns the partition now sees n=2 next, not n=1 again

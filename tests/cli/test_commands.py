@@ -170,10 +170,13 @@ async def _group_exists(
             return True
     from aiokafka.admin import AIOKafkaAdminClient  # type: ignore[import-untyped]
 
+    from eventbus.brokers.kafka.topology import retry_group
+
     admin = AIOKafkaAdminClient(bootstrap_servers=url.removeprefix("kafka://"))
     await admin.start()
-    try:
-        return group in {g[0] for g in await admin.list_consumer_groups()}
+    try:  # the main group, and the group that reads its retry topics
+        kept = {g[0] for g in await admin.list_consumer_groups()}
+        return bool(kept & {group, retry_group(group, event_type)})
     finally:
         await admin.close()
 

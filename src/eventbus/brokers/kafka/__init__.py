@@ -13,7 +13,9 @@ a consumer in its consumer group that commits *after* handling (:mod:`.consumer`
 carried ``eventbus-*`` headers of :mod:`eventbus.brokers._wire`) to a retry topic of the
 subscription's own group, ``__eventbus.retry.{group}.{topic}.{tier}ms``, then commit the
 original. ``retry_tiers`` are the tiers; a delay goes to the largest tier not above it (tier 0
-always exists). ``nack`` waits ``nack_delay`` so a cancelled handler is not a tight loop.
+always exists). The retry topics are read by a second consumer, in a Kafka group of their own
+(``__eventbus.retry.{group}.{topic}``), so they stay out of the main topic's fetches.
+``nack`` waits ``nack_delay`` so a cancelled handler is not a tight loop.
 
 **Dead letters** go to ``__eventbus.dlq.{group}`` (:mod:`.deadletters`).
 
@@ -29,7 +31,8 @@ them created beforehand. See ``docs/brokers/kafka.md``.
 
 The package: this module (the broker: options, connect and close, publish, subscribe),
 :mod:`.topology` (topic names and configs), :mod:`.driver` (aiokafka's errors and headers),
-:mod:`.consumer` and :mod:`.delivery` (consuming), :mod:`.deadletters` (the store).
+:mod:`.consumer`, :mod:`.reader` and :mod:`.delivery` (consuming), :mod:`.deadletters` (the
+store).
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ from eventbus.brokers.kafka.topology import (
     check_topic,
     dlq_topic,
     kafka_group,
+    retry_group,
     retry_topic,
 )
 from eventbus.clock import SystemClock
@@ -71,10 +75,11 @@ class KafkaBroker:
     """Kafka adapter; see the module documentation for topology, retries and dead letters.
 
     ``retry_tiers`` (seconds) are the delays that get a retry topic; ``nack_delay`` is how
-    long a nacked message waits; ``retry_poll_interval`` how often a retry partition found
-    empty is looked at again; ``join_timeout`` bounds how long ``subscribe`` waits for the
-    group join; ``revoke_timeout`` how long a rebalance waits for in-flight work. Kafka cannot
-    know of a crash, so a message redelivered after one keeps the attempt it had.
+    long a nacked message waits; ``retry_poll_interval`` how long the retry topics' consumer
+    waits on the broker per fetch, and how often the main fetch loop takes what it fetched;
+    ``join_timeout`` bounds how long ``subscribe`` waits for the groups' joins;
+    ``revoke_timeout`` how long a rebalance waits for in-flight work. Kafka cannot know of a
+    crash, so a message redelivered after one keeps the attempt it had.
     """
 
     system = "kafka"
@@ -316,26 +321,29 @@ class KafkaBroker:
         return consumer
 
     async def remove_group(self, subscription: SubscriptionView) -> None:
-        """Delete the Kafka group (``DeleteGroups``) and its retry topics; its dead-letter
-        topic is kept."""
+        """Delete the subscription's Kafka groups (``DeleteGroups``: the main one and that of
+        its retry topics) and its retry topics; its dead-letter topic is kept."""
         if subscription.group is None:
             raise ValueError("subscription has no group; include it into a bus first")
-        group_id = kafka_group(subscription.group, subscription.topic, subscription.is_pattern)
-        retry_topics = self.settings.retry_topics(subscription.group, subscription.topic)
+        group, topic = subscription.group, subscription.topic
+        group_ids = [kafka_group(group, topic, subscription.is_pattern), retry_group(group, topic)]
         admin = AIOKafkaAdminClient(
             bootstrap_servers=self.settings.bootstrap_servers, **self.settings.common
         )
-        with ERRORS(f"remove consumer group {group_id!r}"):
+        with ERRORS(f"remove consumer group {group_ids[0]!r}"):
             await admin.start()
             try:
-                node = await admin.find_coordinator(group_id)
-                response = await admin._send_request_to_node(node, DeleteGroupsRequest([group_id]))
-                codes = {code for _, code in response.results} - {0, _GROUP_ID_NOT_FOUND}
-                if codes:
-                    raise BrokerUnavailable(
-                        f"Kafka refused to delete group {group_id!r} (error codes {sorted(codes)})"
-                    )
-                await admin.delete_topics(retry_topics)
+                for group_id in group_ids:  # each may have a coordinator of its own
+                    node = await admin.find_coordinator(group_id)
+                    request = DeleteGroupsRequest([group_id])
+                    response = await admin._send_request_to_node(node, request)
+                    codes = {code for _, code in response.results} - {0, _GROUP_ID_NOT_FOUND}
+                    if codes:
+                        raise BrokerUnavailable(
+                            f"Kafka refused to delete group {group_id!r} "
+                            f"(error codes {sorted(codes)})"
+                        )
+                await admin.delete_topics(self.settings.retry_topics(group, topic))
             finally:
                 await admin.close()
 

@@ -1,21 +1,21 @@
-"""One subscription's consumer: fetching, admitting, committing, rebalancing, giving back.
+"""One subscription's consumer: fetching, admitting, settling, giving back, retry copies.
 
-Each subscription is an ``AIOKafkaConsumer`` in its Kafka group (:func:`~.topology.kafka_group`)
-reading its topic (or pattern) and its group's retry topics, with ``enable_auto_commit=False``.
-``start`` returns once the group has been joined.
+Each subscription reads through two :class:`~.reader.Reader` s, both with
+``enable_auto_commit=False``: the main one in the subscription's Kafka group
+(:func:`~.topology.kafka_group`) for its topic or pattern, and one in a group of its own
+(:func:`~.topology.retry_group`) for its retry topics. ``start`` returns once both groups
+have been joined.
 
-**Commits after handling.** Per partition (:class:`_Partition`) the consumer keeps the offsets
-in flight and commits the lowest unfinished one, or one past the last delivered when none is,
-so with ``concurrency > 1`` a crash never skips an unhandled message. Commits are coalesced by
-a background task. A delivery handed back (``release``, a settle that kept failing) seeks its
-partition back to it, and nothing past it is committed until it has been read again.
+**Commits after handling.** Each reader commits the lowest unfinished offset of its
+partitions (see :mod:`.reader`); commits are coalesced by a background task. A delivery handed
+back (``release``, a settle that kept failing) seeks its partition back to it, and nothing past
+it is committed until it has been read again.
 
-**Rebalances.** The revoked partitions' in-flight work gets ``revoke_timeout`` seconds to
-finish; what is still running then is abandoned uncommitted (settling it later commits
-nothing), and the new owner handles it again.
-
-**Retries** are copies on the retry topics (:meth:`KafkaConsumer.republish`), read by this
-same consumer: a retry partition whose head is not due is paused until it is, never slept on.
+**Retries** are copies on the retry topics (:meth:`KafkaConsumer.republish`). The retry reader
+fetches in the background, long-polling for ``retry_poll_interval``; what it has fetched is
+taken after a fetch of the main topic that came back empty, at least every
+``retry_poll_interval`` while the main topic is busy, and after every fetch while a backlog
+lasts. A retry partition whose head is not due is held at it until it is, never slept on.
 """
 
 from __future__ import annotations
@@ -27,21 +27,16 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
-from aiokafka import (  # type: ignore[import-untyped]
-    AIOKafkaConsumer,
-    ConsumerRebalanceListener,
-    TopicPartition,
-)
-from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
-
 from eventbus.brokers._wire import DUE, carried_headers, text, whole_number, without_carried
-from eventbus.brokers.kafka.delivery import KafkaDelivery, Settling, _Partition
+from eventbus.brokers.kafka.delivery import KafkaDelivery, Settling
 from eventbus.brokers.kafka.driver import ERRORS, Producer, encode_headers, now_ms
+from eventbus.brokers.kafka.reader import Reader
 from eventbus.brokers.kafka.topology import (
     Settings,
     check_topic,
     dlq_topic,
     kafka_group,
+    retry_group,
     subscription_regex,
 )
 from eventbus.deadletters import DeadLetterRecord
@@ -61,7 +56,7 @@ class DeadLetterSink(Protocol):
         group's retry topic, ``key`` is the record key of the original."""
 
 
-class KafkaConsumer(ConsumerRebalanceListener, Settling):  # type: ignore[misc]
+class KafkaConsumer(Settling):
     """One subscription's consumer: the main topic(s) and the group's retry topics.
 
     ``producer`` writes the retry copies, ``dead_letters`` takes the dead letters, and
@@ -79,158 +74,90 @@ class KafkaConsumer(ConsumerRebalanceListener, Settling):  # type: ignore[misc]
         self.settings, self.sub = settings, sub
         self._producer, self._dead, self._on_close = producer, dead_letters, on_close
         self.group: str = sub.group or ""
-        self.group_id = kafka_group(self.group, sub.topic, sub.is_pattern)
         self.retry_topics = settings.retry_topics(self.group, sub.topic)
         self._retry_set = frozenset(self.retry_topics)
         self._retry_by_tier = dict(zip(settings.retry_tiers, self.retry_topics, strict=True))
-        self._kafka: Any = None
-        self._parts: dict[Any, _Partition] = {}
-        self._timers: dict[Any, asyncio.TimerHandle] = {}
-        # Retry partitions: those being fetched until found empty (with the time, in epoch ms,
-        # from which a fetch counts), and those paused because they were empty.
-        self._polling: dict[Any, int] = {}
-        self._idle: set[Any] = set()
-        self._poller: asyncio.TimerHandle | None = None
-        self._generation = 0
-        self._joined = asyncio.Event()
-        self._settled = asyncio.Event()
+        config, revoke = settings.consumer_config(), settings.revoke_timeout
+        self.main = Reader(
+            self.group, kafka_group(self.group, sub.topic, sub.is_pattern), config, revoke
+        )
+        # The retry reader's fetches wait on the broker (long poll) for the poll interval,
+        # whatever the main one's fetch_max_wait_ms: its partitions are nearly always empty.
+        config = {**config, "fetch_max_wait_ms": round(settings.retry_poll_interval * 1000)}
+        self.retries = Reader(self.group, retry_group(self.group, sub.topic), config, revoke)
+        self._wait_ms = round(settings.retry_poll_interval * 1000)
+        self._retries_at = 0.0  # monotonic time from which the retry reader is asked again
+        self._retry_backlog = False
         self._dirty: set[Any] = set()
         self._wake = asyncio.Event()
         self._committer: asyncio.Task[None] | None = None
         self._rewound: set[Any] = set()  # partitions sought back since the last fetch
         self._closed = False
 
+    @property
+    def group_id(self) -> str:
+        """The subscription's Kafka group (of its main topic or pattern)."""
+        return self.main.group_id
+
     async def start(self) -> None:
-        """Subscribe and wait (up to ``join_timeout``) until the group is joined."""
+        """Subscribe and wait (up to ``join_timeout``) until both groups are joined."""
         sub, settings = self.sub, self.settings
         internal = [*self.retry_topics, dlq_topic(self.group)]
         await self._producer.touch(
             internal if sub.is_pattern else [check_topic(sub.topic), *internal]
         )
-        self._kafka = AIOKafkaConsumer(
-            **settings.consumer_config(group_id=self.group_id, enable_auto_commit=False)
-        )
-        with ERRORS(f"start a consumer for {sub.topic!r}"):
-            await self._kafka.start()
-        if sub.is_pattern:
-            regex = subscription_regex(sub.topic, self.retry_topics)
-            self._kafka.subscribe(pattern=regex, listener=self)
-        else:
-            self._kafka.subscribe(topics=[sub.topic, *self.retry_topics], listener=self)
         try:
-            await asyncio.wait_for(self._joined.wait(), settings.join_timeout)
+            if sub.is_pattern:
+                await self.main.start(pattern=subscription_regex(sub.topic))
+            else:
+                await self.main.start(topics=[sub.topic])
+            await self.retries.start(topics=self.retry_topics)
+            joined = asyncio.gather(self.main.joined.wait(), self.retries.joined.wait())
+            await asyncio.wait_for(joined, settings.join_timeout)
         except asyncio.TimeoutError:
-            await self._kafka.stop()
+            await self._stop_readers()
             raise BrokerUnavailable(
                 f"consumer group {self.group!r} was not joined within {settings.join_timeout}s; "
                 "raise join_timeout=..., or check the brokers and session_timeout_ms"
             ) from None
-        loop = asyncio.get_running_loop()
-        self._committer = loop.create_task(self._commit_loop())
-        self._poller = loop.call_later(settings.retry_poll_interval, self._poll_retries)
+        except BaseException:
+            with contextlib.suppress(Exception):  # the error that stopped the start is the one
+                await self._stop_readers()
+            raise
+        self._committer = asyncio.get_running_loop().create_task(self._commit_loop())
 
     @property
     def nack_delay(self) -> float:
         return self.settings.nack_delay
 
-    # ---------------------------------------------------------------- rebalancing
-    async def on_partitions_assigned(self, assigned: Any) -> None:
-        now = now_ms()
-        for tp in assigned:
-            self._parts[tp] = _Partition()
-            if tp.topic in self._retry_set:
-                self._polling[tp] = now  # read until found empty, then paused
-        self._generation += 1
-        self._joined.set()
-
-    async def on_partitions_revoked(self, revoked: Any) -> None:
-        """Let in-flight work of the revoked partitions finish (bounded), commit what is safe."""
-        self._generation += 1
-        parts = {tp: self._parts[tp] for tp in revoked if tp in self._parts}
-        deadline = time.monotonic() + self.settings.revoke_timeout
-        while any(p.inflight for p in parts.values()) and time.monotonic() < deadline:
-            self._settled.clear()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._settled.wait(), deadline - time.monotonic())
-        abandoned = sum(len(p.inflight) for p in parts.values())
-        if abandoned:
-            log.warning("%s: %d in-flight message(s) abandoned on rebalance", self.group, abandoned)
-        await self._commit(set(parts))
-        for tp in parts:
-            del self._parts[tp]
-            timer = self._timers.pop(tp, None)
-            if timer is not None:
-                timer.cancel()
-        for tp in revoked:
-            self._polling.pop(tp, None)
-            self._idle.discard(tp)
-
-    # ---------------------------------------------------------------- retry partitions
-    # Every fetch carries every unpaused partition it asks for, and a subscription has a retry
-    # topic per tier besides its main topic: fetching them all every time would make each
-    # fetch several times larger (and each response as much longer to decode) for partitions
-    # that are nearly always empty. So a retry partition found empty (position at the
-    # highwater of a fetch made after it was resumed) is paused, and every
-    # ``retry_poll_interval`` the empty ones are resumed for a fetch. A retry written into a
-    # tier of at least that interval is seen before it is due, so it is as punctual as
-    # before; one of a shorter delay (tier 0) is picked up at most that interval later.
-    # (Paused partitions still cost a little: aiokafka's fetch loop visits every assigned
-    # partition on each turn. A consumer of their own in the same group would avoid that,
-    # but makes every join and rebalance of the group slower.)
-
-    def _poll_retries(self) -> None:
-        if self._closed:
-            return
-        loop = asyncio.get_running_loop()
-        self._poller = loop.call_later(self.settings.retry_poll_interval, self._poll_retries)
-        now, idle, self._idle = now_ms(), self._idle, set()
-        for tp in idle:
-            if tp in self._parts:
-                with contextlib.suppress(KafkaError, KeyError, AssertionError):
-                    self._kafka.resume(tp)
-                    self._polling[tp] = now
-
-    async def _pause_empty_retries(self) -> None:
-        kafka = self._kafka
-        for tp, since in list(self._polling.items()):
-            try:
-                polled, highwater = kafka.last_poll_timestamp(tp), kafka.highwater(tp)
-                if polled is None or polled < since or highwater is None:
-                    continue  # not fetched since it was resumed: keep it in the fetches
-                if await kafka.position(tp) < highwater:
-                    continue  # records left
-                self._polling.pop(tp, None)
-                if tp in self._parts and tp not in self._timers:
-                    kafka.pause(tp)
-                    self._idle.add(tp)
-            except (KafkaError, KeyError, AssertionError):  # no longer assigned
-                self._polling.pop(tp, None)
+    def _reader(self, tp: Any) -> Reader:
+        return self.retries if tp.topic in self._retry_set else self.main
 
     # ---------------------------------------------------------------- committing
     def settle(self, delivery: KafkaDelivery) -> None:
         """``delivery`` is done: its offset may be committed."""
+        reader = self._reader(delivery.tp)
         part = delivery.partition
-        if self._parts.get(delivery.tp) is not part:
+        if reader.parts.get(delivery.tp) is not part:
             return  # revoked meanwhile: the new owner handles it again; never commit it
         part.inflight.discard(delivery.offset)
         self._dirty.add(delivery.tp)
-        self._settled.set()
+        reader.settled.set()
         self._wake.set()
 
     def give_back(self, delivery: KafkaDelivery) -> None:
         """Read ``delivery``'s record again: seek its partition back to it, and commit nothing
         past it until it has been read again (or, when the consumer closes, by the next owner).
         """
-        tp, part = delivery.tp, delivery.partition
-        if self._parts.get(tp) is not part:
+        tp, part, reader = delivery.tp, delivery.partition, self._reader(delivery.tp)
+        if reader.parts.get(tp) is not part:
             return  # revoked meanwhile: the new owner reads it from the committed offset
         part.inflight.discard(delivery.offset)
         part.returned.add(delivery.offset)
-        self._settled.set()
+        reader.settled.set()
         if not self._closed:
-            with contextlib.suppress(KafkaError, KeyError, AssertionError):
-                self._kafka.seek(tp, min(part.returned))
-                self._rewound.add(tp)
+            reader.seek(tp, min(part.returned))
+            self._rewound.add(tp)
 
     async def _commit_loop(self) -> None:
         while True:
@@ -240,22 +167,10 @@ class KafkaConsumer(ConsumerRebalanceListener, Settling):  # type: ignore[misc]
             await self._commit(dirty)
 
     async def _commit(self, tps: set[Any]) -> None:
-        offsets, parts = {}, {}
-        for tp in tps:
-            part = self._parts.get(tp)
-            safe = part.safe() if part is not None else None
-            if part is not None and safe is not None and safe > part.committed:
-                offsets[tp], parts[tp] = safe, part
-        if not offsets:
-            return
-        try:
-            await self._kafka.commit(offsets)
-        except KafkaError as exc:  # a rebalance or a lost coordinator: redelivery, not loss
-            log.warning("%s: could not commit %s: %r", self.group, offsets, exc)
-            self._dirty |= {tp for tp in offsets if self._parts.get(tp) is parts[tp]}
-            return
-        for tp, offset in offsets.items():
-            parts[tp].committed = max(parts[tp].committed, offset)
+        retries = {tp for tp in tps if tp.topic in self._retry_set}
+        for reader, mine in ((self.main, tps - retries), (self.retries, retries)):
+            if mine:
+                self._dirty |= await reader.commit(mine)
 
     # ---------------------------------------------------------------- fetching
     def __aiter__(self) -> AsyncIterator[KafkaDelivery]:
@@ -264,69 +179,75 @@ class KafkaConsumer(ConsumerRebalanceListener, Settling):  # type: ignore[misc]
     async def _deliveries(self) -> AsyncIterator[KafkaDelivery]:
         while not self._closed:
             self._rewound.clear()
-            batch = await self._fetch()
-            generation, finished = self._generation, False
-            rest: dict[Any, int] = {tp: recs[0].offset for tp, recs in batch.items() if recs}
-            skip: set[Any] = set()
+            # Per reader: its generation when fetched, and per partition the first offset not
+            # handed out yet.
+            fetched = [
+                (reader, reader.generation, batch, {tp: rs[0].offset for tp, rs in batch.items()})
+                for reader, batch in await self._fetch()
+            ]
+            finished = False
             try:
-                for tp, record in [(tp, r) for tp, recs in batch.items() for r in recs]:
-                    if generation != self._generation:
-                        break  # rebalanced: positions were reset to the committed offsets
-                    if tp in self._rewound:  # sought back: the rest of it is read again
-                        skip.add(tp)
-                        rest.pop(tp, None)
-                    if tp in skip:
-                        continue
-                    delivery = self._admit(tp, record)
-                    if delivery is None:
-                        skip.add(tp)
-                        rest.pop(tp, None)
-                        continue
-                    rest[tp] = record.offset + 1
-                    yield delivery
+                for reader, generation, batch, rest in fetched:
+                    skip: set[Any] = set()
+                    for tp, record in [(tp, r) for tp, records in batch.items() for r in records]:
+                        if generation != reader.generation:
+                            break  # rebalanced: positions were reset to the committed offsets
+                        if tp in self._rewound:  # sought back: the rest of it is read again
+                            skip.add(tp)
+                            rest.pop(tp, None)
+                        if tp in skip:
+                            continue
+                        delivery = self._admit(reader, tp, record)
+                        if delivery is None:
+                            skip.add(tp)
+                            rest.pop(tp, None)
+                            continue
+                        rest[tp] = record.offset + 1
+                        yield delivery
                 finished = True
             finally:
-                if not finished and generation == self._generation and not self._closed:
-                    for tp, offset in rest.items():  # not handed out: fetch them again
-                        if tp not in self._rewound:  # else already sought back further
-                            self._kafka.seek(tp, offset)
+                if not finished and not self._closed:
+                    self._read_again(fetched)
 
-    async def _fetch(self) -> dict[Any, list[Any]]:
+    def _read_again(self, fetched: list[tuple[Reader, int, Any, dict[Any, int]]]) -> None:
+        """Seek back to what a stopped iteration did not hand out, to fetch it again."""
+        for reader, generation, _, rest in fetched:
+            if generation == reader.generation:  # else the rebalance reset the positions
+                for tp, offset in rest.items():
+                    if tp not in self._rewound:  # else already sought back further
+                        reader.seek(tp, offset)
+
+    async def _fetch(self) -> list[tuple[Reader, dict[Any, list[Any]]]]:
+        """A fetch of the main topic (waiting up to ``retry_poll_interval`` for one), then,
+        when it came back empty, a backlog of retries lasts or the interval has passed, what
+        the retry reader has fetched meanwhile (without waiting)."""
+        max_records = self.settings.max_records
         with ERRORS(f"fetch from {self.sub.topic!r}"):
-            batch: dict[Any, list[Any]] = await self._kafka.getmany(
-                timeout_ms=1000, max_records=self.settings.max_records
-            )
-        if self._polling:
-            await self._pause_empty_retries()
-        return batch
+            batch = await self.main.kafka.getmany(timeout_ms=self._wait_ms, max_records=max_records)
+            now = time.monotonic()
+            if batch and not self._retry_backlog and now < self._retries_at:
+                return [(self.main, batch)]
+            self._retries_at = now + self.settings.retry_poll_interval
+            retries = await self.retries.kafka.getmany(timeout_ms=0, max_records=max_records)
+        self._retry_backlog = bool(retries)
+        return [(self.main, batch), (self.retries, retries)] if retries else [(self.main, batch)]
 
-    def _admit(self, tp: Any, record: Any) -> KafkaDelivery | None:
+    def _admit(self, reader: Reader, tp: Any, record: Any) -> KafkaDelivery | None:
         """The delivery of ``record``, or None when its partition is no longer ours or it is a
         retry copy not due yet (then its partition is held at it until it is)."""
-        part = self._parts.get(tp)
+        part = reader.parts.get(tp)
         if part is None:
             return None
         headers = dict(record.headers)
         if DUE in headers:
             wait = whole_number(text(headers[DUE]), 0) / 1000 - time.time()
             if wait > 0:
-                self._kafka.seek(tp, record.offset)  # hold the head of this retry partition
-                self._kafka.pause(tp)
-                self._polling.pop(tp, None)
-                self._idle.discard(tp)
-                loop = asyncio.get_running_loop()
-                self._timers[tp] = loop.call_later(wait, self._resume, tp, part)
+                reader.hold(tp, record.offset, wait)
                 return None
         part.inflight.add(record.offset)
         part.returned.discard(record.offset)
         part.next = record.offset + 1
         return KafkaDelivery(self, tp, part, record, headers)
-
-    def _resume(self, tp: Any, part: _Partition) -> None:
-        self._timers.pop(tp, None)
-        if self._parts.get(tp) is part and not self._closed:
-            self._kafka.resume(tp)
-            self._polling[tp] = now_ms()
 
     # ---------------------------------------------------------------- sending on
     async def republish(self, delivery: KafkaDelivery, delay: float) -> None:
@@ -348,29 +269,16 @@ class KafkaConsumer(ConsumerRebalanceListener, Settling):  # type: ignore[misc]
 
     # ---------------------------------------------------------------- health
     async def lag(self) -> int:
-        """Records of the subscribed topics (retry topics included) past the group's committed
-        offsets, over all their partitions, not only those assigned here. A partition the group
-        never committed counts from its first record, as ``auto_offset_reset="earliest"`` reads
-        it (from its end, counting nothing, under ``"latest"``)."""
-        kafka, sub = self._kafka, self.sub
-        topics = kafka.subscription() if sub.is_pattern else {sub.topic, *self.retry_topics}
-        tps = [
-            TopicPartition(topic, partition)
-            for topic in sorted(topics)
-            for partition in sorted(kafka.partitions_for_topic(topic) or ())
-        ]
-        if not tps:
-            return 0
-        with ERRORS(f"read the lag of group {self.group_id!r}"):
-            ends = await kafka.end_offsets(tps)
-            committed = await asyncio.gather(*(kafka.committed(tp) for tp in tps))
-            never = [tp for tp, offset in zip(tps, committed, strict=True) if offset is None]
-            earliest = self.settings.consumer_config().get("auto_offset_reset") == "earliest"
-            starts = await kafka.beginning_offsets(never) if never and earliest else {}
-        return sum(
-            max(0, ends[tp] - (offset if offset is not None else starts.get(tp, ends[tp])))
-            for tp, offset in zip(tps, committed, strict=True)
-        )
+        """Records of the subscribed topics past the main group's committed offsets, and of
+        the retry topics past the retry group's, over all their partitions, not only those
+        assigned here. A partition a group never committed counts from its first record, as
+        ``auto_offset_reset="earliest"`` reads it (from its end, counting nothing, under
+        ``"latest"``)."""
+        sub = self.sub
+        topics = self.main.kafka.subscription() if sub.is_pattern else {sub.topic}
+        earliest = self.settings.consumer_config().get("auto_offset_reset") == "earliest"
+        main = await self.main.lag(list(topics), earliest)
+        return main + await self.retries.lag(self.retry_topics, earliest)
 
     async def close(self) -> None:
         """Stop fetching and commit what is safe; unsettled deliveries stay uncommitted, so
@@ -379,13 +287,10 @@ class KafkaConsumer(ConsumerRebalanceListener, Settling):  # type: ignore[misc]
             return
         self._closed = True
         self._on_close(self)
-        for timer in self._timers.values():
-            timer.cancel()
-        if self._poller is not None:
-            self._poller.cancel()
         if self._committer is not None:
             self._committer.cancel()
             await asyncio.gather(self._committer, return_exceptions=True)
-        await self._commit(set(self._parts))
-        with contextlib.suppress(KafkaError):
-            await self._kafka.stop()
+        await self._stop_readers()
+
+    async def _stop_readers(self) -> None:
+        await asyncio.gather(self.main.stop(), self.retries.stop())

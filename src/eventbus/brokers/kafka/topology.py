@@ -2,10 +2,12 @@
 
 **Names.** A destination is a topic and must be a name Kafka accepts (:func:`check_topic`).
 Each subscription's group has retry topics of its own, ``__eventbus.retry.{group}.{topic}.
-{tier}ms`` (:func:`retry_topic`), and each group a dead-letter topic, ``__eventbus.dlq.
-{group}`` (:func:`dlq_topic`). Characters Kafka does not allow, and the dots of group and topic,
-are replaced there, with a short hash of the original when that changed it (or it was long),
-so two names never meet. Names starting with ``__`` are internal and never match a pattern.
+{tier}ms`` (:func:`retry_topic`), read in a Kafka group of their own named like them without
+the tier, ``__eventbus.retry.{group}.{topic}`` (:func:`retry_group`), and each group has a
+dead-letter topic, ``__eventbus.dlq.{group}`` (:func:`dlq_topic`). Characters Kafka does not
+allow, and the dots of group and topic, are replaced there, with a short hash of the original
+when that changed it (or it was long), so two names never meet. Names starting with ``__``
+are internal and never match a pattern.
 
 **Configs.** :class:`Settings` is every option of the adapter, checked once at construction,
 and the aiokafka configurations derived from them.
@@ -31,6 +33,7 @@ __all__ = [
     "check_topic",
     "dlq_topic",
     "kafka_group",
+    "retry_group",
     "retry_topic",
     "subscription_regex",
 ]
@@ -68,9 +71,15 @@ def _part(name: str) -> str:
     return f"{safe[:80]}-{digest}" if safe != name.replace(".", "-") or len(safe) > 80 else safe
 
 
+def retry_group(group: str, topic: str) -> str:
+    """The Kafka group that reads the retry topics of ``group``'s subscription to ``topic``
+    (or pattern): their common name, without the tier."""
+    return f"{INTERNAL}retry.{_part(group)}.{_part(topic)}"
+
+
 def retry_topic(group: str, topic: str, tier: float) -> str:
     """The retry topic of ``group``'s subscription to ``topic`` (or pattern) for ``tier`` s."""
-    return f"{INTERNAL}retry.{_part(group)}.{_part(topic)}.{round(tier * 1000)}ms"
+    return f"{retry_group(group, topic)}.{round(tier * 1000)}ms"
 
 
 def dlq_topic(group: str) -> str:
@@ -97,11 +106,11 @@ def kafka_group(group: str, topic: str, is_pattern: bool) -> str:
     return f"{group}:{topic}" if is_pattern else group
 
 
-def subscription_regex(pattern: str, retry_topics: Sequence[str]) -> str:
-    """What a pattern subscription subscribes to: the topics the pattern matches (by the one
-    grammar of :mod:`eventbus.topics`, internal ``__`` topics excluded) and its retry topics."""
-    retries = "|".join(re.escape(t) for t in retry_topics)
-    return rf"{pattern_regex(pattern, exclude_prefix='__')}|^(?:{retries})\Z"
+def subscription_regex(pattern: str) -> str:
+    """What a pattern subscription's main consumer subscribes to: the topics the pattern
+    matches, by the one grammar of :mod:`eventbus.topics`, internal ``__`` topics excluded
+    (its retry topics are read by a consumer of their own)."""
+    return pattern_regex(pattern, exclude_prefix="__")
 
 
 # ---------------------------------------------------------------------------- configs
