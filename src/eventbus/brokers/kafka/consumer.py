@@ -83,7 +83,13 @@ class KafkaConsumer(Settling):
         )
         # The retry reader's fetches wait on the broker (long poll) for the poll interval,
         # whatever the main one's fetch_max_wait_ms: its partitions are nearly always empty.
-        config = {**config, "fetch_max_wait_ms": round(settings.retry_poll_interval * 1000)}
+        # Its topics hold this group's copies only, so a group that has committed nothing yet
+        # reads them from the start, whatever auto_offset_reset says: no copy is skipped.
+        config = {
+            **config,
+            "fetch_max_wait_ms": round(settings.retry_poll_interval * 1000),
+            "auto_offset_reset": "earliest",
+        }
         self.retries = Reader(self.group, retry_group(self.group, sub.topic), config, revoke)
         self._wait_ms = round(settings.retry_poll_interval * 1000)
         self._retries_at = 0.0  # monotonic time from which the retry reader is asked again
@@ -272,13 +278,13 @@ class KafkaConsumer(Settling):
         """Records of the subscribed topics past the main group's committed offsets, and of
         the retry topics past the retry group's, over all their partitions, not only those
         assigned here. A partition a group never committed counts from its first record, as
-        ``auto_offset_reset="earliest"`` reads it (from its end, counting nothing, under
-        ``"latest"``)."""
+        ``auto_offset_reset="earliest"`` reads it (a main one from its end, counting nothing,
+        under ``"latest"``; the retry group always reads from the first)."""
         sub = self.sub
         topics = self.main.kafka.subscription() if sub.is_pattern else {sub.topic}
         earliest = self.settings.consumer_config().get("auto_offset_reset") == "earliest"
         main = await self.main.lag(list(topics), earliest)
-        return main + await self.retries.lag(self.retry_topics, earliest)
+        return main + await self.retries.lag(self.retry_topics, earliest=True)
 
     async def close(self) -> None:
         """Stop fetching and commit what is safe; unsettled deliveries stay uncommitted, so
