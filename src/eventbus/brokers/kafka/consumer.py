@@ -85,13 +85,9 @@ class KafkaConsumer(Settling):
         # whatever the main one's fetch_max_wait_ms: its partitions are nearly always empty.
         # Its topics hold this group's copies only, so a group that has committed nothing yet
         # reads them from the start, whatever auto_offset_reset says: no copy is skipped.
-        config = {
-            **config,
-            "fetch_max_wait_ms": round(settings.retry_poll_interval * 1000),
-            "auto_offset_reset": "earliest",
-        }
-        self.retries = Reader(self.group, retry_group(self.group, sub.topic), config, revoke)
         self._wait_ms = round(settings.retry_poll_interval * 1000)
+        config = {**config, "fetch_max_wait_ms": self._wait_ms, "auto_offset_reset": "earliest"}
+        self.retries = Reader(self.group, retry_group(self.group, sub.topic), config, revoke)
         self._retries_at = 0.0  # monotonic time from which the retry reader is asked again
         self._retry_backlog = False
         self._dirty: set[Any] = set()
@@ -173,9 +169,8 @@ class KafkaConsumer(Settling):
             await self._commit(dirty)
 
     async def _commit(self, tps: set[Any]) -> None:
-        retries = {tp for tp in tps if tp.topic in self._retry_set}
-        for reader, mine in ((self.main, tps - retries), (self.retries, retries)):
-            if mine:
+        for reader in (self.main, self.retries):
+            if mine := tps & reader.parts.keys():  # each reader commits its own partitions
                 self._dirty |= await reader.commit(mine)
 
     # ---------------------------------------------------------------- fetching
