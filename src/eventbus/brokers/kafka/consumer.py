@@ -31,6 +31,7 @@ from eventbus.brokers._wire import DUE, carried_headers, text, whole_number, wit
 from eventbus.brokers.kafka.delivery import KafkaDelivery, Settling
 from eventbus.brokers.kafka.driver import ERRORS, Producer, encode_headers, now_ms
 from eventbus.brokers.kafka.reader import Reader
+from eventbus.brokers.kafka.records import read_record
 from eventbus.brokers.kafka.topology import (
     Settings,
     check_topic,
@@ -239,16 +240,19 @@ class KafkaConsumer(Settling):
         part = reader.parts.get(tp)
         if part is None:
             return None
-        headers = dict(record.headers)
-        if DUE in headers:
-            wait = whole_number(text(headers[DUE]), 0) / 1000 - time.time()
-            if wait > 0:
-                reader.hold(tp, record.offset, wait)
-                return None
+        envelope = read_record(record.headers, record.value, record.key)  # an original of ours
+        headers: dict[str, Any] | None = None
+        if envelope is None:
+            headers = dict(record.headers)
+            if DUE in headers:
+                wait = whole_number(text(headers[DUE]), 0) / 1000 - time.time()
+                if wait > 0:
+                    reader.hold(tp, record.offset, wait)
+                    return None
         part.inflight.add(record.offset)
         part.returned.discard(record.offset)
         part.next = record.offset + 1
-        return KafkaDelivery(self, tp, part, record, headers)
+        return KafkaDelivery(self, tp, part, record, headers, envelope)
 
     # ---------------------------------------------------------------- sending on
     async def republish(self, delivery: KafkaDelivery, delay: float) -> None:

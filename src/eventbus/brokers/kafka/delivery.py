@@ -74,17 +74,22 @@ class _Partition:
 
 
 class KafkaDelivery:
-    """One record; ``headers`` are the record's headers as received (values are bytes)."""
+    """One record; ``headers`` are the record's headers as received (values are bytes).
+
+    ``envelope``, when given, is what :func:`~.records.read_record` read off an original that
+    eventbus published: nothing is carried, and the headers are only made a mapping when
+    asked for (a dead letter, a retry copy)."""
 
     __slots__ = (
         "_consumer",
         "_done",
+        "_headers",
+        "_record",
         "attempt",
         "body",
         "decode_error",
         "destination",
         "envelope",
-        "headers",
         "key",
         "metadata",
         "offset",
@@ -99,27 +104,45 @@ class KafkaDelivery:
         partition: _Partition,
         record: Any,
         headers: Mapping[str, Any] | None = None,
+        envelope: Envelope | None = None,
     ):
         self._consumer = consumer
         self._done = False
+        self._record = record
         self.tp, self.partition, self.offset = tp, partition, record.offset
-        self.headers: Mapping[str, Any] = dict(record.headers) if headers is None else headers
         self.body: bytes = record.value or b""
         self.key: bytes | None = record.key
-        carried = read_carried(self.headers)  # what a retry copy carries; nothing on originals
-        self.attempt = carried.attempt or 1
-        self.destination: str = carried.destination or record.topic
-        self.metadata: MutableMapping[str, str] = carried.metadata
-        self.envelope: Envelope | None = None
         self.decode_error: DecodeError | None = None
+        if envelope is not None:
+            self._headers: Mapping[str, Any] | None = headers
+            self.attempt = 1
+            self.destination: str = record.topic
+            self.metadata: MutableMapping[str, str] = {}
+            self.envelope: Envelope | None = envelope
+            return
+        self._headers = headers = dict(record.headers) if headers is None else headers
+        self._read(headers, record)
+
+    @property
+    def headers(self) -> Mapping[str, Any]:
+        if self._headers is None:
+            self._headers = dict(self._record.headers)
+        return self._headers
+
+    def _read(self, headers: Mapping[str, Any], record: Any) -> None:
+        """What a record that :func:`~.records.read_record` did not read carries and holds."""
+        carried = read_carried(headers)  # what a retry copy carries; nothing on originals
+        self.attempt = carried.attempt or 1
+        self.destination = carried.destination or record.topic
+        self.metadata = carried.metadata
+        self.envelope = None
         try:
             if (
-                "ce_specversion" in self.headers
-                and self.headers.get("content-type") == b"application/json"
+                "ce_specversion" in headers and headers.get("content-type") == b"application/json"
             ):  # what eventbus writes: what decode() would find, without looking for it
-                self.envelope = read_own(self.headers, record.value, key=record.key)
+                self.envelope = read_own(headers, record.value, key=record.key)
             else:
-                self.envelope = decode(self.headers, record.value, key=record.key)
+                self.envelope = decode(headers, record.value, key=record.key)
         except DecodeError as exc:
             self.decode_error = exc
 

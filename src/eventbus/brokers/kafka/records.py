@@ -2,18 +2,21 @@
 
 Binary content mode with ``ce_`` headers and UTF-8 byte values, as the CloudEvents Kafka
 binding writes it. This runs for every record published and every record delivered, so the
-headers eventbus itself writes are handled attribute by attribute (:func:`record_of`,
-:func:`read_own`); anything else goes through the general codec of :mod:`eventbus.envelope`,
-which reads every CloudEvents producer's records and names what is wrong with a bad one.
+headers eventbus itself writes are handled attribute by attribute (:func:`record_of`), and
+read back from the record's list of headers in the order they were written
+(:func:`read_record`) or by name (:func:`read_own`); anything else goes through the general
+codec of :mod:`eventbus.envelope`, which reads every CloudEvents producer's records and names
+what is wrong with a bad one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from eventbus.brokers.kafka.driver import Headers
 from eventbus.envelope import (
+    OPTIONAL_TEXT_ATTRIBUTES,
     Envelope,
     binary_headers,
     from_binary,
@@ -21,7 +24,7 @@ from eventbus.envelope import (
 )
 from eventbus.wirevalues import format_time_bytes, parse_time
 
-__all__ = ["read_own", "record_headers", "record_of"]
+__all__ = ["read_own", "read_record", "record_headers", "record_of"]
 
 
 def record_of(envelope: Envelope) -> tuple[bytes, bytes | None, Headers]:
@@ -149,3 +152,79 @@ def _read(headers: Mapping[str, Any], body: bytes, key: bytes | None) -> Envelop
         None if traceparent is None else traceparent.decode(),
         None if tracestate is None else tracestate.decode(),
     )
+
+
+_MIDDLE = {"ce_" + name: at for at, name in enumerate(OPTIONAL_TEXT_ATTRIBUTES)}
+"""The optional text attributes between ``ce_type`` and ``ce_time``, in the order
+:func:`record_headers` writes them."""
+
+
+def read_record(
+    headers: Sequence[tuple[str, Any]], body: bytes | None, key: bytes | None
+) -> Envelope | None:
+    """The envelope of a record whose headers are exactly those :func:`record_headers` writes,
+    in its order: an original that eventbus published, with no extension and nothing carried
+    (no ``eventbus-*`` header). None for any other record, and for a value that does not
+    decode, which the caller reads the general way (:func:`read_own`, ``from_binary``).
+
+    The list is read front to back, with no mapping built: the four required attributes
+    first, ``content-type`` last, ``ce_time`` (and ``ce_dataversion``) before it, and between
+    them the optional attributes, each at most once and in order."""
+    count = len(headers)
+    if count < 6:
+        return None
+    (n0, spec), (n1, ident), (n2, source), (n3, kind) = headers[:4]
+    last, content_type = headers[-1]
+    if (
+        n0 != "ce_specversion"
+        or spec != b"1.0"
+        or n1 != "ce_id"
+        or n2 != "ce_source"
+        or n3 != "ce_type"
+        or last != "content-type"
+    ):
+        return None
+    end, version = count - 2, None
+    name, time = headers[end]
+    if name == "ce_dataversion":
+        end, version = end - 1, time
+        name, time = headers[end]
+    if name != "ce_time" or not (ident and source and kind):
+        return None
+    optional: list[Any] = [None] * 7
+    previous = -1
+    for at in range(4, end):
+        name, value = headers[at]
+        slot = _MIDDLE.get(name, -1)
+        if slot <= previous or value is None:
+            return None  # unknown, repeated, out of order, or null
+        optional[slot] = value
+        previous = slot
+    subject, dataschema, partitionkey, correlationid, causationid, traceparent, tracestate = (
+        optional
+    )
+    try:
+        event_id = ident.decode()
+        key_text = None if key is None else key.decode()  # refused when not UTF-8, as there
+        return new_envelope(  # positional: the 14 attributes in new_envelope's order
+            event_id,
+            kind.decode(),
+            source.decode(),
+            body or b"",
+            parse_time(time.decode()),
+            None if subject is None else subject.decode(),
+            "application/json" if content_type == _JSON else content_type.decode(),
+            None if dataschema is None else dataschema.decode(),
+            key_text if partitionkey is None else partitionkey.decode(),
+            None
+            if correlationid is None
+            else event_id
+            if correlationid == ident
+            else correlationid.decode(),
+            None if causationid is None else causationid.decode(),
+            None if version is None else int(version),
+            None if traceparent is None else traceparent.decode(),
+            None if tracestate is None else tracestate.decode(),
+        )
+    except Exception:  # not UTF-8, a null or empty value, a bad time: the general reader says
+        return None
