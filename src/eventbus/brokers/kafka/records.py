@@ -87,6 +87,10 @@ def _encoded(value: str) -> bytes:
 
 _JSON = b"application/json"
 
+_MIDDLE = {"ce_" + name: at for at, name in enumerate(OPTIONAL_TEXT_ATTRIBUTES)}
+"""The optional text attributes between ``ce_type`` and ``ce_time``, in the order
+:func:`record_headers` writes them."""
+
 
 def read_own(
     headers: Mapping[str, Any], body: bytes | None, *, key: bytes | None = None
@@ -110,24 +114,32 @@ def _read(headers: Mapping[str, Any], body: bytes, key: bytes | None) -> Envelop
     ident, source, kind = get("ce_id"), get("ce_source"), get("ce_type")
     if not (ident and source and kind):
         return None  # the general reader names the missing attribute
-    optional = (
-        get("ce_time"),
-        get("ce_dataversion"),
-        get("content-type"),
-        get("ce_partitionkey"),
-        get("ce_subject"),
-        get("ce_dataschema"),
-        get("ce_correlationid"),
-        get("ce_causationid"),
-        get("ce_traceparent"),
-        get("ce_tracestate"),
-    )
+    optional = tuple(get(name) for name in _MIDDLE)  # in OPTIONAL_TEXT_ATTRIBUTES' order
+    time, version, content_type = get("ce_time"), get("ce_dataversion"), get("content-type")
     # Each header was found by one of the 14 names: none is left for the general reader
     # (an extension, a null value, the adapter's own headers of a retry copy).
-    if len(headers) != 14 - optional.count(None):
+    if len(headers) != 14 - (time, version, content_type, *optional).count(None):
         return None
-    time, version, content_type, partitionkey, subject, dataschema = optional[:6]
-    correlationid, causationid, traceparent, tracestate = optional[6:]
+    return _decoded(ident, kind, source, body, key, time, version, content_type, optional)
+
+
+def _decoded(
+    ident: bytes,
+    kind: bytes,
+    source: bytes,
+    body: bytes,
+    key: bytes | None,
+    time: bytes | None,
+    version: bytes | None,
+    content_type: bytes | None,
+    optional: Sequence[bytes | None],
+) -> Envelope:
+    """The envelope of the header values both readers found (``optional``: the text
+    attributes in :data:`~eventbus.envelope.OPTIONAL_TEXT_ATTRIBUTES`' order); raises when one
+    does not decode."""
+    subject, dataschema, partitionkey, correlationid, causationid, traceparent, tracestate = (
+        optional
+    )
     event_id = ident.decode()
     key_text = None if key is None else key.decode()  # refused when not UTF-8, as there
     return new_envelope(  # positional: the 14 attributes in new_envelope's order
@@ -152,11 +164,6 @@ def _read(headers: Mapping[str, Any], body: bytes, key: bytes | None) -> Envelop
         None if traceparent is None else traceparent.decode(),
         None if tracestate is None else tracestate.decode(),
     )
-
-
-_MIDDLE = {"ce_" + name: at for at, name in enumerate(OPTIONAL_TEXT_ATTRIBUTES)}
-"""The optional text attributes between ``ce_type`` and ``ce_time``, in the order
-:func:`record_headers` writes them."""
 
 
 def read_record(
@@ -200,31 +207,9 @@ def read_record(
             return None  # unknown, repeated, out of order, or null
         optional[slot] = value
         previous = slot
-    subject, dataschema, partitionkey, correlationid, causationid, traceparent, tracestate = (
-        optional
-    )
     try:
-        event_id = ident.decode()
-        key_text = None if key is None else key.decode()  # refused when not UTF-8, as there
-        return new_envelope(  # positional: the 14 attributes in new_envelope's order
-            event_id,
-            kind.decode(),
-            source.decode(),
-            body or b"",
-            parse_time(time.decode()),
-            None if subject is None else subject.decode(),
-            "application/json" if content_type == _JSON else content_type.decode(),
-            None if dataschema is None else dataschema.decode(),
-            key_text if partitionkey is None else partitionkey.decode(),
-            None
-            if correlationid is None
-            else event_id
-            if correlationid == ident
-            else correlationid.decode(),
-            None if causationid is None else causationid.decode(),
-            None if version is None else int(version),
-            None if traceparent is None else traceparent.decode(),
-            None if tracestate is None else tracestate.decode(),
+        return _decoded(
+            ident, kind, source, body or b"", key, time, version, content_type, optional
         )
     except Exception:  # not UTF-8, a null or empty value, a bad time: the general reader says
         return None
