@@ -34,7 +34,7 @@ from eventbus.brokers import query_options
 from eventbus.brokers._wire import check_max_message_bytes
 from eventbus.brokers.memory.consumer import MemoryConsumer, MemoryDelivery
 from eventbus.brokers.memory.deadletters import MemoryDeadLetters
-from eventbus.brokers.memory.queues import GroupQueue, Message
+from eventbus.brokers.memory.queues import YIELD_EVERY, GroupQueue, Message
 from eventbus.clock import SystemClock
 from eventbus.envelope import Envelope
 from eventbus.errors import BusNotStarted, ConfigurationError, NoHandlerError
@@ -52,12 +52,11 @@ __all__ = [
 log = logging.getLogger("eventbus.memory")
 _named: weakref.WeakValueDictionary[str, MemoryBroker] = weakref.WeakValueDictionary()
 _YIELD_BACKLOG = 256
-"""While a queue holds more than this many messages, every :data:`_YIELD_EVERY`-th publish
-yields to the event loop, so a tight publishing loop lets consumers run instead of queueing
-without bound."""
-_YIELD_EVERY = 32
-"""As often as a consumer yields while it takes waiting messages: a yield on every publish
-would cost a turn of the event loop per message when many tasks publish at once."""
+"""While a queue holds more than this many messages, every
+:data:`~eventbus.brokers.memory.queues.YIELD_EVERY`-th publish yields to the event loop (as
+often as a consumer yields while it takes waiting messages: a yield on every publish would
+cost a turn of the loop per message when many tasks publish at once), so a tight publishing
+loop lets consumers run instead of queueing without bound."""
 
 
 DEFAULT_MAX_MESSAGE_BYTES = 1_000_000
@@ -174,7 +173,7 @@ class MemoryBroker:
         )
         self.published.append(envelope)
         self._publishes += 1
-        if backlog > _YIELD_BACKLOG and not self._publishes % _YIELD_EVERY:
+        if backlog > _YIELD_BACKLOG and not self._publishes % YIELD_EVERY:
             await asyncio.sleep(0)  # let consumers catch up, as a network round trip would
 
     async def publish_batch(self, messages: Sequence[tuple[str, Envelope]]) -> None:

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any, Protocol
 
 from eventbus.brokers.memory.deadletters import MemoryDeadLetters
-from eventbus.brokers.memory.queues import GroupQueue, Message
+from eventbus.brokers.memory.queues import YIELD_EVERY, GroupQueue, Message
 from eventbus.deadletters import DeadLetterRecord
 from eventbus.envelope import Envelope, decode
 from eventbus.errors import DecodeError
@@ -46,7 +46,7 @@ class MemoryConsumer:
             # tasks of the event loop.
             taken += 1
             message = queue.get_nowait() if queue.qsize() else await queue.get()
-            if message.attempt > 1 or taken % 32 == 0:
+            if message.attempt > 1 or taken % YIELD_EVERY == 0:
                 await asyncio.sleep(0)
             delivery = MemoryDelivery(self, next(self._tags), message)
             self._unsettled[delivery.tag] = delivery

@@ -12,7 +12,11 @@ from typing import Any
 from eventbus.envelope import Envelope, to_binary
 from eventbus.topics import topic_matches
 
-__all__ = ["GroupQueue", "Message"]
+__all__ = ["YIELD_EVERY", "GroupQueue", "Message"]
+
+YIELD_EVERY = 32
+"""How many messages a busy queue's consumer takes, and how many publishes a tight loop
+makes while a queue is over its backlog bound, between two yields to the event loop."""
 
 _NO_METADATA: Mapping[str, str] = MappingProxyType({})
 
