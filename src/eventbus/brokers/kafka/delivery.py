@@ -13,7 +13,6 @@ from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 from eventbus.brokers._wire import read_carried
-from eventbus.brokers.kafka.records import read_own
 from eventbus.deadletters import DeadLetterRecord
 from eventbus.envelope import Envelope, decode
 from eventbus.errors import DecodeError
@@ -137,12 +136,7 @@ class KafkaDelivery:
         self.metadata = carried.metadata
         self.envelope = None
         try:
-            if (
-                "ce_specversion" in headers and headers.get("content-type") == b"application/json"
-            ):  # what eventbus writes: what decode() would find, without looking for it
-                self.envelope = read_own(headers, record.value, key=record.key)
-            else:
-                self.envelope = decode(headers, record.value, key=record.key)
+            self.envelope = decode(headers, record.value, key=record.key)
         except DecodeError as exc:
             self.decode_error = exc
 

@@ -4,14 +4,14 @@ Binary content mode with ``ce_`` headers and UTF-8 byte values, as the CloudEven
 binding writes it. This runs for every record published and every record delivered, so the
 headers eventbus itself writes are handled attribute by attribute (:func:`record_of`), and
 read back from the record's list of headers in the order they were written
-(:func:`read_record`) or by name (:func:`read_own`); anything else goes through the general
-codec of :mod:`eventbus.envelope`, which reads every CloudEvents producer's records and names
-what is wrong with a bad one.
+(:func:`read_record`); anything else (a retry copy, an extension, another producer's record)
+goes through the general codec of :mod:`eventbus.envelope`, which reads every CloudEvents
+producer's records and names what is wrong with a bad one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from eventbus.brokers.kafka.driver import Headers
@@ -19,12 +19,11 @@ from eventbus.envelope import (
     OPTIONAL_TEXT_ATTRIBUTES,
     Envelope,
     binary_headers,
-    from_binary,
     new_envelope,
 )
 from eventbus.wirevalues import format_time_bytes, parse_time
 
-__all__ = ["read_own", "read_record", "record_headers", "record_of"]
+__all__ = ["read_record", "record_headers", "record_of"]
 
 
 def record_of(envelope: Envelope) -> tuple[bytes, bytes | None, Headers]:
@@ -92,87 +91,13 @@ _MIDDLE = {"ce_" + name: at for at, name in enumerate(OPTIONAL_TEXT_ATTRIBUTES)}
 :func:`record_headers` writes them."""
 
 
-def read_own(
-    headers: Mapping[str, Any], body: bytes | None, *, key: bytes | None = None
-) -> Envelope:
-    """:func:`~eventbus.envelope.from_binary` for the headers :func:`record_headers` writes
-    (no extensions, byte values), each attribute looked up by name; any other headers, or a
-    value that does not decode, go through ``from_binary`` itself."""
-    if headers.get("ce_specversion") == b"1.0":
-        try:
-            envelope = _read(headers, body or b"", key)
-        except Exception:  # the general reader below names what is wrong
-            envelope = None
-        if envelope is not None:
-            return envelope
-    return from_binary(headers, body, key=key)
-
-
-def _read(headers: Mapping[str, Any], body: bytes, key: bytes | None) -> Envelope | None:
-    """The envelope of headers that are all eventbus's own names, else None."""
-    get = headers.get
-    ident, source, kind = get("ce_id"), get("ce_source"), get("ce_type")
-    if not (ident and source and kind):
-        return None  # the general reader names the missing attribute
-    optional = tuple(get(name) for name in _MIDDLE)  # in OPTIONAL_TEXT_ATTRIBUTES' order
-    time, version, content_type = get("ce_time"), get("ce_dataversion"), get("content-type")
-    # Each header was found by one of the 14 names: none is left for the general reader
-    # (an extension, a null value, the adapter's own headers of a retry copy).
-    if len(headers) != 14 - (time, version, content_type, *optional).count(None):
-        return None
-    return _decoded(ident, kind, source, body, key, time, version, content_type, optional)
-
-
-def _decoded(
-    ident: bytes,
-    kind: bytes,
-    source: bytes,
-    body: bytes,
-    key: bytes | None,
-    time: bytes | None,
-    version: bytes | None,
-    content_type: bytes | None,
-    optional: Sequence[bytes | None],
-) -> Envelope:
-    """The envelope of the header values both readers found (``optional``: the text
-    attributes in :data:`~eventbus.envelope.OPTIONAL_TEXT_ATTRIBUTES`' order); raises when one
-    does not decode."""
-    subject, dataschema, partitionkey, correlationid, causationid, traceparent, tracestate = (
-        optional
-    )
-    event_id = ident.decode()
-    key_text = None if key is None else key.decode()  # refused when not UTF-8, as there
-    return new_envelope(  # positional: the 14 attributes in new_envelope's order
-        event_id,
-        kind.decode(),
-        source.decode(),
-        body,
-        None if time is None else parse_time(time.decode()),
-        None if subject is None else subject.decode(),
-        "application/json"
-        if content_type is None or content_type == _JSON
-        else content_type.decode(),
-        None if dataschema is None else dataschema.decode(),
-        key_text if partitionkey is None else partitionkey.decode(),
-        None
-        if correlationid is None
-        else event_id
-        if correlationid == ident
-        else correlationid.decode(),
-        None if causationid is None else causationid.decode(),
-        None if version is None else int(version),
-        None if traceparent is None else traceparent.decode(),
-        None if tracestate is None else tracestate.decode(),
-    )
-
-
 def read_record(
     headers: Sequence[tuple[str, Any]], body: bytes | None, key: bytes | None
 ) -> Envelope | None:
     """The envelope of a record whose headers are exactly those :func:`record_headers` writes,
     in its order: an original that eventbus published, with no extension and nothing carried
     (no ``eventbus-*`` header). None for any other record, and for a value that does not
-    decode, which the caller reads the general way (:func:`read_own`, ``from_binary``).
+    decode, which the caller reads the general way (``eventbus.envelope.decode``).
 
     The list is read front to back, with no mapping built: the four required attributes
     first, ``content-type`` last, ``ce_time`` (and ``ce_dataversion``) before it, and between
@@ -207,9 +132,33 @@ def read_record(
             return None  # unknown, repeated, out of order, or null
         optional[slot] = value
         previous = slot
+    subject, dataschema, partitionkey, correlationid, causationid, traceparent, tracestate = (
+        optional
+    )
     try:
-        return _decoded(
-            ident, kind, source, body or b"", key, time, version, content_type, optional
+        event_id = ident.decode()
+        key_text = None if key is None else key.decode()  # refused when not UTF-8, as there
+        return new_envelope(  # positional: the 14 attributes in new_envelope's order
+            event_id,
+            kind.decode(),
+            source.decode(),
+            body or b"",
+            None if time is None else parse_time(time.decode()),
+            None if subject is None else subject.decode(),
+            "application/json"
+            if content_type is None or content_type == _JSON
+            else content_type.decode(),
+            None if dataschema is None else dataschema.decode(),
+            key_text if partitionkey is None else partitionkey.decode(),
+            None
+            if correlationid is None
+            else event_id
+            if correlationid == ident
+            else correlationid.decode(),
+            None if causationid is None else causationid.decode(),
+            None if version is None else int(version),
+            None if traceparent is None else traceparent.decode(),
+            None if tracestate is None else tracestate.decode(),
         )
     except Exception:  # not UTF-8, a null or empty value, a bad time: the general reader says
         return None
