@@ -18,6 +18,7 @@ CONTRACT = {
     "eventbus.errors",
     "eventbus.envelope",
     "eventbus.wirevalues",
+    "eventbus.plaindocument",
     "eventbus.event",
     "eventbus.topics",
     "eventbus.types",

@@ -28,16 +28,17 @@ from datetime import datetime, timezone
 from types import MappingProxyType
 from typing import Any
 
-import pydantic_core
-
 from eventbus.errors import DecodeError
+from eventbus.plaindocument import read_plain
 from eventbus.wirevalues import (
     dumps,
     format_time,
+    is_json_content_type,
     loads,
     parse_int,
     parse_time,
     refuse_lone_surrogates,
+    structured_data,
     text,
 )
 
@@ -233,13 +234,6 @@ def validate_extension_name(name: str) -> str:
     return name
 
 
-def is_json_content_type(content_type: str | None) -> bool:
-    if not content_type or content_type == _JSON:
-        return True
-    base = content_type.split(";", 1)[0].strip().lower()
-    return base in ("application/json", "text/json") or base.endswith("+json")
-
-
 def _build(attrs: Mapping[str, Any], data: bytes, key: str | None = None) -> Envelope:
     """Make an envelope from attributes read off the wire, checking the required ones.
 
@@ -369,42 +363,26 @@ def to_structured(envelope: Envelope) -> bytes:
 
 
 def from_structured(body: bytes | str, *, key: str | bytes | None = None) -> Envelope:
-    """Read one structured-mode JSON document."""
+    """Read one structured-mode JSON document.
+
+    With msgspec installed (the ``redis`` extra), a document with no extension attributes and
+    JSON ``data`` keeps ``data`` exactly as it was published; otherwise ``data`` is parsed and
+    written again as compact JSON. The two differ only for a payload written with whitespace
+    or escapes, and they mean the same JSON."""
+    if read_plain is not None and (fields := read_plain(body, key)) is not None:
+        return new_envelope(*fields)
     try:
         document, strict = loads(body)
         if not isinstance(document, dict):
             raise DecodeError("structured CloudEvent must be a JSON object")
         if not strict:
             refuse_lone_surrogates(document)
-        data = _structured_data(document)
+        data = structured_data(document)
         return _build(document, data, text(key) if key is not None else None)
     except DecodeError:
         raise
     except Exception as exc:  # decoding is total: whatever the input, a DecodeError
         raise _undecodable(exc) from exc
-
-
-def _structured_data(document: Mapping[str, Any]) -> bytes:
-    if "data_base64" in document:
-        try:
-            return base64.b64decode(document["data_base64"], validate=True)
-        except (ValueError, TypeError) as exc:
-            raise DecodeError(f"'data_base64' is not valid base64: {exc}") from exc
-    if "data" not in document or document["data"] is None:
-        return b""
-    value = document["data"]
-    content_type = document.get("datacontenttype")
-    if content_type is not None and not isinstance(content_type, str):
-        raise DecodeError(f"'datacontenttype' must be a string, got {content_type!r:.60}")
-    try:
-        if isinstance(value, str) and not is_json_content_type(content_type):
-            return value.encode("utf-8")
-        try:
-            return dumps(value)
-        except pydantic_core.PydanticSerializationError:  # deeper than it writes, or not text
-            return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise DecodeError(f"'data' is not valid Unicode text: {exc}") from exc
 
 
 def decode(

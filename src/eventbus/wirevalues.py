@@ -9,6 +9,7 @@ for what pydantic-core refuses. Anything unreadable raises
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
@@ -22,10 +23,12 @@ __all__ = [
     "dumps",
     "format_time",
     "format_time_bytes",
+    "is_json_content_type",
     "loads",
     "parse_int",
     "parse_time",
     "refuse_lone_surrogates",
+    "structured_data",
     "text",
 ]
 
@@ -139,3 +142,39 @@ def refuse_lone_surrogates(document: Mapping[str, Any]) -> None:
                 value.encode("utf-8")
             except UnicodeEncodeError as exc:
                 raise DecodeError(f"attribute {name!r} is not valid Unicode text") from exc
+
+
+def is_json_content_type(content_type: str | None) -> bool:
+    """Whether a ``datacontenttype`` names JSON (none at all means JSON, as in CloudEvents)."""
+    if not content_type or content_type == _JSON:
+        return True
+    base = content_type.split(";", 1)[0].strip().lower()
+    return base in ("application/json", "text/json") or base.endswith("+json")
+
+
+_JSON = "application/json"
+
+
+def structured_data(document: Mapping[str, Any]) -> bytes:
+    """The payload of a structured-mode document: ``data_base64`` decoded, text data of a
+    non-JSON content type as UTF-8, anything else written again as compact JSON."""
+    if "data_base64" in document:
+        try:
+            return base64.b64decode(document["data_base64"], validate=True)
+        except (ValueError, TypeError) as exc:
+            raise DecodeError(f"'data_base64' is not valid base64: {exc}") from exc
+    if "data" not in document or document["data"] is None:
+        return b""
+    value = document["data"]
+    content_type = document.get("datacontenttype")
+    if content_type is not None and not isinstance(content_type, str):
+        raise DecodeError(f"'datacontenttype' must be a string, got {content_type!r:.60}")
+    try:
+        if isinstance(value, str) and not is_json_content_type(content_type):
+            return value.encode("utf-8")
+        try:
+            return dumps(value)
+        except pydantic_core.PydanticSerializationError:  # deeper than it writes, or not text
+            return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise DecodeError(f"'data' is not valid Unicode text: {exc}") from exc

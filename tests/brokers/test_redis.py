@@ -115,6 +115,36 @@ async def test_entry_holds_the_structured_cloudevent_in_data(
     assert document["data"] == {"n": 3}
 
 
+async def test_a_structured_entry_from_another_producer_keeps_its_data_as_written(
+    redis_url: str, prefix: str, raw: aioredis.Redis
+) -> None:
+    """The payload reaches the handler byte for byte, as it does in Kafka's and RabbitMQ's
+    binary mode, whitespace and escapes included."""
+    router, got = Router(), list[Envelope]()
+
+    @router.subscribe(Job.event_type, group="foreign")
+    async def keep(envelope: Envelope) -> None:
+        got.append(envelope)
+
+    payload = b'{ "n": 3,\n  "note": "caf\\u00e9" }'
+    document = (
+        b'{"specversion": "1.0", "id": "f-1", "source": "elsewhere", "type": "'
+        + Job.event_type.encode()
+        + b'", "data": '
+        + payload
+        + b"}"
+    )
+    broker = fast(redis_url, prefix=prefix, start_from="earliest")
+    async with EventBus(broker, routers=[router]):
+        await raw.xadd(
+            f"{prefix}{Job.event_type}",
+            {"content-type": "application/cloudevents+json", "data": document},
+        )
+        await wait_until(lambda: len(got) == 1, timeout=10)
+    assert (got[0].id, got[0].source, got[0].data) == ("f-1", "elsewhere", payload)
+    assert json.loads(got[0].data) == {"n": 3, "note": "café"}
+
+
 async def test_patterns_are_refused_at_subscribe_time(redis_url: str, prefix: str) -> None:
     router = Router()
 
