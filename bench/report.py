@@ -50,6 +50,18 @@ def _ratio(cell: dict[str, Any] | None) -> str:
     return f"{cell['median']:.2f} ({cell['min']:.2f}–{cell['max']:.2f})"
 
 
+def _speed(meta: dict[str, Any]) -> str:
+    """What the speed loop timed before each repetition took (runs before it had none)."""
+    loop = meta.get("loop_s")
+    if not loop:
+        return ""
+    shown = ", ".join(f"{seconds:.2f}" for seconds in loop)
+    return (
+        f" Before each repetition a fixed pure-Python loop of {meta['loop_iterations']:,} "
+        f"iterations took {shown} s of CPU: the machine's speed at the time, to compare runs by."
+    )
+
+
 def render_markdown(results: dict[str, Any]) -> str:
     meta = results["meta"]
     lines = [
@@ -57,7 +69,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         f"{meta['duration_s'] / 60:.1f} minutes in all. Versions: "
         + ", ".join(f"{k} {v}" for k, v in meta["versions"].items())
         + ". Rates are medians with (min–max) over the repetitions; CPU is the client "
-        "process's user + system time per event (producer and consumer together).",
+        "process's user + system time per event (producer and consumer together)." + _speed(meta),
         "",
     ]
     for broker, modes in results["summary"].items():

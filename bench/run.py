@@ -193,7 +193,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     started = time.monotonic()
     trials: list[dict[str, Any]] = []
+    loop_s: list[float] = []
     for rep in range(args.reps):
+        loop_s.append(machine_speed())
+        print(f"rep {rep + 1}: the speed loop took {loop_s[-1]:.3f} s", flush=True)
         for broker in brokers:
             impls = implementations(broker)
             shift = rep % len(impls)
@@ -224,6 +227,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "events": {b: max(10, int(EVENTS[b] * args.scale)) for b in brokers},
         "latency_events": {b: max(10, int(LATENCY_EVENTS[b] * args.scale)) for b in brokers},
         "duration_s": round(time.monotonic() - started, 1),
+        "loop_iterations": SPEED_LOOP,
+        "loop_s": loop_s,
     }
     results["trials"] = trials
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -236,6 +241,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     missed = [t for b in results["targets"].values() for t in b if not t["met"]]
     print(f"{len(missed)} target(s) missed; results in {args.out}")
     return results
+
+
+SPEED_LOOP = 2_000_000
+"""Iterations of the fixed loop timed before each repetition (see :func:`machine_speed`)."""
+
+
+def machine_speed() -> float:
+    """CPU seconds of a fixed pure-Python loop, the best of three: how fast this machine runs
+    interpreted code at the moment. It moves by a factor of two or three within a day on a
+    shared machine; reported per repetition, it lets two runs be compared."""
+    best = float("inf")
+    for _ in range(3):
+        start = time.process_time()
+        total = 0
+        for i in range(SPEED_LOOP):
+            total += i & 7
+        best = min(best, time.process_time() - start)
+    return best
 
 
 def aggregate(trials: list[dict[str, Any]], brokers: list[str]) -> dict[str, Any]:

@@ -1,5 +1,6 @@
-"""The instruction counter of ``bench/instructions.py``: what it reads from callgrind's output,
-how it turns two trials into a per-event figure, and what it writes into the docs."""
+"""The benchmark's measuring tools: the instruction counter of ``bench/instructions.py`` (what it
+reads from callgrind's output, how it turns two trials into a per-event figure, what it writes
+into the docs) and the machine-speed loop every run of ``bench/run.py`` reports."""
 
 from __future__ import annotations
 
@@ -91,3 +92,14 @@ def test_without_valgrind_it_says_how_to_install_it(monkeypatch: pytest.MonkeyPa
 def test_a_broker_can_be_counted_in_some_modes_only() -> None:
     plan = instructions.plan("memory,redis:batch+single", ["single", "batch", "concurrent"])
     assert plan == {"memory": ["single", "batch", "concurrent"], "redis": ["batch", "single"]}
+
+
+def test_every_run_reports_the_machines_speed() -> None:
+    from bench.report import _speed
+    from bench.run import SPEED_LOOP, machine_speed
+
+    seconds = machine_speed()
+    assert 0 < seconds < 60
+    meta = {"loop_iterations": SPEED_LOOP, "loop_s": [0.214, seconds]}
+    assert f"loop of {SPEED_LOOP:,} iterations took 0.21, {seconds:.2f} s of CPU" in _speed(meta)
+    assert _speed({}) == ""  # a run from before the loop was timed
