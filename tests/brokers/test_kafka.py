@@ -9,7 +9,6 @@ library default.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import signal
 import sys
 import textwrap
@@ -32,6 +31,7 @@ from eventbus.brokers.kafka.topology import retry_group
 from eventbus.envelope import Envelope, decode, to_binary, to_structured
 from eventbus.errors import ConfigurationError, PermanentError, RetryLater
 from eventbus.testing import BrokerContract, wait_until
+from eventbus.testing.contract_lifecycle import _View
 from eventbus.testing.telemetry import TelemetryContract
 from eventbus.topics import pattern_regex, topic_matches
 from eventbus.types import Broker
@@ -363,6 +363,20 @@ async def test_concurrent_publishes_share_produce_requests(kafka_url: str) -> No
         assert min(returned) >= min(answered)
 
 
+def fetch_sizes(consumer: KafkaConsumer) -> list[int]:
+    """The number of records of each fetch of the main topic from now on (a spy on aiokafka)."""
+    sizes: list[int] = []
+    getmany = consumer.main.kafka.getmany
+
+    async def spy(*args: Any, **kwargs: Any) -> Any:
+        batch = await getmany(*args, **kwargs)
+        sizes.append(sum(len(records) for records in batch.values()))
+        return batch
+
+    consumer.main.kafka.getmany = spy
+    return sizes
+
+
 async def test_max_poll_records_sets_the_records_per_fetch(kafka_url: str) -> None:
     assert make(kafka_url).max_records == 50
     broker = make(kafka_url, consumer_options={**TEST_CONSUMER, "max_poll_records": 7})
@@ -375,15 +389,7 @@ async def test_max_poll_records_sets_the_records_per_fetch(kafka_url: str) -> No
     async with EventBus(broker, service="m", routers=[router]) as bus:
         consumer = bus._runners[0].consumer
         assert isinstance(consumer, KafkaConsumer)
-        sizes: list[int] = []
-        getmany = consumer.main.kafka.getmany
-
-        async def spy(*args: Any, **kwargs: Any) -> Any:
-            batch = await getmany(*args, **kwargs)
-            sizes.append(sum(len(records) for records in batch.values()))
-            return batch
-
-        consumer.main.kafka.getmany = spy
+        sizes = fetch_sizes(consumer)
         await wait_until(lambda: bool(sizes), timeout=10)  # the fetch loop now calls the spy
         await bus.publish_many([(event_cls(n=n), "k") for n in range(20)])  # one partition
         await wait_until(lambda: len(got) == 20, timeout=15)
@@ -401,15 +407,7 @@ async def test_an_iteration_stopped_inside_a_fetch_skips_nothing(kafka_url: str)
     try:
         consumer = await broker.subscribe(_View(f"i{ns}-g", topic))
         assert isinstance(consumer, KafkaConsumer)
-        fetched: list[int] = []
-        getmany = consumer.main.kafka.getmany
-
-        async def spy(*args: Any, **kwargs: Any) -> Any:
-            batch = await getmany(*args, **kwargs)
-            fetched.append(sum(len(records) for records in batch.values()))
-            return batch
-
-        consumer.main.kafka.getmany = spy
+        fetched = fetch_sizes(consumer)
         sent = [  # one key: one partition, read in order
             Envelope(id=f"{ns}-{n}", type="x", source="t", data=b"{}", partitionkey="k")
             for n in range(10)
@@ -430,17 +428,6 @@ async def test_an_iteration_stopped_inside_a_fetch_skips_nothing(kafka_url: str)
         await consumer.close()
     finally:
         await broker.close()
-
-
-@dataclasses.dataclass(frozen=True)
-class _View:
-    """A subscription as the adapter sees it, for tests that drive the adapter directly."""
-
-    group: str
-    topic: str
-    name: str = "kafka.direct"
-    is_pattern: bool = False
-    concurrency: int = 1
 
 
 # ---------------------------------------------------------------------------- groups and offsets
