@@ -40,6 +40,12 @@ class UserCreated(Event):
     signup_ip: str
 
 
+def baseline(broker: str) -> str:
+    """What eventbus is measured against on ``broker``: the bare queue loop in memory, else
+    the raw client."""
+    return "bare" if broker == "memory" else "raw"
+
+
 def make_event(n: int) -> UserCreated:
     return UserCreated(
         user_id=f"user-{n:08d}",

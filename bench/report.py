@@ -6,6 +6,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from bench.common import baseline
+
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 TITLES = {
     "memory": "Memory bus",
@@ -73,7 +75,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         "",
     ]
     for broker, modes in results["summary"].items():
-        base = "bare" if broker == "memory" else "raw"
+        base = baseline(broker)
         lines += [
             f"### {TITLES.get(broker, broker)}",
             "",

@@ -27,7 +27,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench.common import MODES
+from bench.common import MODES, baseline
 from bench.report import render_chart, render_markdown, update_docs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,7 +90,7 @@ def ratios_of(rep: dict[tuple[str, str], dict[str, Any]], broker: str) -> dict[s
             for metric in ("e2e_per_s", "publish_per_s", "cpu_us_per_event", "p50_ms"):
                 if metric in ours and metric in theirs and theirs[metric]:
                     out[f"{mode}:{metric}:eventbus/{base}"] = ours[metric] / theirs[metric]
-    raw_single = rep.get(("single", "raw" if broker != "memory" else "bare"), {})
+    raw_single = rep.get(("single", baseline(broker)), {})
     for impl in ("eventbus", "raw", "faststream"):
         concurrent = rep.get(("concurrent", impl), {})
         if "publish_per_s" in concurrent and raw_single.get("publish_per_s"):
@@ -103,7 +103,7 @@ def ratios_of(rep: dict[tuple[str, str], dict[str, Any]], broker: str) -> dict[s
 def targets(broker: str, ratios: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
     """Each target of the benchmark issue with its measured median ratio and whether it holds."""
     checks: list[tuple[str, str, str, float]] = []  # (label, ratio key, "min"/"max", bound)
-    base = "bare" if broker == "memory" else "raw"
+    base = baseline(broker)
     for mode in MODES:
         checks.append(
             (

@@ -103,3 +103,17 @@ def test_every_run_reports_the_machines_speed() -> None:
     meta = {"loop_iterations": SPEED_LOOP, "loop_s": [0.214, seconds]}
     assert f"loop of {SPEED_LOOP:,} iterations took 0.21, {seconds:.2f} s of CPU" in _speed(meta)
     assert _speed({}) == ""  # a run from before the loop was timed
+
+
+def test_a_trial_that_runs_out_of_time_marks_its_cell(monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+
+    def too_slow(command: list[str], **kwargs: object) -> object:
+        raise subprocess.TimeoutExpired(command, instructions.TIMEOUT)
+
+    monkeypatch.setattr(subprocess, "run", too_slow)
+    rows = instructions.measure([("redis", "raw", "concurrent")], 1000, 6000, jobs=1)
+    assert rows == [
+        {"broker": "redis", "impl": "raw", "mode": "concurrent", "error": rows[0]["error"]}
+    ]
+    assert "no result within 1800 s" in rows[0]["error"]
