@@ -25,14 +25,16 @@ always exists). The retry topics are read by a second consumer, in a Kafka group
 security options (``security_protocol``, ``ssl_context``, ``sasl_*``) and ``client_id`` go to
 both. Concurrent ``publish`` calls share produce requests: records handed to the producer while
 a request is in flight go out together in the next one, and each call still returns only once
-Kafka has acknowledged its record. Internal topics are created by the broker's auto-creation
-when first touched (at subscribe); a cluster with ``auto.create.topics.enable=false`` needs
-them created beforehand. See ``docs/brokers/kafka.md``.
+Kafka has acknowledged its record. ``publish_batch``, and the ``publish`` calls made while
+others are waiting, write their records into one record batch per partition (aiokafka's batch
+API, :mod:`.batches`), placed as the producer's partitioner would place them. Internal topics
+are created by the broker's auto-creation when first touched (at subscribe); a cluster with
+``auto.create.topics.enable=false`` needs them created beforehand. See ``docs/brokers/kafka.md``.
 
 The package: this module (the broker: options, connect and close, publish, subscribe),
 :mod:`.topology` (topic names and configs), :mod:`.driver` (aiokafka's errors and headers),
-:mod:`.consumer`, :mod:`.reader` and :mod:`.delivery` (consuming), :mod:`.deadletters` (the
-store).
+:mod:`.records` and :mod:`.batches` (publishing), :mod:`.consumer`, :mod:`.reader` and
+:mod:`.delivery` (consuming), :mod:`.deadletters` (the store).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from aiokafka.admin import AIOKafkaAdminClient  # type: ignore[import-untyped]
 from aiokafka.protocol.admin import DeleteGroupsRequest  # type: ignore[import-untyped]
 
 from eventbus.brokers._wire import check_max_message_bytes, hosts_of
+from eventbus.brokers.kafka.batches import PublishQueue, RecordBatcher, unawaited
 from eventbus.brokers.kafka.consumer import KafkaConsumer
 from eventbus.brokers.kafka.deadletters import KafkaDeadLetters
 from eventbus.brokers.kafka.delivery import KafkaDelivery
@@ -127,6 +130,8 @@ class KafkaBroker:
         self._connected = 0
         self._consumers: set[KafkaConsumer] = set()
         self._dead = KafkaDeadLetters(self.settings, self)
+        self._batcher = RecordBatcher(self.settings.producer_options)
+        self._queue = PublishQueue(self._batcher)
 
     @property
     def bootstrap_servers(self) -> list[str]:
@@ -169,6 +174,7 @@ class KafkaBroker:
         for consumer in list(self._consumers):
             await consumer.close()
         await self._dead.close()
+        await self._queue.flush()
         producer, self._producer = self._producer, None
         with ERRORS("publish the events still pending on close"):
             await producer.stop()  # flushes what is still batched
@@ -277,17 +283,30 @@ class KafkaBroker:
             reraise(exc, f"publish to {topic!r}")
 
     async def publish(self, destination: str, envelope: Envelope) -> None:
-        """Returns once Kafka has the record (``acks="all"`` unless configured otherwise)."""
-        future = await self.send(destination, *record_of(envelope))
+        """Returns once Kafka has the record (``acks="all"`` unless configured otherwise).
+
+        Calls made while others wait share record batches (:class:`~.batches.PublishQueue`)."""
+        record = (self._topic(destination), *record_of(envelope))
         try:
-            await future
+            await self._queue.publish(self._require_producer(), record)
         except Exception as exc:
             reraise(exc, f"publish to {destination!r}")
 
     async def publish_batch(self, messages: Sequence[tuple[str, Envelope]]) -> None:
-        """Pipelined: every record is handed to the producer before any acknowledgement."""
-        futures = [await self.send(topic, *record_of(envelope)) for topic, envelope in messages]
-        await self.wait(futures, messages[0][0] if messages else "")
+        """One record batch per partition (:mod:`.batches`), every batch handed to the
+        producer before any acknowledgement is awaited."""
+        if not messages:
+            return
+        producer = self._require_producer()
+        records = [(self._topic(topic), *record_of(envelope)) for topic, envelope in messages]
+        first = messages[0][0]
+        sent: list[tuple[asyncio.Future[Any], list[int]]] = []
+        try:
+            await self._batcher.send(producer, records, sent)
+        except Exception as exc:
+            unawaited([future for future, _ in sent])
+            reraise(exc, f"publish to {first!r}")
+        await self.wait([future for future, _ in sent], first)
 
     async def send_raw(
         self,

@@ -1,0 +1,234 @@
+"""Records published together, one record batch per partition (aiokafka's batch API).
+
+Handing records to ``AIOKafkaProducer.send()`` one at a time costs its Python work for every
+record: the metadata wait, the partitioner, the size estimate, the accumulator. Here records
+are instead placed on their partitions, written into one ``create_batch()`` builder per
+partition (a new one when a builder is full) and handed over with ``send_batch()``: that work
+once per batch, and each batch's future resolves once Kafka has all its records (``acks`` as
+configured). :class:`RecordBatcher` does it for the records of one ``publish_many``;
+:class:`PublishQueue` for the ``publish`` calls made in one turn of the event loop (100
+tasks publishing at once, say), each of which still returns only once Kafka has its record.
+
+Placement is what ``send()`` would do: a keyed record goes where the producer's partitioner
+puts its key (aiokafka's default is the Java client's murmur2, so other producers agree), a
+record without a key to any available partition, taken in turn. Records of one partition keep
+the order they were given in, and a partition's batches are handed over in order, so one key's
+events stay in order. A record over the producer's ``max_request_size`` is refused before any
+record is handed over, as ``send()`` refuses it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import itertools
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from aiokafka.partitioner import DefaultPartitioner  # type: ignore[import-untyped]
+from aiokafka.record.default_records import (  # type: ignore[import-untyped]
+    DefaultRecordBatchBuilder,
+)
+
+from eventbus.brokers.kafka.driver import Headers
+from eventbus.errors import PublishError
+
+__all__ = ["PublishQueue", "Record", "RecordBatcher", "unawaited"]
+
+Record = tuple[str, bytes | None, bytes | None, Headers]
+"""A record to publish: topic, value, key, headers."""
+
+_estimate = DefaultRecordBatchBuilder.estimate_size_in_bytes
+
+
+class RecordBatcher:
+    """Hands records to one producer as per-partition batches (see the module documentation).
+
+    ``producer_options`` are the producer's: its ``partitioner`` (if any) places keyed
+    records, and every record when it is not aiokafka's default, and ``max_request_size``
+    bounds a record.
+    """
+
+    def __init__(self, producer_options: Mapping[str, Any]) -> None:
+        partitioner = producer_options.get("partitioner")
+        self._partitioner = partitioner if partitioner is not None else DefaultPartitioner()
+        self._places_keyless = not isinstance(self._partitioner, DefaultPartitioner)
+        self._max_request_size = int(producer_options.get("max_request_size", 1048576))
+        self._turn = itertools.count()
+
+    async def send(
+        self,
+        producer: Any,
+        records: Sequence[Record],
+        sent: list[tuple[asyncio.Future[Any], list[int]]],
+        *,
+        checked: bool = False,
+    ) -> None:
+        """Hand ``records`` to ``producer``, adding to ``sent`` as each batch is handed over
+        its future (resolved once Kafka has the batch) and the positions in ``records`` of
+        the records it holds; should it fail, ``sent`` says what was handed over before.
+        Every size is checked first (:meth:`check_size`) unless ``checked``."""
+        if not checked:
+            for record in records:
+                self.check_size(record)
+        by_partition: dict[tuple[str, int], list[int]] = {}
+        placed: dict[str, tuple[list[int], list[int]]] = {}
+        for at, record in enumerate(records):
+            topic = record[0]
+            partitions = placed.get(topic)
+            if partitions is None:
+                partitions = placed[topic] = await _partitions(producer, topic)
+            where = (topic, self._place(record[2], *partitions))
+            by_partition.setdefault(where, []).append(at)
+        rounds = [_builders(producer, records, held) for held in by_partition.values()]
+        # The first batch of every partition first, so that they can share a produce request.
+        for turn in itertools.zip_longest(*rounds):
+            for (topic, partition), batch in zip(by_partition, turn, strict=True):
+                if batch is not None:
+                    builder, held = batch
+                    future = await producer.send_batch(builder, topic, partition=partition)
+                    sent.append((future, held))
+
+    def check_size(self, record: Record) -> None:
+        """Refuse a record over the producer's ``max_request_size`` (PublishError)."""
+        topic, value, key, headers = record
+        size = _estimate(key, value, headers)
+        if size > self._max_request_size:
+            raise PublishError(
+                f"a record for {topic!r} is {size} bytes, over the producer's "
+                f"max_request_size of {self._max_request_size}; nothing was sent. Raise "
+                "producer_options={'max_request_size': ...} as far as the brokers' "
+                "message.max.bytes allows, or send smaller events"
+            )
+
+    def _place(self, key: bytes | None, every: list[int], available: list[int]) -> int:
+        if key is not None or self._places_keyless:
+            return int(self._partitioner(key, every, available))
+        pool = available or every
+        return pool[next(self._turn) % len(pool)]
+
+
+class PublishQueue:
+    """The ``publish`` calls of one producer: a call made while no other is waiting goes
+    straight to ``producer.send()``; the calls made while others wait (many tasks publishing
+    at once) are collected for the rest of the event loop's turn and handed over together,
+    as :class:`RecordBatcher` does. Either way a call returns once Kafka has its record, or
+    raises as its batch failed; an oversized record fails its own call only.
+
+    :meth:`flush` waits until every record collected so far has been handed to the producer
+    (before the producer closes).
+    """
+
+    def __init__(self, batcher: RecordBatcher) -> None:
+        self._batcher = batcher
+        self._waiting = 0  # calls that have not returned
+        self._records: list[Record] = []
+        self._futures: list[asyncio.Future[Any]] = []
+        self._handing: set[asyncio.Task[None]] = set()
+        self._producer: Any = None
+
+    async def publish(self, producer: Any, record: Record) -> None:
+        """Hand ``record`` to ``producer``; return once Kafka has it."""
+        self._waiting += 1
+        try:
+            if self._waiting == 1:  # nothing to share a batch with, nothing sent before it
+                topic, value, key, headers = record
+                await (await producer.send(topic, value, key=key, headers=headers))
+            else:
+                await self._put(producer, record)
+        finally:
+            self._waiting -= 1
+
+    def _put(self, producer: Any, record: Record) -> asyncio.Future[Any]:
+        self._batcher.check_size(record)
+        loop = asyncio.get_running_loop()
+        if not self._records:
+            self._producer = producer
+            loop.call_soon(self._hand_over)
+        future = loop.create_future()
+        self._records.append(record)
+        self._futures.append(future)
+        return future
+
+    async def flush(self) -> None:
+        if self._records:
+            self._hand_over()
+        while self._handing:
+            await asyncio.wait(set(self._handing))
+
+    def _hand_over(self) -> None:
+        if not self._records:
+            return
+        records, futures, self._records, self._futures = self._records, self._futures, [], []
+        task = asyncio.get_running_loop().create_task(self._send(records, futures))
+        self._handing.add(task)
+        task.add_done_callback(self._handing.discard)
+
+    async def _send(self, records: list[Record], futures: list[asyncio.Future[Any]]) -> None:
+        sent: list[tuple[asyncio.Future[Any], list[int]]] = []
+        try:
+            await self._batcher.send(self._producer, records, sent, checked=True)
+        except BaseException as exc:
+            handed = {at for _, held in sent for at in held}
+            for at, future in enumerate(futures):
+                if at in handed or future.done():
+                    continue
+                if isinstance(exc, Exception):
+                    future.set_exception(exc)
+                else:
+                    future.cancel()
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            for batch, held in sent:
+                batch.add_done_callback(functools.partial(_settle, [futures[at] for at in held]))
+
+
+def unawaited(futures: Sequence[asyncio.Future[Any]]) -> None:
+    """Futures nobody will await (their call failed first): their outcome is taken, so a
+    failed one is not reported as never retrieved."""
+    for future in futures:
+        future.add_done_callback(_take_outcome)
+
+
+def _take_outcome(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+def _settle(futures: list[asyncio.Future[Any]], batch: asyncio.Future[Any]) -> None:
+    """Resolve the futures of a batch's records as the batch was."""
+    error = None if batch.cancelled() else batch.exception()
+    for future in futures:
+        if future.done():
+            continue  # its caller was cancelled
+        if batch.cancelled():
+            future.cancel()
+        elif error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(None)
+
+
+async def _partitions(producer: Any, topic: str) -> tuple[list[int], list[int]]:
+    """Every partition of ``topic`` (sorted) and those with a leader, once metadata has it."""
+    every = sorted(await producer.partitions_for(topic))
+    available = list(producer.client.cluster.available_partitions_for_topic(topic))
+    return every, available
+
+
+def _builders(
+    producer: Any, records: Sequence[Record], held: list[int]
+) -> list[tuple[Any, list[int]]]:
+    """The records at ``held`` written into batch builders, in order (a new builder when one
+    is full): each builder with the positions of its records."""
+    builder, mine = producer.create_batch(), list[int]()
+    batches = [(builder, mine)]
+    for at in held:
+        _, value, key, headers = records[at]
+        if builder.append(timestamp=None, key=key, value=value, headers=headers) is None:
+            builder, mine = producer.create_batch(), []
+            batches.append((builder, mine))
+            builder.append(timestamp=None, key=key, value=value, headers=headers)
+        mine.append(at)
+    return batches
