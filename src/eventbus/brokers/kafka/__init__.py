@@ -33,8 +33,8 @@ are created by the broker's auto-creation when first touched (at subscribe); a c
 
 The package: this module (the broker: options, connect and close, publish, subscribe),
 :mod:`.topology` (topic names and configs), :mod:`.driver` (aiokafka's errors and headers),
-:mod:`.records` and :mod:`.batches` (publishing), :mod:`.consumer`, :mod:`.reader` and
-:mod:`.delivery` (consuming), :mod:`.deadletters` (the store).
+:mod:`.records`, :mod:`.batches` and :mod:`.partitioner` (publishing), :mod:`.consumer`,
+:mod:`.reader` and :mod:`.delivery` (consuming), :mod:`.deadletters` (the store).
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ from aiokafka.record.default_records import (  # type: ignore[import-untyped]
 )
 
 from eventbus.brokers.kafka.driver import Headers
+from eventbus.brokers.kafka.partitioner import KeyPartitioner
 from eventbus.errors import PublishError
 
 __all__ = ["PublishQueue", "Record", "RecordBatcher", "unawaited"]
@@ -39,6 +40,8 @@ Record = tuple[str, bytes | None, bytes | None, Headers]
 """A record to publish: topic, value, key, headers."""
 
 _estimate = DefaultRecordBatchBuilder.estimate_size_in_bytes
+_DEFAULTS = (KeyPartitioner, DefaultPartitioner)
+"""Partitioners that place a record without a key anywhere: the batcher takes turns instead."""
 
 
 class RecordBatcher:
@@ -51,8 +54,8 @@ class RecordBatcher:
 
     def __init__(self, producer_options: Mapping[str, Any]) -> None:
         partitioner = producer_options.get("partitioner")
-        self._partitioner = partitioner if partitioner is not None else DefaultPartitioner()
-        self._places_keyless = not isinstance(self._partitioner, DefaultPartitioner)
+        self._partitioner = partitioner if partitioner is not None else KeyPartitioner()
+        self._places_keyless = not isinstance(self._partitioner, _DEFAULTS)
         self._max_request_size = int(producer_options.get("max_request_size", 1048576))
         self._turn = itertools.count()
 
