@@ -130,7 +130,7 @@ class KafkaBroker:
         self._connected = 0
         self._consumers: set[KafkaConsumer] = set()
         self._dead = KafkaDeadLetters(self.settings, self)
-        self._batcher = RecordBatcher(self.settings.producer_options)
+        self._batcher = RecordBatcher(self.settings.producer_config())
         self._queue = PublishQueue(self._batcher)
 
     @property

@@ -47,16 +47,15 @@ _DEFAULTS = (KeyPartitioner, DefaultPartitioner)
 class RecordBatcher:
     """Hands records to one producer as per-partition batches (see the module documentation).
 
-    ``producer_options`` are the producer's: its ``partitioner`` (if any) places keyed
-    records, and every record when it is not aiokafka's default, and ``max_request_size``
-    bounds a record.
+    ``producer_config`` is what the producer is built from (``Settings.producer_config``):
+    its ``partitioner`` places keyed records, and every record when it is not one of the
+    defaults, and its ``max_request_size`` bounds a record.
     """
 
-    def __init__(self, producer_options: Mapping[str, Any]) -> None:
-        partitioner = producer_options.get("partitioner")
-        self._partitioner = partitioner if partitioner is not None else KeyPartitioner()
+    def __init__(self, producer_config: Mapping[str, Any]) -> None:
+        self._partitioner = producer_config["partitioner"]
         self._places_keyless = not isinstance(self._partitioner, _DEFAULTS)
-        self._max_request_size = int(producer_options.get("max_request_size", 1048576))
+        self._max_request_size = int(producer_config["max_request_size"])
         self._turn = itertools.count()
 
     async def send(
