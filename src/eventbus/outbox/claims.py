@@ -32,7 +32,8 @@ back are found once per claim (the first per key), not looked up again for each 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import namedtuple
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -47,6 +48,8 @@ _UNTIL: sa.BindParameter[float] = sa.bindparam("until", type_=sa.Double())
 _TOKEN = sa.bindparam("token", type_=sa.String())
 _LIMIT = sa.bindparam("limit", type_=sa.Integer())
 _WINDOW = sa.bindparam("window", type_=sa.BigInteger())
+_BELOW = sa.bindparam("below", type_=sa.BigInteger())
+_KEYS: sa.BindParameter[Any] = sa.bindparam("keys", expanding=True)
 EVERY_ROW = 2**62
 """The window of a claim that looks at every row (positions stay far below it)."""
 
@@ -61,6 +64,14 @@ class Statements:
         # Built once: it is a large statement, and building it anew costs more CPU than a
         # round's other statements together.
         self._claim = self._build_claim()
+        self._first_unclaimed = self._build_first_unclaimed()
+        # A claimed row's columns by name: a SQLAlchemy Row's attribute lookup costs about ten
+        # times a named tuple's, and the relay reads each row's columns several times.
+        self._row: Any = namedtuple("ClaimedRow", [c.key for c in table.c], rename=True)  # type: ignore[misc]
+
+    def rows(self, result: Iterable[Any]) -> list[Any]:
+        """The rows of a claim, as named tuples, in position order."""
+        return sorted(map(self._row._make, result), key=_position)
 
     def _claimable(self, t: Any, now: Any) -> sa.ColumnElement[bool]:
         return sa.and_(
@@ -123,18 +134,24 @@ class Statements:
             .prefix_with("MATERIALIZED", dialect="postgresql")
         )
 
-    def first_unclaimed(self, token: str, keys: Sequence[str], below: int) -> sa.Select[Any]:
+    def first_unclaimed(
+        self, token: str, keys: Sequence[str], below: int
+    ) -> tuple[sa.Select[Any], dict[str, Any]]:
         """Per key, the first row still waiting that this claim does not hold, before position
         ``below`` (the last claimed row's; later ones cannot matter): a claimed row after it
-        must not go before it (another relay won it meanwhile)."""
+        must not go before it (another relay won it meanwhile). The statement and its
+        parameters."""
+        return self._first_unclaimed, {"token": token, "keys": list(keys), "below": below}
+
+    def _build_first_unclaimed(self) -> sa.Select[Any]:
         t = self.t
         return (
             sa.select(t.c.aggregateid, sa.func.min(t.c.position))
             .where(
-                t.c.aggregateid.in_(keys),
-                t.c.position < below,
+                t.c.aggregateid.in_(_KEYS),
+                t.c.position < _BELOW,
                 t.c.state.in_((PENDING, DEAD)),
-                sa.or_(t.c.lease_token.is_(None), t.c.lease_token != token),
+                sa.or_(t.c.lease_token.is_(None), t.c.lease_token != _TOKEN),
             )
             .group_by(t.c.aggregateid)
         )
@@ -188,3 +205,7 @@ class Statements:
             .scalar_subquery()
         )
         return sa.delete(t).where(t.c.position.in_(old))
+
+
+def _position(row: Any) -> int:
+    return int(row.position)

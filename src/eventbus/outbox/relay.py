@@ -174,7 +174,7 @@ class OutboxRelay(Lifecycle):
         self, connection: Any, token: str, now: float, limit: int, window: int | None
     ) -> list[Any]:
         statement, parameters = self._sql.claim(token, now, now + self.lease, limit, window)
-        return sorted((await connection.execute(statement, parameters)).all(), key=_position)
+        return self._sql.rows(await connection.execute(statement, parameters))
 
     async def _held_back(self, connection: Any, token: str, rows: list[Any]) -> list[Any]:
         """Ordered mode: claimed rows whose key has an earlier row this claim does not hold."""
@@ -183,8 +183,8 @@ class OutboxRelay(Lifecycle):
         keys = sorted({r.aggregateid for r in rows if r.aggregateid is not None})
         if not keys:
             return []
-        query = self._sql.first_unclaimed(token, keys, rows[-1].position)
-        first = dict((await connection.execute(query)).all())
+        query, parameters = self._sql.first_unclaimed(token, keys, rows[-1].position)
+        first = dict((await connection.execute(query, parameters)).all())
         return [r for r in rows if r.aggregateid in first and r.position > first[r.aggregateid]]
 
     async def _publish(self, rows: list[Any]) -> tuple[list[Any], list[tuple[Any, str]], list[Any]]:
