@@ -49,6 +49,7 @@ __all__ = [
     "binary_headers",
     "decode",
     "from_binary",
+    "from_stored",
     "from_structured",
     "is_json_content_type",
     "new_envelope",
@@ -336,6 +337,12 @@ def from_binary(
         raise
     except Exception as exc:  # decoding is total: whatever the input, a DecodeError
         raise _undecodable(exc) from exc
+
+
+def from_stored(headers: str | bytes, body: bytes) -> Envelope:
+    """An envelope kept in a table row (outbox, event store): its binary-mode headers as one
+    JSON object, and its data. Unreadable: a :class:`DecodeError`."""
+    return from_binary(loads(headers, "the stored headers column")[0], body)
 
 
 def _header_attribute(name: str) -> str | None:

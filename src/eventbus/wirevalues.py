@@ -119,11 +119,12 @@ def dumps(value: Any) -> bytes:
     return pydantic_core.to_json(value)
 
 
-def loads(body: bytes | str) -> tuple[Any, bool]:
+def loads(body: bytes | str, what: str = "structured CloudEvent") -> tuple[Any, bool]:
     """``(document, strict)``: JSON parsed by pydantic-core (several times the standard
     library's speed), which refuses escaped lone surrogates (``strict``); what it refuses
     (those, nesting over 200 deep) is parsed again by the standard library, so that exactly
-    the documents ``json`` accepts are accepted, and the caller checks the surrogates."""
+    the documents ``json`` accepts are accepted, and the caller checks the surrogates. Not
+    JSON: a :class:`DecodeError` saying that ``what`` is not."""
     try:
         return pydantic_core.from_json(body), True
     except ValueError:
@@ -131,7 +132,7 @@ def loads(body: bytes | str) -> tuple[Any, bool]:
     try:
         return json.loads(body), False
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise DecodeError(f"structured CloudEvent is not valid JSON: {exc}") from exc
+        raise DecodeError(f"{what} is not valid JSON: {exc}") from exc
 
 
 def refuse_lone_surrogates(document: Mapping[str, Any]) -> None:

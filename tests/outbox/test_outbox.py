@@ -230,6 +230,30 @@ async def test_a_poison_row_is_retried_then_dead_and_stops_only_its_key(
     assert await dead.list() == []
 
 
+async def test_a_row_whose_headers_cannot_be_read_is_dead_and_stops_only_its_key(
+    engine: AsyncEngine, outbox: Outbox
+) -> None:
+    bus = bus_for(outbox)
+    async with bus:
+        await stage(engine, bus, (1, "broken"), (2, "broken"), (3, "fine"))
+        async with engine.begin() as connection:  # say, edited by hand and cut short
+            await connection.execute(
+                sa.update(outbox.table)
+                .where(outbox.table.c.position == 1)
+                .values(headers='{"ce_id": "1", "ce_sou')
+            )
+        relay = OutboxRelay(engine, bus, outbox=outbox, max_attempts=1)
+        assert await relay.run_once() == 1
+        assert sent(bus) == [("fine", 3)]
+        [record] = await outbox.dead_letters(engine).list()
+        assert "the staged row cannot be read: the stored headers column is not valid JSON" in (
+            record.error_message
+        )
+        assert (record.body, record.headers) == (b'{"n":1,"text":""}', {})
+        backlog = await outbox.backlog(engine)
+        assert (backlog.pending, backlog.dead, backlog.held_keys) == (1, 1, 1)
+
+
 async def test_published_rows_can_be_kept_for_a_retention(
     engine: AsyncEngine, outbox: Outbox
 ) -> None:

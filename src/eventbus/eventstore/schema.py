@@ -21,7 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite
 
-from eventbus.envelope import Envelope, from_binary, to_binary
+from eventbus.envelope import Envelope, from_stored, to_binary
 
 __all__ = ["envelope_of", "events_table", "row_of"]
 
@@ -61,4 +61,4 @@ def row_of(stream_id: str, version: int, envelope: Envelope) -> dict[str, Any]:
 
 def envelope_of(row: Any) -> Envelope:
     """The stored envelope, unchanged (same id, time and attributes)."""
-    return from_binary(json.loads(row.headers), bytes(row.data))
+    return from_stored(row.headers, bytes(row.data))

@@ -80,10 +80,20 @@ def _record(row: Any) -> DeadLetterRecord:
         error_type="",
         error_message=row.last_error or "",
         attempts=row.attempts,
-        headers=json.loads(row.headers),
+        headers=_headers(row.headers),
         body=bytes(row.payload),
         event_id=row.id,
         event_type=row.type,
         traceparent=row.traceparent,
         first_failure_at=datetime.fromtimestamp(row.created_at, timezone.utc),
     )
+
+
+def _headers(stored: str) -> dict[str, Any]:
+    """The staged headers, or none when the column no longer holds a JSON object (the
+    record's error message says so; the row itself is kept as it is)."""
+    try:
+        headers = json.loads(stored)
+    except ValueError:
+        return {}
+    return headers if isinstance(headers, dict) else {}

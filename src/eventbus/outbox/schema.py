@@ -30,7 +30,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite
 
-from eventbus.envelope import Envelope, from_binary, to_binary
+from eventbus.envelope import Envelope, from_stored, to_binary
 
 __all__ = [
     "DEAD",
@@ -105,4 +105,4 @@ def row_of(destination: str, envelope: Envelope, now: float) -> dict[str, Any]:
 
 def envelope_of(row: Any) -> Envelope:
     """The staged envelope of an outbox row, unchanged (same id, time and attributes)."""
-    return from_binary(json.loads(row.headers), bytes(row.payload))
+    return from_stored(row.headers, bytes(row.payload))
