@@ -34,6 +34,7 @@ from eventbus.envelope import Envelope, from_stored, to_binary
 
 __all__ = [
     "DEAD",
+    "FILLFACTOR",
     "PENDING",
     "PUBLISHED",
     "envelope_of",
@@ -47,7 +48,24 @@ PENDING, PUBLISHED, DEAD = "pending", "published", "dead"
 _POSITION = sa.BigInteger().with_variant(sqlite.INTEGER(), "sqlite")  # SQLite's rowid alias
 
 
+FILLFACTOR = 45
+"""On PostgreSQL, how full (in percent) inserts leave the outbox table's pages. A claim writes
+every claimed row again (its lease); with room left on the row's page PostgreSQL writes the new
+version there without touching the indexes (a HOT update: no lease column is indexed), which
+halves a claim's time on a backlog. The price is a backlog's rows taking about twice the pages.
+Below 50 so that a page of small rows, each written again in one claim, still has room for all
+of them."""
+
+
 def outbox_table(metadata: sa.MetaData, name: str, schema: str | None = None) -> sa.Table:
+    table = _outbox_columns(metadata, name, schema)
+    statement = f"ALTER TABLE %(fullname)s SET (fillfactor = {FILLFACTOR})"
+    fillfactor = sa.DDL(statement)  # type: ignore[no-untyped-call]
+    sa.event.listen(table, "after_create", fillfactor.execute_if(dialect="postgresql"))
+    return table
+
+
+def _outbox_columns(metadata: sa.MetaData, name: str, schema: str | None) -> sa.Table:
     return sa.Table(
         name,
         metadata,
