@@ -67,7 +67,8 @@ class Statements:
         self._first_unclaimed = self._build_first_unclaimed()
         # A claimed row's columns by name: a SQLAlchemy Row's attribute lookup costs about ten
         # times a named tuple's, and the relay reads each row's columns several times.
-        self._row: Any = namedtuple("ClaimedRow", [c.key for c in table.c], rename=True)  # type: ignore[misc]
+        columns = [c.key for c in table.c]
+        self._row: Any = namedtuple("ClaimedRow", columns, rename=True)  # type: ignore[misc]
 
     def rows(self, result: Iterable[Any]) -> list[Any]:
         """The rows of a claim, as named tuples, in position order."""
