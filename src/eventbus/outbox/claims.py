@@ -40,7 +40,7 @@ import sqlalchemy as sa
 
 from eventbus.outbox.schema import DEAD, PENDING, PUBLISHED
 
-__all__ = ["Statements"]
+__all__ = ["Statements", "in_position_order"]
 
 
 _NOW: sa.BindParameter[float] = sa.bindparam("now", type_=sa.Double())
@@ -72,7 +72,7 @@ class Statements:
 
     def rows(self, result: Iterable[Any]) -> list[Any]:
         """The rows of a claim, as named tuples, in position order."""
-        return sorted(map(self._row._make, result), key=_position)
+        return in_position_order(map(self._row._make, result))
 
     def _claimable(self, t: Any, now: Any) -> sa.ColumnElement[bool]:
         return sa.and_(
@@ -206,6 +206,11 @@ class Statements:
             .scalar_subquery()
         )
         return sa.delete(t).where(t.c.position.in_(old))
+
+
+def in_position_order(rows: Iterable[Any]) -> list[Any]:
+    """Claimed rows sorted by ``position`` (the order they are published in)."""
+    return sorted(rows, key=_position)
 
 
 def _position(row: Any) -> int:

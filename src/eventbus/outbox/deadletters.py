@@ -8,7 +8,6 @@ group of such a record is ``"outbox"``: the event never reached a consumer group
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
@@ -17,8 +16,9 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from eventbus.deadletters import DeadLetterRecord
-from eventbus.errors import DeadLetterNotFound
+from eventbus.errors import DeadLetterNotFound, DecodeError
 from eventbus.outbox.schema import DEAD, PENDING
+from eventbus.wirevalues import loads
 
 __all__ = ["OUTBOX_GROUP", "OutboxDeadLetters"]
 
@@ -93,7 +93,7 @@ def _headers(stored: str) -> dict[str, Any]:
     """The staged headers, or none when the column no longer holds a JSON object (the
     record's error message says so; the row itself is kept as it is)."""
     try:
-        headers = json.loads(stored)
-    except ValueError:
+        headers, _ = loads(stored)
+    except DecodeError:
         return {}
     return headers if isinstance(headers, dict) else {}

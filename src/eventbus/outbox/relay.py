@@ -32,7 +32,7 @@ from eventbus.bus import EventBus
 from eventbus.envelope import Envelope
 from eventbus.errors import BrokerUnavailable, ConfigurationError, DecodeError, EventBusError
 from eventbus.lifecycle import Lifecycle
-from eventbus.outbox.claims import Statements
+from eventbus.outbox.claims import Statements, in_position_order
 from eventbus.outbox.schema import envelope_of
 from eventbus.outbox.store import Outbox
 from eventbus.outbox.wakeup import Wakeup
@@ -166,8 +166,8 @@ class OutboxRelay(Lifecycle):
             if len(rows) == limit:
                 return rows, await self._held_back(connection, token, rows)
         async with self.engine.begin() as connection:
-            rows += await self._lease(connection, token, now, limit - len(rows), None)
-            rows.sort(key=_position)
+            more = await self._lease(connection, token, now, limit - len(rows), None)
+            rows = in_position_order([*rows, *more])
             return rows, await self._held_back(connection, token, rows)
 
     async def _lease(
@@ -279,10 +279,6 @@ class OutboxRelay(Lifecycle):
     async def _write(self, statement: Any) -> None:
         async with self.engine.begin() as connection:
             await connection.execute(statement)
-
-
-def _position(row: Any) -> int:
-    return int(row.position)
 
 
 def _log_failure(row: Any, error: str, dead: bool, delay: float, ordered: bool) -> None:
