@@ -283,16 +283,19 @@ class EventBus(Lifecycle):
         batch with nothing sent. ``correlation_id`` is given to all of them; ``session``
         stages them all in that transaction (see :meth:`publish`).
         """
-        envelopes = []
+        messages = []
+        factory = self._envelope
         prepare = self._prepare if self.publish_middleware else None  # else nothing to await
+        limit, destinations = factory.max_message_bytes, factory.destinations
         for item in events:
             event, key = item if isinstance(item, tuple) else (item, None)
-            envelope = self._envelope(event, key, None, None, correlation_id)
+            envelope = factory(event, key, None, None, correlation_id)
             if prepare is not None:
                 envelope = await prepare(envelope)
-            envelopes.append(self._envelope.check_size(envelope))
-        destination = self._envelope.destination
-        messages = [(destination(e), e) for e in envelopes]
+            if len(envelope.data) > limit:
+                factory.check_size(envelope)  # raises, naming the limit
+            kind = envelope.type  # factory.destination() written out, once per event
+            messages.append((destinations.get(kind, kind), envelope))
         token = staging_session.set(session) if session is not None else None
         try:
             sent = await self._send_batch(messages)

@@ -62,20 +62,7 @@ def _upcasting(invoke: Next, model: type[Event], upcasters: Upcasters) -> Next:
 def _invoker(sub: Subscription) -> Next:
     spec = sub.handler
     func, model, wants_context = spec.func, spec.model, spec.wants_context
-    validate = model.model_validate_json if model is not None else None
-
-    def argument(ctx: Context) -> Any:
-        if validate is None:
-            return ctx.envelope
-        try:
-            ctx.event = event = validate(ctx.envelope.data)
-        except ValidationError as exc:
-            raise PayloadValidationError(
-                f"event {ctx.envelope.id} of type {ctx.envelope.type!r} does not match "
-                f"{model.__name__ if model else ''}: {exc}"
-            ) from exc
-        return event
-
+    argument = _envelope if model is None else _validator(model)
     if not spec.is_async:
         return _in_thread(func, argument, wants_context)
     # The handler's own coroutine is returned for the caller to await: no coroutine of ours
@@ -86,11 +73,50 @@ def _invoker(sub: Subscription) -> Next:
             return func(argument(ctx), ctx)  # type: ignore[no-any-return]
 
         return with_context
+    if model is None:
 
+        def raw(ctx: Context) -> Awaitable[None]:
+            return func(ctx.envelope)  # type: ignore[no-any-return]
+
+        return raw
+
+    # The common handler, ``async def handle(event: Model)``: validated and called in one
+    # link. The model's own validator is called directly (``model_validate_json`` is a
+    # Python wrapper around it that this path would pay for on every delivery); it is looked
+    # up on each call, so a model completed after subscribing is validated by its final schema.
     def plain(ctx: Context) -> Awaitable[None]:
-        return func(argument(ctx))  # type: ignore[no-any-return]
+        try:
+            ctx.event = event = model.__pydantic_validator__.validate_json(ctx.envelope.data)
+        except ValidationError as exc:
+            raise _mismatch(ctx, model, exc) from exc
+        return func(event)  # type: ignore[no-any-return]
 
     return plain
+
+
+def _envelope(ctx: Context) -> Any:
+    """The link's argument for a handler that takes the envelope itself."""
+    return ctx.envelope
+
+
+def _validator(model: type[Event]) -> Callable[[Context], Any]:
+    """The link's argument: the payload validated into ``model`` (and kept as ``ctx.event``)."""
+
+    def argument(ctx: Context) -> Any:
+        try:
+            ctx.event = event = model.__pydantic_validator__.validate_json(ctx.envelope.data)
+        except ValidationError as exc:
+            raise _mismatch(ctx, model, exc) from exc
+        return event
+
+    return argument
+
+
+def _mismatch(ctx: Context, model: type[Event], exc: ValidationError) -> PayloadValidationError:
+    return PayloadValidationError(
+        f"event {ctx.envelope.id} of type {ctx.envelope.type!r} does not match "
+        f"{model.__name__}: {exc}"
+    )
 
 
 def _in_thread(

@@ -79,18 +79,22 @@ class EnvelopeFactory:
             _check_correlation_id(correlation_id)
         elif parent is not None:
             correlation_id = parent.correlationid or parent.id
-        return new_envelope(
-            id=event_id,
-            type=event_type,
-            source=self.service,
-            data=data,
-            time=datetime.now(_UTC),
-            subject=subject,
-            partitionkey=None if key is None else str(key),
-            correlationid=correlation_id or event_id,
-            causationid=parent.id if parent else None,
-            dataversion=event_version,
-            extensions=self._check_headers(headers) if headers else _NO_EXTENSIONS,
+        return new_envelope(  # positional (keywords cost a dict per call): in its order
+            event_id,
+            event_type,
+            self.service,
+            data,
+            datetime.now(_UTC),
+            subject,
+            "application/json",
+            None,  # dataschema
+            None if key is None else str(key),
+            correlation_id or event_id,
+            parent.id if parent else None,
+            event_version,
+            None,  # traceparent, tracestate: set by the tracing middleware
+            None,
+            self._check_headers(headers) if headers else _NO_EXTENSIONS,
         )
 
     def destination(self, envelope: Envelope) -> str:
