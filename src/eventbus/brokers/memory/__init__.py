@@ -166,6 +166,22 @@ class MemoryBroker:
     async def publish(self, destination: str, envelope: Envelope) -> None:
         if not self._connected:
             raise BusNotStarted("the memory broker is not connected; start the bus first")
+        if self._put(destination, envelope) > _YIELD_BACKLOG and not self._publishes % YIELD_EVERY:
+            await asyncio.sleep(0)  # let consumers catch up, as a network round trip would
+
+    async def publish_batch(self, messages: Sequence[tuple[str, Envelope]]) -> None:
+        """Each message as :meth:`publish` would, without a coroutine of its own."""
+        if not self._connected:
+            raise BusNotStarted("the memory broker is not connected; start the bus first")
+        for destination, envelope in messages:
+            if (
+                self._put(destination, envelope) > _YIELD_BACKLOG
+                and not self._publishes % YIELD_EVERY
+            ):
+                await asyncio.sleep(0)
+
+    def _put(self, destination: str, envelope: Envelope) -> int:
+        """Route a published envelope and record it; returns the longest queue it joined."""
         backlog = self._route(
             Message(destination, envelope, None, envelope.partitionkey),
             envelope.type,
@@ -173,12 +189,7 @@ class MemoryBroker:
         )
         self.published.append(envelope)
         self._publishes += 1
-        if backlog > _YIELD_BACKLOG and not self._publishes % YIELD_EVERY:
-            await asyncio.sleep(0)  # let consumers catch up, as a network round trip would
-
-    async def publish_batch(self, messages: Sequence[tuple[str, Envelope]]) -> None:
-        for destination, envelope in messages:
-            await self.publish(destination, envelope)
+        return backlog
 
     async def send_raw(
         self,
@@ -200,8 +211,9 @@ class MemoryBroker:
             self._no_subscriber(message.destination, event_type, follow_up)
         backlog = 0
         for group_queue in queues:
-            group_queue.queue.put_nowait(message)
-            backlog = max(backlog, group_queue.queue.qsize())
+            size = group_queue.queue.put_nowait(message)
+            if size > backlog:
+                backlog = size
         return backlog
 
     def _no_subscriber(self, destination: str, event_type: str, follow_up: bool) -> None:

@@ -45,7 +45,7 @@ class MemoryConsumer:
             # redelivery) so a busy queue or a message nacked in a loop cannot starve the other
             # tasks of the event loop.
             taken += 1
-            message = queue.get_nowait() if queue.qsize() else await queue.get()
+            message = queue.take() or await queue.get()
             if message.attempt > 1 or taken % YIELD_EVERY == 0:
                 await asyncio.sleep(0)
             delivery = MemoryDelivery(self, next(self._tags), message)
@@ -104,7 +104,9 @@ class MemoryDelivery:
         return self._message.destination
 
     async def ack(self) -> None:
-        self._consumer._settle(self)
+        consumer = self._consumer  # _settle written out: every handled message comes here
+        if consumer._unsettled.pop(self.tag, None) is not None:
+            consumer._group_queue.unacked -= 1
 
     async def nack(self) -> None:
         if self._consumer._settle(self):

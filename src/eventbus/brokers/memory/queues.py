@@ -77,10 +77,13 @@ class _Queue:
     def qsize(self) -> int:
         return len(self._items)
 
-    def put_nowait(self, message: Message) -> None:
-        self._items.append(message)
+    def put_nowait(self, message: Message) -> int:
+        """Put ``message`` at the back; returns how many the queue now holds."""
+        items = self._items
+        items.append(message)
         if self._getters:
             self._wake()
+        return len(items)
 
     def put_front(self, message: Message) -> None:
         self._items.insert(self._front, message)
@@ -88,12 +91,19 @@ class _Queue:
         if self._getters:
             self._wake()
 
-    def get_nowait(self) -> Message:
+    def take(self) -> Message | None:
+        """The first message, or None when the queue is empty (never waits)."""
         if not self._items:
-            raise asyncio.QueueEmpty
+            return None
         if self._front:
             self._front -= 1
         return self._items.popleft()
+
+    def get_nowait(self) -> Message:
+        message = self.take()
+        if message is None:
+            raise asyncio.QueueEmpty
+        return message
 
     async def get(self) -> Message:
         while not self._items:
