@@ -139,12 +139,12 @@ class KafkaConsumer(Settling):
     # ---------------------------------------------------------------- committing
     def settle(self, delivery: KafkaDelivery) -> None:
         """``delivery`` is done: its offset may be committed."""
-        reader = self._reader(delivery.tp)
-        part = delivery.partition
-        if reader.parts.get(delivery.tp) is not part:
+        tp, part = delivery.tp, delivery.partition
+        reader = self.retries if tp.topic in self._retry_set else self.main  # _reader(tp)
+        if reader.parts.get(tp) is not part:
             return  # revoked meanwhile: the new owner handles it again; never commit it
         part.inflight.discard(delivery.offset)
-        self._dirty.add(delivery.tp)
+        self._dirty.add(tp)
         reader.settled.set()
         self._wake.set()
 

@@ -150,7 +150,8 @@ class KafkaDelivery:
         return not done
 
     async def ack(self) -> None:
-        if self._claim():
+        if not self._done:  # _claim() written out: every handled record comes here
+            self._done = True
             self._consumer.settle(self)
 
     async def nack(self) -> None:
