@@ -26,7 +26,6 @@ from eventbus.types import PublishBatchNext, PublishMiddleware, PublishNext, Pub
 __all__ = [
     "EnvelopeFactory",
     "batch_chain",
-    "encode",
     "new_event_id",
     "passthrough",
     "publish_chain",
@@ -72,8 +71,18 @@ class EnvelopeFactory:
             self.destinations.setdefault(cls.event_type, cls.destination())
             known = self._classes[cls] = (cls.event_type, cls.event_version)
         event_type, event_version = known
-        data = encode(event)
-        event_id = new_event_id()
+        # The payload as JSON, refusing what JSON cannot carry (PublishError, nothing sent).
+        # ``Event`` writes NaN and infinities as the bare constants ``NaN``/``Infinity`` (not
+        # JSON), so a payload is only parsed again in the rare case those letters occur in it
+        # (looking for the bytes ``N`` and ``I`` first: a search for one byte is a memchr,
+        # several times cheaper than a search for a word).
+        try:
+            data = event.__pydantic_serializer__.to_json(event)
+        except PydanticSerializationError as exc:
+            raise _cannot_encode(event, exc) from exc
+        if _N in data or _I in data:
+            _refuse_constants(event, data)
+        event_id = next(_ids, None) or _more_ids()  # new_event_id(), without a call of its own
         parent = current_envelope.get()
         if correlation_id is not None:
             _check_correlation_id(correlation_id)
@@ -133,31 +142,23 @@ _N, _I = ord("N"), ord("I")
 """The first bytes of ``NaN`` and ``Infinity``, looked for before the words themselves."""
 
 
-def encode(event: Event) -> bytes:
-    """The event as JSON; refuses what JSON cannot carry (PublishError, nothing sent).
+def _cannot_encode(event: Event, exc: Exception) -> PublishError:
+    return PublishError(f"cannot encode {type(event).__name__} as JSON: {exc}; nothing was sent")
 
-    ``Event`` writes NaN and infinities as the bare constants ``NaN``/``Infinity`` (not JSON),
-    so a payload is only parsed again in the rare case those letters occur in it (looking for
-    the bytes ``N`` and ``I`` first: a search for one byte is a ``memchr``, several times
-    cheaper than a search for a word).
-    """
+
+def _refuse_constants(event: Event, data: bytes) -> None:
+    """PublishError when ``data`` holds a bare ``NaN`` or ``Infinity`` (not JSON)."""
+    if b"NaN" not in data and b"Infinity" not in data:
+        return
     try:
-        data = event.__pydantic_serializer__.to_json(event)
-    except PydanticSerializationError as exc:
+        json.loads(data, parse_constant=_refuse_constant)
+    except ValueError as exc:
         raise PublishError(
-            f"cannot encode {type(event).__name__} as JSON: {exc}; nothing was sent"
-        ) from exc
-    if (_N in data or _I in data) and (b"NaN" in data or b"Infinity" in data):
-        try:
-            json.loads(data, parse_constant=_refuse_constant)
-        except ValueError as exc:
-            raise PublishError(
-                f"cannot encode {type(event).__name__} as JSON: {exc}; nothing was sent. To "
-                "send NaN and infinities on purpose, give the event model_config = "
-                "ConfigDict(ser_json_inf_nan='strings'): they travel as the strings 'NaN', "
-                "'Infinity' and '-Infinity' and validate back into floats"
-            ) from None
-    return data
+            f"cannot encode {type(event).__name__} as JSON: {exc}; nothing was sent. To "
+            "send NaN and infinities on purpose, give the event model_config = "
+            "ConfigDict(ser_json_inf_nan='strings'): they travel as the strings 'NaN', "
+            "'Infinity' and '-Infinity' and validate back into floats"
+        ) from None
 
 
 def _refuse_constant(name: str) -> Any:
@@ -188,9 +189,7 @@ def new_event_id() -> str:
     of a template that holds the dashes. Handing one out takes the next of a list (safe
     across threads); a forked child drops the ones made, so parent and child never share.
     """
-    for event_id in _ids:
-        return event_id
-    return _more_ids()
+    return next(_ids, None) or _more_ids()
 
 
 def _more_ids() -> str:
