@@ -15,12 +15,13 @@ from eventbus import (
     Event,
     EventBus,
     PermanentError,
+    RetryLater,
     Router,
 )
 from eventbus.brokers.memory import MemoryBroker
 from eventbus.clock import FakeClock
 from eventbus.consume import SETTLE_RETRY_PAUSES
-from eventbus.middleware import Retry
+from eventbus.middleware import Retry, current_try
 from eventbus.testing import wait_until
 
 pytestmark = pytest.mark.anyio
@@ -248,3 +249,82 @@ async def test_an_unexpected_error_in_the_policy_loses_nothing(
 
 async def _refuse(event: Job) -> None:
     raise PermanentError("no")
+
+
+# The bus runs a chain whose outermost link is a Retry without that link's coroutine (its first
+# try in the consume policy's own); these check that a Retry behaves the same wherever it is.
+RETRY_PLACES = ["retry outermost", "retry behind a middleware", "retry before a middleware"]
+
+
+def _chain(place: str, retry: Retry) -> tuple[list[Any], Mark, Mark]:
+    """The bus chain for ``place``, with the middleware outside and inside the retry."""
+    outer, inner = Mark(), Mark()
+    if place == "retry outermost":
+        return [retry], outer, inner
+    if place == "retry behind a middleware":
+        return [outer, retry], outer, inner
+    return [retry, inner], outer, inner
+
+
+@pytest.mark.parametrize("place", RETRY_PLACES)
+async def test_a_transient_failure_is_retried_in_process_wherever_the_retry_is(
+    place: str,
+) -> None:
+    clock, router, tries = FakeClock(), Router(), list[int]()
+    chain, outer, inner = _chain(place, Retry(tries=3, backoff=1, jitter=0, delays=(5,)))
+
+    @router.subscribe(Job, group="g")
+    async def handle(event: Job, ctx: Context) -> None:
+        tries.append(current_try(ctx))
+        if len(tries) < 3:
+            raise RuntimeError("down for now")
+
+    async with EventBus("memory://", routers=[router], middleware=chain, clock=clock) as bus:
+        await bus.publish(Job(n=1))
+        await bus.drain()  # advances the fake clock through the two backoffs
+        assert await bus.dead_letters.list(group="g") == []
+        assert bus.broker.pending() == {"queued": 0, "unsettled": 0, "delayed": 0}
+    assert tries == [1, 2, 3]
+    # A middleware outside the retry sees the delivery once, one inside it sees every try.
+    expected = {"retry outermost": (0, 0), "retry behind a middleware": (1, 0)}
+    assert (outer.calls, inner.calls) == expected.get(place, (0, 3))
+
+
+@pytest.mark.parametrize("place", RETRY_PLACES)
+async def test_a_permanent_error_and_retry_later_pass_the_retry_wherever_it_is(
+    place: str,
+) -> None:
+    clock, router, seen = FakeClock(), Router(), list[tuple[int, int]]()
+    chain, _, _ = _chain(place, Retry(tries=3, backoff=1, jitter=0, delays=(5,)))
+
+    @router.subscribe(Job, group="g")
+    async def handle(event: Job, ctx: Context) -> None:
+        seen.append((event.n, ctx.attempt))
+        if event.n == 1:
+            raise PermanentError("never")
+        if ctx.attempt == 1:
+            raise RetryLater(30)
+
+    async with EventBus("memory://", routers=[router], middleware=chain, clock=clock) as bus:
+        await bus.publish(Job(n=1))
+        await bus.publish(Job(n=2))
+        await bus.drain()
+        [record] = await bus.dead_letters.list(group="g")
+    assert record.reason == "permanent failure"
+    assert sorted(seen) == [(1, 1), (2, 1), (2, 2)]  # no in-process try for either
+
+
+@pytest.mark.parametrize("place", RETRY_PLACES)
+async def test_a_delivery_whose_tries_all_fail_is_redelivered_then_dead_wherever_the_retry_is(
+    place: str,
+) -> None:
+    clock, router, attempts = FakeClock(), Router(), list[int]()
+    chain, _, _ = _chain(place, Retry(tries=2, backoff=1, jitter=0, delays=(5,)))
+    router.subscribe(Job, group="g")(failing(attempts))
+    async with EventBus("memory://", routers=[router], middleware=chain, clock=clock) as bus:
+        await bus.publish(Job(n=1))
+        await bus.drain()
+        [record] = await bus.dead_letters.list(group="g")
+    assert attempts == [1, 1, 2, 2]
+    assert record.reason == "retries exhausted after 2 deliveries"
+    assert record.error_message == "down"

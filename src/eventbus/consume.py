@@ -47,7 +47,7 @@ from eventbus.errors import (
 )
 from eventbus.invoker import handler_invoker
 from eventbus.logfields import delivery_fields
-from eventbus.middleware.retry import Retry
+from eventbus.middleware.retry import TRY_STATE_KEY, Retry
 from eventbus.router import Subscription
 from eventbus.types import Clock, Delivery, SubscriptionView, UndecodableObserver
 from eventbus.upcasting import Upcasters
@@ -94,9 +94,29 @@ def build_chain(
             replaced.insert(len(bus_middleware), sub.retry)
         middleware = replaced
     chain: Next = handler_invoker(sub, upcasters)
-    for layer in reversed(middleware):
+    for layer in reversed(middleware[1:]):
         chain = _bind(layer, chain)
-    return chain
+    if not middleware:
+        return chain
+    outermost = middleware[0]
+    return _RetryFirst(outermost, chain) if type(outermost) is Retry else _bind(outermost, chain)
+
+
+class _RetryFirst:
+    """A chain whose outermost link is a ``Retry`` (the default chain, and any chain built on
+    it): called, it runs ``retry(ctx, inner)`` like any other link. :class:`SubscriptionHandler`
+    runs it without that link: the first try of ``inner`` in its own coroutine and, only if
+    that try failed, the rest of the tries (:meth:`Retry.after_first_try`). The same tries, in
+    the same order and the same task, and no coroutine of ``Retry``'s for the common case, a
+    first try that succeeds."""
+
+    __slots__ = ("inner", "retry")
+
+    def __init__(self, retry: Retry, inner: Next) -> None:
+        self.retry, self.inner = retry, inner
+
+    def __call__(self, ctx: Context) -> Awaitable[None]:
+        return self.retry(ctx, self.inner)
 
 
 class SubscriptionHandler:
@@ -107,7 +127,7 @@ class SubscriptionHandler:
     ``clock`` paces the retries of a settle that failed.
     """
 
-    __slots__ = ("_bus", "_chain", "_clock", "_delay", "_observers", "_sub", "run")
+    __slots__ = ("_bus", "_chain", "_clock", "_delay", "_observers", "_retry", "_sub", "run")
 
     def __init__(
         self,
@@ -120,6 +140,9 @@ class SubscriptionHandler:
         observers: Sequence[UndecodableObserver] = (),
     ) -> None:
         self._bus, self._sub, self._chain = bus, sub, chain
+        self._retry: Retry | None = None
+        if isinstance(chain, _RetryFirst):  # run below without the Retry link (see there)
+            self._retry, self._chain = chain.retry, chain.inner
         self._observers = tuple(observers)
         self._delay = redelivery_delay
         self._clock = clock
@@ -152,7 +175,17 @@ class SubscriptionHandler:
             ctx = Context(envelope, sub, self._bus, delivery, delivery.attempt, clock)
             token = current_envelope.set(envelope)
             try:
-                await self._chain(ctx)
+                retry = self._retry
+                if retry is None:
+                    await self._chain(ctx)
+                else:  # Retry.__call__ written out: its first try here, the rest in it
+                    ctx.state[TRY_STATE_KEY] = 1
+                    try:
+                        await self._chain(ctx)
+                    except (PermanentError, RetryLater):
+                        raise
+                    except Exception as exc:
+                        await retry.after_first_try(ctx, self._chain, exc)
             except asyncio.CancelledError:
                 await settle(delivery, delivery.nack, clock, retries=False, subscription=sub)
                 raise

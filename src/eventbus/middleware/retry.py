@@ -139,10 +139,12 @@ class Retry:
             raise
         except Exception as exc:
             first_error = exc
-        await self._retry(ctx, call_next, first_error)
+        await self.after_first_try(ctx, call_next, first_error)
 
-    async def _retry(self, ctx: Context, call_next: Next, first_error: Exception) -> None:
-        """Tries 2..``tries`` under tenacity; try 1 is replayed from ``first_error``."""
+    async def after_first_try(self, ctx: Context, call_next: Next, first_error: Exception) -> None:
+        """Tries 2..``tries`` under tenacity, after a first try of ``call_next`` that raised
+        ``first_error`` (not a ``PermanentError`` or ``RetryLater``); try 1 is replayed from it.
+        Returns when a try succeeds; raises as :meth:`__call__` does when none does."""
         clock = self.clock or ctx.clock
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.tries),
