@@ -99,6 +99,7 @@ class EventBus(Lifecycle):
         )
         # The instrumenting middleware's publish halves outermost, then publish_middleware.
         self._send = publish_chain(self._send_to_broker, (*self._sides, *self.publish_middleware))
+        self._send_direct = not (self._sides or self.publish_middleware)
         self._prepare = publish_chain(passthrough, self.publish_middleware)
         self._send_batch = batch_chain(self._batch_to_broker, self._sides)
 
@@ -263,6 +264,16 @@ class EventBus(Lifecycle):
         """
         envelope = self._envelope(event, key, headers, subject, correlation_id)
         if session is None:
+            factory = self._envelope
+            if (  # no publish middleware and nothing to check: _send_to_broker written out
+                self._send_direct
+                and self._started
+                and len(envelope.data) <= factory.max_message_bytes
+                and staging_session.get() is None
+            ):
+                kind = envelope.type
+                await self.broker.publish(factory.destinations.get(kind, kind), envelope)
+                return envelope
             return await self._send(envelope)
         token = staging_session.set(session)
         try:
