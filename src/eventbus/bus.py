@@ -13,8 +13,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from eventbus.brokers import from_url
+from eventbus.chain import build_chain, undecodable_observers
 from eventbus.clock import FakeClock
-from eventbus.consume import SubscriptionHandler, build_chain, undecodable_observers
+from eventbus.consume import SubscriptionHandler
 from eventbus.context import Middleware, staging_session
 from eventbus.deadletters import DeadLetterStore
 from eventbus.dispatch import SubscriptionRunner
@@ -264,16 +265,11 @@ class EventBus(Lifecycle):
         """
         envelope = self._envelope(event, key, headers, subject, correlation_id)
         if session is None:
-            factory = self._envelope
-            if (  # no publish middleware and nothing to check: _send_to_broker written out
-                self._send_direct
-                and self._started
-                and len(envelope.data) <= factory.max_message_bytes
-                and staging_session.get() is None
-            ):
-                kind = envelope.type
-                await self.broker.publish(factory.destinations.get(kind, kind), envelope)
-                return envelope
+            if self._send_direct and self._started and staging_session.get() is None:
+                factory = self._envelope  # _send_to_broker written out, without its coroutine
+                if len(envelope.data) <= factory.max_message_bytes:
+                    await self.broker.publish(factory.destination(envelope), envelope)
+                    return envelope
             return await self._send(envelope)
         token = staging_session.set(session)
         try:

@@ -30,8 +30,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from eventbus.chain import RetryFirst
 from eventbus.clock import SystemClock
-from eventbus.context import Context, Middleware, Next, Publisher, current_envelope
+from eventbus.context import Context, Next, Publisher, current_envelope
 from eventbus.deadletters import (
     FIRST_FAILURE_AT,
     MAX_ERROR_MESSAGE,
@@ -45,19 +46,15 @@ from eventbus.errors import (
     RetriesExhausted,
     RetryLater,
 )
-from eventbus.invoker import handler_invoker
 from eventbus.logfields import delivery_fields
 from eventbus.middleware.retry import TRY_STATE_KEY, Retry
 from eventbus.router import Subscription
 from eventbus.types import Clock, Delivery, SubscriptionView, UndecodableObserver
-from eventbus.upcasting import Upcasters
 
 __all__ = [
     "MAX_REDELIVERY_DELAY",
     "SETTLE_RETRY_PAUSES",
     "SubscriptionHandler",
-    "build_chain",
-    "undecodable_observers",
     "describe_failure",
     "release",
     "settle",
@@ -69,54 +66,6 @@ log = logging.getLogger("eventbus")
 _SYSTEM_CLOCK = SystemClock()
 MAX_REDELIVERY_DELAY = 60.0
 """The longest wait before redelivering an error that no middleware decided about."""
-
-
-def undecodable_observers(
-    sub: Subscription, bus_middleware: Sequence[Middleware]
-) -> list[UndecodableObserver]:
-    """The middleware of ``sub``'s chain that want to hear of undecodable messages."""
-    return [m for m in (*bus_middleware, *sub.middleware) if isinstance(m, UndecodableObserver)]
-
-
-def build_chain(
-    sub: Subscription, bus_middleware: Sequence[Middleware], upcasters: Upcasters | None = None
-) -> Next:
-    """The bus's middleware, then the subscription's, around the handler (first = outermost).
-
-    A subscription's ``retry=`` takes the place of every ``Retry`` in that chain; when there is
-    none (``middleware=()``, or a chain without one) it runs innermost of the bus's middleware,
-    so ``retry=`` always applies.
-    """
-    middleware: list[Any] = [*bus_middleware, *sub.middleware]
-    if sub.retry is not None:
-        replaced = [sub.retry if isinstance(m, Retry) else m for m in middleware]
-        if replaced == middleware:
-            replaced.insert(len(bus_middleware), sub.retry)
-        middleware = replaced
-    chain: Next = handler_invoker(sub, upcasters)
-    for layer in reversed(middleware[1:]):
-        chain = _bind(layer, chain)
-    if not middleware:
-        return chain
-    outermost = middleware[0]
-    return _RetryFirst(outermost, chain) if type(outermost) is Retry else _bind(outermost, chain)
-
-
-class _RetryFirst:
-    """A chain whose outermost link is a ``Retry`` (the default chain, and any chain built on
-    it): called, it runs ``retry(ctx, inner)`` like any other link. :class:`SubscriptionHandler`
-    runs it without that link: the first try of ``inner`` in its own coroutine and, only if
-    that try failed, the rest of the tries (:meth:`Retry.after_first_try`). The same tries, in
-    the same order and the same task, and no coroutine of ``Retry``'s for the common case, a
-    first try that succeeds."""
-
-    __slots__ = ("inner", "retry")
-
-    def __init__(self, retry: Retry, inner: Next) -> None:
-        self.retry, self.inner = retry, inner
-
-    def __call__(self, ctx: Context) -> Awaitable[None]:
-        return self.retry(ctx, self.inner)
 
 
 class SubscriptionHandler:
@@ -141,7 +90,7 @@ class SubscriptionHandler:
     ) -> None:
         self._bus, self._sub, self._chain = bus, sub, chain
         self._retry: Retry | None = None
-        if isinstance(chain, _RetryFirst):  # run below without the Retry link (see there)
+        if isinstance(chain, RetryFirst):  # run below without the Retry link (see there)
             self._retry, self._chain = chain.retry, chain.inner
         self._observers = tuple(observers)
         self._delay = redelivery_delay
@@ -456,12 +405,3 @@ def _name(delivery: Delivery) -> str:
 
 def _short(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc!s:.200}"
-
-
-def _bind(middleware: Any, call_next: Any) -> Any:
-    """``middleware`` with its ``call_next`` filled in (cheaper to call than a partial)."""
-
-    def layer(arg: Any) -> Any:
-        return middleware(arg, call_next)
-
-    return layer
