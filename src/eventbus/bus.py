@@ -293,7 +293,7 @@ class EventBus(Lifecycle):
         messages = []
         factory = self._envelope
         prepare = self._prepare if self.publish_middleware else None  # else nothing to await
-        limit, destinations = factory.max_message_bytes, factory.destinations
+        limit = factory.max_message_bytes
         for item in events:
             event, key = item if isinstance(item, tuple) else (item, None)
             envelope = factory(event, key, None, None, correlation_id)
@@ -301,8 +301,7 @@ class EventBus(Lifecycle):
                 envelope = await prepare(envelope)
             if len(envelope.data) > limit:
                 factory.check_size(envelope)  # raises, naming the limit
-            kind = envelope.type  # factory.destination() written out, once per event
-            messages.append((destinations.get(kind, kind), envelope))
+            messages.append((factory.destination(envelope), envelope))
         token = staging_session.set(session) if session is not None else None
         try:
             sent = await self._send_batch(messages)
@@ -341,7 +340,8 @@ class EventBus(Lifecycle):
             )
 
     async def _send_to_broker(self, envelope: Envelope) -> Envelope:
-        """The innermost link of the publish chain: to the broker, or into the outbox."""
+        """The innermost link of the publish chain: to the broker, or into the outbox
+        (:meth:`publish` does the same inline in its common case: change both together)."""
         factory = self._envelope
         if len(envelope.data) > factory.max_message_bytes:
             factory.check_size(envelope)

@@ -82,7 +82,7 @@ class EnvelopeFactory:
             raise _cannot_encode(event, exc) from exc
         if _N in data or _I in data:
             _refuse_constants(event, data)
-        event_id = next(_ids, None) or _more_ids()  # new_event_id(), without a call of its own
+        event_id = new_event_id()
         parent = current_envelope.get()
         if correlation_id is not None:
             _check_correlation_id(correlation_id)

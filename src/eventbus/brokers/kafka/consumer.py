@@ -140,7 +140,7 @@ class KafkaConsumer(Settling):
     def settle(self, delivery: KafkaDelivery) -> None:
         """``delivery`` is done: its offset may be committed."""
         tp, part = delivery.tp, delivery.partition
-        reader = self.retries if tp.topic in self._retry_set else self.main  # _reader(tp)
+        reader = self._reader(tp)
         if reader.parts.get(tp) is not part:
             return  # revoked meanwhile: the new owner handles it again; never commit it
         part.inflight.discard(delivery.offset)

@@ -150,8 +150,7 @@ class KafkaDelivery:
         return not done
 
     async def ack(self) -> None:
-        if not self._done:  # _claim() written out: every handled record comes here
-            self._done = True
+        if self._claim():
             self._consumer.settle(self)
 
     async def nack(self) -> None:

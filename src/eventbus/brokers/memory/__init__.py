@@ -166,7 +166,7 @@ class MemoryBroker:
     async def publish(self, destination: str, envelope: Envelope) -> None:
         if not self._connected:
             raise BusNotStarted("the memory broker is not connected; start the bus first")
-        if self._put(destination, envelope) > _YIELD_BACKLOG and not self._publishes % YIELD_EVERY:
+        if self._put(destination, envelope):
             await asyncio.sleep(0)  # let consumers catch up, as a network round trip would
 
     async def publish_batch(self, messages: Sequence[tuple[str, Envelope]]) -> None:
@@ -174,14 +174,12 @@ class MemoryBroker:
         if not self._connected:
             raise BusNotStarted("the memory broker is not connected; start the bus first")
         for destination, envelope in messages:
-            if (
-                self._put(destination, envelope) > _YIELD_BACKLOG
-                and not self._publishes % YIELD_EVERY
-            ):
+            if self._put(destination, envelope):
                 await asyncio.sleep(0)
 
-    def _put(self, destination: str, envelope: Envelope) -> int:
-        """Route a published envelope and record it; returns the longest queue it joined."""
+    def _put(self, destination: str, envelope: Envelope) -> bool:
+        """Route a published envelope and record it; returns whether the publisher should now
+        yield to the event loop (a queue it joined is over its backlog bound, see there)."""
         backlog = self._route(
             Message(destination, envelope, None, envelope.partitionkey),
             envelope.type,
@@ -189,7 +187,7 @@ class MemoryBroker:
         )
         self.published.append(envelope)
         self._publishes += 1
-        return backlog
+        return backlog > _YIELD_BACKLOG and not self._publishes % YIELD_EVERY
 
     async def send_raw(
         self,

@@ -104,9 +104,7 @@ class MemoryDelivery:
         return self._message.destination
 
     async def ack(self) -> None:
-        consumer = self._consumer  # _settle written out: every handled message comes here
-        if consumer._unsettled.pop(self.tag, None) is not None:
-            consumer._group_queue.unacked -= 1
+        self._consumer._settle(self)
 
     async def nack(self) -> None:
         if self._consumer._settle(self):
