@@ -33,10 +33,12 @@ from eventbus.brokers.redis.entries import (
     dead_letter_fields,
     decode_entry,
     headers_of,
+    own_entry,
 )
 from eventbus.brokers.redis.link import Link, failure, timeout
 from eventbus.brokers.redis.topology import Settings
 from eventbus.deadletters import DeadLetterRecord
+from eventbus.envelope import STRUCTURED_CONTENT_TYPE
 from eventbus.errors import BrokerUnavailable, EventBusError
 from eventbus.types import SubscriptionView
 
@@ -150,12 +152,11 @@ class RedisConsumer:
                 raise
             raise error from exc
         items = response.items() if isinstance(response, dict) else (response or [])
-        return [
-            self._deliver(text(stream), entry_id, fields, 1)
-            for stream, entries in items
-            for entry_id, fields in entries
-            if fields is not None
-        ]
+        deliveries = []
+        for stream, entries in items:
+            name = text(stream)
+            deliveries += [self._deliver(name, i, f, 1) for i, f in entries if f is not None]
+        return deliveries
 
     async def _claim_abandoned(self) -> list[RedisDelivery]:
         """``XAUTOCLAIM`` entries idle longer than ``claim_idle`` (their consumer is gone)."""
@@ -232,18 +233,12 @@ class RedisConsumer:
     ) -> None:
         """Run one settle script for ``delivery``, once; a retry-stream entry is also deleted.
 
-        A plain ack of a main-stream entry is queued for a batched ``XACK`` instead. The
+        (A plain ack of a main-stream entry is not a script: see :meth:`queue_ack`.) The
         delivery counts as unsettled until the script has run, so a failed settle can be
         tried again.
         """
         stream, entry_id = delivery.stream, delivery.entry_id
         if (stream, entry_id) not in self._unsettled:
-            return
-        if stream == self.main and script == "ack":
-            del self._unsettled[(stream, entry_id)]
-            # The reader sends the acks queued before its next read; one made while it reads is
-            # sent at once, as the reader may be waiting in a blocking read meanwhile.
-            self._acks.add(entry_id, send_now=self._reading)
             return
         drop = "1" if stream == self.retry else "0"
         async with self.link.call(f"{script} entry {entry_id} of {stream!r}"):
@@ -251,6 +246,13 @@ class RedisConsumer:
                 keys=[stream, *keys], args=[self.group, entry_id, drop, *args]
             )
         self._unsettled.pop((stream, entry_id), None)
+
+    def queue_ack(self, delivery: RedisDelivery) -> None:
+        """Queue a main-stream delivery's ``XACK`` (once): the reader sends the acks queued
+        before its next read; one made while it reads is sent at once, as the reader may be
+        waiting in a blocking read meanwhile."""
+        if self._unsettled.pop((delivery.stream, delivery.entry_id), None) is not None:
+            self._acks.add(delivery.entry_id, send_now=self._reading)
 
     def leave_pending(self, delivery: RedisDelivery) -> None:
         """Give up on settling ``delivery`` here: it stays pending in Redis and is read again
@@ -308,10 +310,16 @@ class RedisDelivery:
         self.stream = stream
         self.entry_id = entry_id
         self.body: bytes = fields.get(b"data", b"")
-        self.headers = headers_of(fields)
-        carried = read_carried(self.headers)
-        self.attempt: int = (carried.attempt or 1) + max(0, times_delivered - 1)
-        self.metadata = carried.metadata
+        self.attempt: int
+        if own_entry(fields):  # as published: its one header known, no attempt carried
+            self.headers: dict[str, str | bytes] = {"content-type": STRUCTURED_CONTENT_TYPE}
+            self.attempt = max(1, times_delivered)
+            self.metadata: dict[str, str] = {}
+        else:
+            self.headers = headers_of(fields)
+            carried = read_carried(self.headers)
+            self.attempt = (carried.attempt or 1) + max(0, times_delivered - 1)
+            self.metadata = carried.metadata
         self.envelope, self.decode_error = decode_entry(self.headers, self.body)
 
     @property
@@ -323,7 +331,11 @@ class RedisDelivery:
         return copy_fields(self.headers, self.body, attempt, self.metadata)
 
     async def ack(self) -> None:
-        await self._consumer.settle(self, "ack", [], [])
+        consumer = self._consumer
+        if self.stream == consumer.main:  # a batched XACK: no script, no round trip here
+            consumer.queue_ack(self)
+        else:
+            await consumer.settle(self, "ack", [], [])
 
     async def nack(self) -> None:
         """Requeued to the group's retry stream, counted (the handler was cancelled)."""

@@ -32,6 +32,7 @@ __all__ = [
     "decode_entry",
     "foreign",
     "headers_of",
+    "own_entry",
     "published",
     "replayed_fields",
 ]
@@ -47,6 +48,13 @@ def published(data: bytes) -> dict[Any, Any]:
 
 
 _STRUCTURED = STRUCTURED_CONTENT_TYPE.encode()
+
+
+def own_entry(fields: Mapping[bytes, bytes]) -> bool:
+    """Whether ``fields`` are exactly what :func:`published` writes: their headers are then
+    ``{"content-type": STRUCTURED_CONTENT_TYPE}``, nothing carried, and ``data`` a structured
+    document (what :func:`headers_of` and :func:`decode_entry` would find, known at once)."""
+    return len(fields) == 2 and fields.get(b"content-type") == _STRUCTURED and b"data" in fields
 
 
 def foreign(body: bytes, headers: Mapping[str, Any] | None, key: str | None) -> dict[Any, Any]:
