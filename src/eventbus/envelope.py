@@ -1,20 +1,12 @@
 """The envelope every event travels in, and its wire codecs.
 
-:class:`Envelope` carries the CloudEvents 1.0 context attributes (``id``, ``source``, ``type``,
-``specversion``, ``time``, ``subject``, ``datacontenttype``, ``dataschema``), our extensions
+:class:`Envelope` carries the CloudEvents 1.0 context attributes, eventbus's extensions
 (``partitionkey``, ``correlationid``, ``causationid``, ``dataversion``, ``traceparent``,
-``tracestate``), any other extension attributes, and the encoded payload as bytes.
-
-Two wire forms:
-
-* binary content mode — attributes in headers (``ce_id``, ``ce-id`` …), payload as the body:
-  :func:`to_binary` / :func:`from_binary`;
-* structured content mode — one JSON document (``application/cloudevents+json``):
-  :func:`to_structured` / :func:`from_structured`.
-
-:func:`decode` reads either, and the header prefixes other CloudEvents producers use
-(``ce_``, ``ce-``, ``cloudEvents_``, ``cloudEvents:``), so events from the official SDKs or a
-plain client are understood.
+``tracestate``), any other extension attributes, and the encoded payload as bytes. Binary
+content mode (attributes in ``ce_`` headers, the payload as the body): :func:`to_binary` /
+:func:`from_binary`; structured content mode (one ``application/cloudevents+json`` document):
+:func:`to_structured` / :func:`from_structured`. :func:`decode` reads either, with the header
+prefixes of other CloudEvents producers too (``ce-``, ``cloudEvents_``, ``cloudEvents:``).
 """
 
 from __future__ import annotations
@@ -32,12 +24,14 @@ from eventbus.errors import DecodeError
 from eventbus.plaindocument import read_plain
 from eventbus.wirevalues import (
     dumps,
+    format_stamp,
     format_time,
     is_json_content_type,
     loads,
     parse_int,
     parse_time,
     refuse_lone_surrogates,
+    stamp_time,
     structured_data,
     text,
 )
@@ -54,6 +48,7 @@ __all__ = [
     "is_json_content_type",
     "new_envelope",
     "to_binary",
+    "time_text",
     "to_structured",
     "validate_extension_name",
 ]
@@ -115,6 +110,8 @@ class Envelope:
     traceparent: str | None = None
     tracestate: str | None = None
     extensions: Mapping[str, str] = dataclasses.field(default_factory=lambda: _EMPTY)
+    _stamp: int | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
+    """``time`` in microseconds since the epoch, where it is made when read (new_envelope)."""
 
     def __post_init__(self) -> None:
         if self.extensions and not isinstance(self.extensions, MappingProxyType):
@@ -134,14 +131,13 @@ class Envelope:
     def attributes(self) -> dict[str, Any]:
         """Every attribute that is set, by its CloudEvents name (``data`` excluded)."""
         out = self._attributes()
-        if self.time is not None:
+        if self.time is not None and self._stamp is None:
             out["time"] = format_time(self.time)
         return out
 
     def _attributes(self) -> dict[str, Any]:
-        """:meth:`attributes` with ``time`` as the datetime itself (for pydantic-core's JSON
-        writer, which writes a UTC time as :func:`format_time` does), absent when it is not
-        UTC. Written out attribute by attribute: this runs for every event published."""
+        """:meth:`attributes` with a UTC ``time`` as the stamp's text or the datetime (which
+        pydantic-core writes as :func:`format_time` does), else absent; runs for every publish."""
         out: dict[str, Any] = {
             "specversion": self.specversion,
             "id": self.id,
@@ -162,8 +158,9 @@ class Envelope:
             out["traceparent"] = self.traceparent
         if self.tracestate is not None:
             out["tracestate"] = self.tracestate
-        time = self.time
-        if time is not None and time.tzinfo is _UTC:
+        if self._stamp is not None:
+            out["time"] = format_stamp(self._stamp)
+        elif (time := self.time) is not None and time.tzinfo is _UTC:
             out["time"] = time
         out["datacontenttype"] = self.datacontenttype
         if self.dataversion is not None:
@@ -171,6 +168,24 @@ class Envelope:
         if self.extensions:
             out.update(self.extensions)
         return out
+
+
+def _lazy_time(slot: Any) -> property:
+    """``time`` over its slot, which a stamped envelope leaves empty until it is first read
+    (a ``__getattr__`` instead would slow every attribute read of every envelope)."""
+
+    def time(envelope: Envelope) -> datetime | None:
+        try:
+            return slot.__get__(envelope, Envelope)  # type: ignore[no-any-return]
+        except AttributeError:  # stamped, and read for the first time
+            value = stamp_time(envelope._stamp)  # type: ignore[arg-type]
+            slot.__set__(envelope, value)
+            return value
+
+    return property(time, slot.__set__, doc="When the event happened (UTC), or None.")
+
+
+setattr(Envelope, "time", _lazy_time(Envelope.__dict__["time"]))  # noqa: B010 (typed: the field)
 
 
 class _Draft:
@@ -195,19 +210,25 @@ def new_envelope(
     traceparent: str | None = None,
     tracestate: str | None = None,
     extensions: Mapping[str, str] = _EMPTY,
+    stamp: int | None = None,
 ) -> Envelope:
     """``Envelope(...)`` for code that already holds valid attributes, at a seventh of the cost.
 
     A frozen dataclass sets each of its 16 fields through ``object.__setattr__``; this fills a
     writable object with the same slot layout and then makes it an :class:`Envelope`, which is
     as immutable as any other. ``extensions`` must already be read-only (or empty).
+
+    ``stamp`` (microseconds since the Unix epoch) stands for ``time``, which is made when
+    first read: the codecs write the stamp itself (a datetime costs more than anything else).
     """
     draft: Any = _Draft()
     draft.id = id
     draft.type = type
     draft.source = source
     draft.data = data
-    draft.time = time
+    if stamp is None:
+        draft.time = time
+    draft._stamp = stamp
     draft.subject = subject
     draft.datacontenttype = datacontenttype
     draft.dataschema = dataschema
@@ -236,10 +257,9 @@ def validate_extension_name(name: str) -> str:
 
 
 def _build(attrs: Mapping[str, Any], data: bytes, key: str | None = None) -> Envelope:
-    """Make an envelope from attributes read off the wire, checking the required ones.
-
-    This runs for every delivery, so it fills a draft (see :func:`new_envelope`) with one
-    lookup per attribute and walks the names only when there are extensions among them."""
+    """Make an envelope from attributes read off the wire, checking the required ones: a
+    draft (see :func:`new_envelope`), one lookup per attribute, the names walked only when
+    there are extensions among them (this runs for every delivery)."""
     get = attrs.get
     id_, source, type_, spec = get("id"), get("source"), get("type"), get("specversion")
     if not (id_ and source and type_ and spec):
@@ -262,6 +282,7 @@ def _build(attrs: Mapping[str, Any], data: bytes, key: str | None = None) -> Env
     v = get("datacontenttype")
     draft.datacontenttype = _JSON if v is None else v if type(v) is str else text(v)
     draft.time = None if (v := get("time")) is None else parse_time(v)
+    draft._stamp = None
     draft.dataversion = v if type(v := get("dataversion")) is int or v is None else parse_int(v)
     if key is not None and draft.partitionkey is None:
         draft.partitionkey = key
@@ -285,16 +306,15 @@ def to_binary(envelope: Envelope, prefix: str = "ce_") -> tuple[dict[str, str], 
 
 
 def binary_headers(envelope: Envelope, prefix: str = "ce_") -> Iterator[tuple[str, str]]:
-    """The headers of :func:`to_binary`, one ``(name, value)`` pair at a time, for an adapter
-    that sends them as a list (Kafka: without building the mapping first)."""
+    """The headers of :func:`to_binary` as ``(name, value)`` pairs, for a list of headers."""
     names = _BINARY_NAMES.get(prefix) or _binary_names(prefix)
     yield names[0][1], envelope.specversion
     for attr, header in names[1:]:
         value = getattr(envelope, attr)
         if value is not None:
             yield header, value
-    if envelope.time is not None:
-        yield prefix + "time", format_time(envelope.time)
+    if (time := time_text(envelope)) is not None:
+        yield prefix + "time", time
     if envelope.dataversion is not None:
         yield prefix + "dataversion", str(envelope.dataversion)
     if envelope.extensions:
@@ -340,8 +360,7 @@ def from_binary(
 
 
 def from_stored(headers: str | bytes, body: bytes) -> Envelope:
-    """An envelope kept in a table row (outbox, event store): its binary-mode headers as one
-    JSON object, and its data. Unreadable: a :class:`DecodeError`."""
+    """An envelope kept in a table row (its binary-mode headers as one JSON object, its data)."""
     return from_binary(loads(headers, "the stored headers column")[0], body)
 
 
@@ -356,10 +375,17 @@ def _header_attribute(name: str) -> str | None:
     return None
 
 
+def time_text(envelope: Envelope) -> str | None:
+    """``time`` as the wire carries it (RFC 3339), from the stamp when there is one."""
+    if envelope._stamp is not None:
+        return format_stamp(envelope._stamp)
+    return None if envelope.time is None else format_time(envelope.time)
+
+
 def to_structured(envelope: Envelope) -> bytes:
     """Structured content mode: one ``application/cloudevents+json`` document."""
     attrs = envelope._attributes()
-    if envelope.time is not None and "time" not in attrs:  # not UTC: written by format_time
+    if "time" not in attrs and envelope.time is not None:  # not UTC: written by format_time
         attrs["time"] = format_time(envelope.time)
     if not envelope.data:
         return dumps(attrs)

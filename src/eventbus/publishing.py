@@ -11,7 +11,7 @@ import functools
 import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from datetime import datetime, timezone
+from time import time_ns
 from types import MappingProxyType
 from typing import Any
 
@@ -31,7 +31,6 @@ __all__ = [
     "publish_chain",
 ]
 
-_UTC = timezone.utc
 _NO_EXTENSIONS: Mapping[str, str] = MappingProxyType({})
 _SET_ELSEWHERE = {
     "correlationid": "publish(..., correlation_id=...)",
@@ -93,7 +92,7 @@ class EnvelopeFactory:
             event_type,
             self.service,
             data,
-            datetime.now(_UTC),
+            None,  # time: made from the stamp (below) when first read
             subject,
             "application/json",
             None,  # dataschema
@@ -104,6 +103,7 @@ class EnvelopeFactory:
             None,  # traceparent, tracestate: set by the tracing middleware
             None,
             self._check_headers(headers) if headers else _NO_EXTENSIONS,
+            time_ns() // 1000,
         )
 
     def destination(self, envelope: Envelope) -> str:

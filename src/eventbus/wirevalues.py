@@ -21,13 +21,14 @@ from eventbus.errors import DecodeError
 
 __all__ = [
     "dumps",
+    "format_stamp",
     "format_time",
-    "format_time_bytes",
     "is_json_content_type",
     "loads",
     "parse_int",
     "parse_time",
     "refuse_lone_surrogates",
+    "stamp_time",
     "structured_data",
     "text",
 ]
@@ -46,15 +47,34 @@ def format_time(value: datetime) -> str:
     return written[:-6] + "Z" if written.endswith("+00:00") else written
 
 
-def format_time_bytes(value: datetime) -> bytes:
-    """:func:`format_time` as UTF-8, for a header written as bytes (no text in between)."""
-    if value.tzinfo is _UTC:
-        return pydantic_core.to_json(value)[1:-1]
-    return format_time(value).encode()
-
-
 _UTC = timezone.utc
 _MINUTE = timedelta(minutes=1)
+_EPOCH = datetime(1970, 1, 1, tzinfo=_UTC)
+
+
+def stamp_time(stamp: int) -> datetime:
+    """The UTC time ``stamp`` microseconds after the Unix epoch (exact: no float between)."""
+    return _EPOCH + timedelta(microseconds=stamp)
+
+
+def format_stamp(stamp: int) -> str:
+    """``format_time(stamp_time(stamp))``, without making the datetime: the text up to the
+    seconds is made once per second, the microseconds are written onto it."""
+    second, micro = divmod(stamp, 1_000_000)
+    cached, prefix = _second
+    if second != cached:
+        prefix = _seconds(second)
+    return f"{prefix}.{micro:06d}Z" if micro else prefix + "Z"
+
+
+def _seconds(second: int) -> str:
+    global _second
+    prefix = format_time(stamp_time(second * 1_000_000))[:-1]  # "YYYY-MM-DDTHH:MM:SS"
+    _second = (second, prefix)  # one tuple: a thread reads a pair that belongs together
+    return prefix
+
+
+_second = (-1, "")
 
 
 def parse_time(value: Any) -> datetime:

@@ -20,8 +20,9 @@ from eventbus.envelope import (
     Envelope,
     binary_headers,
     new_envelope,
+    time_text,
 )
-from eventbus.wirevalues import format_time_bytes, parse_time
+from eventbus.wirevalues import parse_time
 
 __all__ = ["read_record", "record_headers", "record_of"]
 
@@ -37,7 +38,8 @@ def record_headers(envelope: Envelope) -> Headers:
 
     Written out for the attributes every event has; the values that repeat from one event to
     the next (source, type, content type) are encoded once (:func:`_encoded`)."""
-    if envelope.specversion != "1.0" or envelope.time is None or envelope.extensions:
+    time = time_text(envelope)
+    if envelope.specversion != "1.0" or time is None or envelope.extensions:
         return [(name, value.encode()) for name, value in binary_headers(envelope)]
     encoded = _ENCODED.get
     ident = envelope.id.encode()
@@ -63,7 +65,7 @@ def record_headers(envelope: Envelope) -> Headers:
         headers.append(("ce_traceparent", value.encode()))
     if (value := envelope.tracestate) is not None:
         headers.append(("ce_tracestate", value.encode()))
-    headers.append(("ce_time", format_time_bytes(envelope.time)))
+    headers.append(("ce_time", time.encode()))
     if envelope.dataversion is not None:
         version = envelope.dataversion
         headers.append(("ce_dataversion", _VERSIONS.get(version) or str(version).encode()))
