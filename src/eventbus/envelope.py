@@ -131,7 +131,7 @@ class Envelope:
     def attributes(self) -> dict[str, Any]:
         """Every attribute that is set, by its CloudEvents name (``data`` excluded)."""
         out = self._attributes()
-        if self.time is not None and self._stamp is None:
+        if self._stamp is None and self.time is not None:  # (a stamp's text is there already)
             out["time"] = format_time(self.time)
         return out
 

@@ -310,16 +310,16 @@ class RedisDelivery:
         self.stream = stream
         self.entry_id = entry_id
         self.body: bytes = fields.get(b"data", b"")
-        self.attempt: int
         if own_entry(fields):  # as published: its one header known, no attempt carried
             self.headers: dict[str, str | bytes] = {"content-type": STRUCTURED_CONTENT_TYPE}
-            self.attempt = max(1, times_delivered)
             self.metadata: dict[str, str] = {}
+            attempt = 1
         else:
             self.headers = headers_of(fields)
             carried = read_carried(self.headers)
-            self.attempt = (carried.attempt or 1) + max(0, times_delivered - 1)
             self.metadata = carried.metadata
+            attempt = carried.attempt or 1
+        self.attempt: int = attempt + max(0, times_delivered - 1)
         self.envelope, self.decode_error = decode_entry(self.headers, self.body)
 
     @property
