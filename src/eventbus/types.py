@@ -257,7 +257,9 @@ class Broker(Protocol):
 
     async def close(self) -> None: ...
 
-    async def publish(self, destination: str, envelope: Envelope) -> None: ...
+    def publish(self, destination: str, envelope: Envelope) -> Awaitable[None]:
+        """Awaited, returns once the broker has the envelope (an ``async def`` does; an
+        adapter may return a future it resolves itself, one coroutine fewer per event)."""
 
     async def publish_batch(self, messages: Sequence[tuple[str, Envelope]]) -> None: ...
 

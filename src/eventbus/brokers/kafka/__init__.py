@@ -40,7 +40,7 @@ The package: this module (the broker: options, connect and close, publish, subsc
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -282,15 +282,13 @@ class KafkaBroker:
         except Exception as exc:
             reraise(exc, f"publish to {topic!r}")
 
-    async def publish(self, destination: str, envelope: Envelope) -> None:
-        """Returns once Kafka has the record (``acks="all"`` unless configured otherwise).
+    def publish(self, destination: str, envelope: Envelope) -> Awaitable[None]:
+        """Awaited, returns once Kafka has the record (``acks="all"`` unless configured
+        otherwise).
 
         Calls made while others wait share record batches (:class:`~.batches.PublishQueue`)."""
         record = (self._topic(destination), *record_of(envelope))
-        try:
-            await self._queue.publish(self._require_producer(), record)
-        except Exception as exc:
-            reraise(exc, f"publish to {destination!r}")
+        return self._queue.publish(self._require_producer(), record)
 
     async def publish_batch(self, messages: Sequence[tuple[str, Envelope]]) -> None:
         """One record batch per partition (:mod:`.batches`), every batch handed to the

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any
 
 from aiokafka.partitioner import DefaultPartitioner  # type: ignore[import-untyped]
@@ -30,7 +30,7 @@ from aiokafka.record.default_records import (  # type: ignore[import-untyped]
     DefaultRecordBatchBuilder,
 )
 
-from eventbus.brokers.kafka.driver import Headers
+from eventbus.brokers.kafka.driver import ERRORS, Headers, reraise
 from eventbus.brokers.kafka.partitioner import KeyPartitioner
 from eventbus.errors import PublishError
 
@@ -114,8 +114,9 @@ class PublishQueue:
     """The ``publish`` calls of one producer: a call made while no other is waiting goes
     straight to ``producer.send()``; the calls made while others wait (many tasks publishing
     at once) are collected for the rest of the event loop's turn and handed over together,
-    as :class:`RecordBatcher` does. Either way a call returns once Kafka has its record, or
-    raises as its batch failed; an oversized record fails its own call only.
+    as :class:`RecordBatcher` does. Either way what a call returns is awaited until Kafka
+    has its record, and raises as its batch failed (aiokafka's errors mapped to eventbus's,
+    as ``KafkaBroker.publish`` documents); an oversized record fails its own call only.
 
     :meth:`flush` waits until every record collected so far has been handed to the producer
     (before the producer closes).
@@ -123,25 +124,19 @@ class PublishQueue:
 
     def __init__(self, batcher: RecordBatcher) -> None:
         self._batcher = batcher
-        self._waiting = 0  # calls that have not returned
+        self._waiting = 0  # calls whose record Kafka has not confirmed (or refused) yet
         self._records: list[Record] = []
         self._futures: list[asyncio.Future[Any]] = []
         self._handing: set[asyncio.Task[None]] = set()
         self._producer: Any = None
 
-    async def publish(self, producer: Any, record: Record) -> None:
-        """Hand ``record`` to ``producer``; return once Kafka has it."""
-        self._waiting += 1
-        try:
-            if self._waiting == 1:  # nothing to share a batch with, nothing sent before it
-                topic, value, key, headers = record
-                await (await producer.send(topic, value, key=key, headers=headers))
-            else:
-                await self._put(producer, record)
-        finally:
-            self._waiting -= 1
+    def publish(self, producer: Any, record: Record) -> Awaitable[None]:
+        """Hand ``record`` to ``producer``; await what this returns until Kafka has it.
 
-    def _put(self, producer: Any, record: Record) -> asyncio.Future[Any]:
+        A collected call returns its record's future itself, resolved when its batch is:
+        a hundred tasks publishing at once then wait on no coroutine of ours."""
+        if not self._waiting:  # nothing to share a batch with, nothing sent before it
+            return self._send_one(producer, record)
         self._batcher.check_size(record)
         loop = asyncio.get_running_loop()
         if not self._records:
@@ -150,7 +145,20 @@ class PublishQueue:
         future = loop.create_future()
         self._records.append(record)
         self._futures.append(future)
+        self._waiting += 1
         return future
+
+    async def _send_one(self, producer: Any, record: Record) -> None:
+        # Counted once running (``bus.publish`` awaits it at once): a coroutine closed before
+        # it ran must not leave a call counted for ever.
+        self._waiting += 1
+        try:
+            topic, value, key, headers = record
+            await (await producer.send(topic, value, key=key, headers=headers))
+        except Exception as exc:
+            reraise(exc, f"publish to {record[0]!r}")
+        finally:
+            self._waiting -= 1
 
     async def flush(self) -> None:
         if self._records:
@@ -173,17 +181,46 @@ class PublishQueue:
         except BaseException as exc:
             handed = {at for _, held in sent for at in held}
             for at, future in enumerate(futures):
-                if at in handed or future.done():
-                    continue
+                if at in handed:
+                    continue  # settled with its batch, below
+                self._waiting -= 1
+                if future.done():
+                    continue  # its caller was cancelled
                 if isinstance(exc, Exception):
-                    future.set_exception(exc)
+                    future.set_exception(_mapped(exc, records[at][0]))
                 else:
                     future.cancel()
             if not isinstance(exc, Exception):
                 raise
         finally:
             for batch, held in sent:
-                batch.add_done_callback(functools.partial(_settle, [futures[at] for at in held]))
+                mine = [futures[at] for at in held]
+                batch.add_done_callback(functools.partial(self._settle, mine, records[held[0]][0]))
+
+    def _settle(self, futures: list[asyncio.Future[Any]], topic: str, batch: Any) -> None:
+        """Resolve the futures of a batch's records (all of ``topic``) as the batch was."""
+        self._waiting -= len(futures)
+        error = None if batch.cancelled() else batch.exception()
+        for future in futures:
+            if future.done():
+                continue  # its caller was cancelled
+            if batch.cancelled():
+                future.cancel()
+            elif error is not None:
+                future.set_exception(_mapped(error, topic))
+            else:
+                future.set_result(None)
+
+
+def _mapped(exc: BaseException, topic: str) -> BaseException:
+    """What a publish to ``topic`` raises for ``exc`` (``reraise`` for a future)."""
+    if not isinstance(exc, Exception):
+        return exc
+    error = ERRORS.error(exc, f"publish to {topic!r}")
+    if error is None:
+        return exc
+    error.__cause__ = exc
+    return error
 
 
 def unawaited(futures: Sequence[asyncio.Future[Any]]) -> None:
@@ -196,20 +233,6 @@ def unawaited(futures: Sequence[asyncio.Future[Any]]) -> None:
 def _take_outcome(future: asyncio.Future[Any]) -> None:
     if not future.cancelled():
         future.exception()
-
-
-def _settle(futures: list[asyncio.Future[Any]], batch: asyncio.Future[Any]) -> None:
-    """Resolve the futures of a batch's records as the batch was."""
-    error = None if batch.cancelled() else batch.exception()
-    for future in futures:
-        if future.done():
-            continue  # its caller was cancelled
-        if batch.cancelled():
-            future.cancel()
-        elif error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(None)
 
 
 async def _partitions(producer: Any, topic: str) -> tuple[list[int], list[int]]:

@@ -1,0 +1,122 @@
+"""How the Kafka adapter's publish queue settles calls collected while others wait (no server).
+
+``tests/brokers/test_kafka_batches.py`` shows against a real broker that concurrent publishes
+share record batches and arrive. What it cannot make a broker do on demand is fail a batch:
+here a producer whose futures the test resolves stands in for aiokafka's, so that a collected
+call is seen to raise what a lone ``publish`` raises (aiokafka's errors mapped to eventbus's,
+naming the topic), and to stop counting as waiting once its batch is settled, however it
+ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError  # type: ignore[import-untyped]
+from aiokafka.partitioner import DefaultPartitioner  # type: ignore[import-untyped]
+
+from eventbus.brokers.kafka.batches import PublishQueue, Record, RecordBatcher
+from eventbus.errors import BrokerUnavailable, PublishError
+from eventbus.testing import wait_until
+
+pytestmark = pytest.mark.anyio
+
+
+class Builder:
+    def __init__(self) -> None:
+        self.values: list[bytes | None] = []
+
+    def append(self, *, timestamp: Any, key: Any, value: bytes | None, headers: Any) -> object:
+        self.values.append(value)
+        return object()  # the record's metadata: the builder had room
+
+
+class Producer:
+    """aiokafka's producer as the queue uses it; every future it returns is left to the test."""
+
+    def __init__(self) -> None:
+        self.sent: list[asyncio.Future[Any]] = []  # send(): one record each
+        self.batches: list[tuple[Builder, asyncio.Future[Any]]] = []  # send_batch()
+        self.client = SimpleNamespace(
+            cluster=SimpleNamespace(available_partitions_for_topic=lambda topic: {0})
+        )
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        return {0}
+
+    def create_batch(self) -> Builder:
+        return Builder()
+
+    async def send(self, topic: str, value: bytes, **_: Any) -> asyncio.Future[Any]:
+        self.sent.append(asyncio.get_running_loop().create_future())
+        return self.sent[-1]
+
+    async def send_batch(self, builder: Builder, topic: str, *, partition: int) -> Any:
+        future = asyncio.get_running_loop().create_future()
+        self.batches.append((builder, future))
+        return future
+
+
+def record(n: int) -> Record:
+    return ("orders", str(n).encode(), None, [])
+
+
+def queue() -> PublishQueue:
+    config = {"partitioner": DefaultPartitioner(), "max_request_size": 1_000_000}
+    return PublishQueue(RecordBatcher(config))
+
+
+async def started(producer: Producer, q: PublishQueue) -> list[asyncio.Task[None]]:
+    """One call sent straight away and three collected behind it, handed over as one batch."""
+
+    async def publish(n: int) -> None:
+        await q.publish(producer, record(n))
+
+    tasks = [asyncio.create_task(publish(n)) for n in range(4)]
+    await wait_until(lambda: bool(producer.sent and producer.batches), timeout=5)
+    assert len(producer.sent) == 1
+    assert [builder.values for builder, _ in producer.batches] == [[b"1", b"2", b"3"]]
+    return tasks
+
+
+@pytest.mark.parametrize(
+    ("failure", "raised"),
+    [(KafkaTimeoutError(), BrokerUnavailable), (MessageSizeTooLargeError(), PublishError)],
+)
+async def test_collected_calls_raise_the_mapped_error_of_their_failed_batch(
+    failure: Exception, raised: type[Exception]
+) -> None:
+    producer, q = Producer(), queue()
+    first, *collected = await started(producer, q)
+    producer.batches[0][1].set_exception(failure)
+    for task in collected:
+        with pytest.raises(raised, match="publish to 'orders'") as caught:
+            await task
+        assert caught.value.__cause__ is failure
+    producer.sent[0].set_result(None)
+    await first
+    await _lone(producer, q)  # nothing waits any more: the next call is sent straight away
+
+
+async def _lone(producer: Producer, q: PublishQueue) -> None:
+    """A call made while none waits is sent on its own, not collected."""
+    call = asyncio.ensure_future(q.publish(producer, record(9)))
+    await wait_until(lambda: len(producer.sent) == 2, timeout=5)
+    assert len(producer.batches) == 1
+    producer.sent[1].set_result(None)
+    await call
+
+
+async def test_a_cancelled_collected_call_stops_counting_once_its_batch_settles() -> None:
+    producer, q = Producer(), queue()
+    first, *collected = await started(producer, q)
+    collected[0].cancel()
+    producer.batches[0][1].set_result(None)
+    producer.sent[0].set_result(None)
+    await asyncio.gather(first, *collected[1:])
+    with pytest.raises(asyncio.CancelledError):
+        await collected[0]
+    await _lone(producer, q)
