@@ -78,7 +78,10 @@ async def publish_all(workload: Workload, mode: str, events: list[UserCreated]) 
 
 async def run(broker: str, impl: str, mode: str, events: int) -> dict[str, Any]:
     module = importlib.import_module(f"bench.workloads.{broker}")
-    cls: type[Workload] = module.IMPLEMENTATIONS[impl]
+    found = {**module.IMPLEMENTATIONS, **getattr(module, "VARIANTS", {})}
+    if impl not in found:
+        raise SystemExit(f"no implementation {impl!r} for {broker}: {', '.join(found)}")
+    cls: type[Workload] = found[impl]
     url = "" if broker == "memory" else server_url(broker)
     counter = Counter()
     workload = cls(url, f"bench-{mode}-{impl}-{uuid.uuid4().hex[:10]}", counter)

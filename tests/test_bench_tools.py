@@ -117,3 +117,15 @@ def test_a_trial_that_runs_out_of_time_marks_its_cell(monkeypatch: pytest.Monkey
         {"broker": "redis", "impl": "raw", "mode": "concurrent", "error": rows[0]["error"]}
     ]
     assert "no result within 1800 s" in rows[0]["error"]
+
+
+def test_a_trial_runs_a_variant_by_name_and_refuses_an_unknown_one() -> None:
+    import asyncio
+
+    from bench import run, trial
+    from bench.workloads import kafka
+
+    assert "raw-headers" not in run.implementations("kafka")  # counted on its own only
+    assert kafka.VARIANTS["raw-headers"].__mro__[1] is kafka.Raw
+    with pytest.raises(SystemExit, match="no implementation 'nope' for memory: bare, eventbus"):
+        asyncio.run(trial.run("memory", "nope", "batch", 1))

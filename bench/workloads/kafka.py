@@ -100,6 +100,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-
 from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 
 from bench.common import PREFETCH, EventBusWorkload, UserCreated, Workload, decode, encode
+from eventbus.brokers.kafka.records import record_headers
+from eventbus.publishing import EnvelopeFactory
 
 CONSUMER: dict[str, Any] = {
     "session_timeout_ms": 1000,
@@ -209,6 +211,28 @@ class Raw(Workload):
         return await uncommitted(self.url, self.channel, self.channel)
 
 
+class RawWithHeaders(Raw):
+    """:class:`Raw` carrying the CloudEvents headers eventbus writes for the same event, made
+    by eventbus's own record writer from an envelope per event (whose payload is the value):
+    what those headers cost the driver, on the producer and the consumer. Not one of the
+    benchmark's implementations (:data:`VARIANTS`): counted on its own with
+    ``bench.trial kafka raw-headers MODE`` under callgrind (``docs/benchmarks.md``)."""
+
+    async def start(self) -> None:
+        self.envelopes = EnvelopeFactory("bench", max_message_bytes=1_000_000)
+        await super().start()
+
+    async def publish(self, event: UserCreated) -> None:
+        envelope = self.envelopes(event)
+        headers = record_headers(envelope)
+        await (await self.producer.send(self.channel, envelope.data, headers=headers))
+
+    async def publish_batch(self, events: Sequence[UserCreated]) -> None:
+        send, topic, envelopes = self.producer.send, self.channel, map(self.envelopes, events)
+        futures = [await send(topic, e.data, headers=record_headers(e)) for e in envelopes]
+        await asyncio.gather(*futures)
+
+
 class EventBusKafka(EventBusWorkload):
     def group(self) -> str:
         return self.channel
@@ -267,3 +291,5 @@ IMPLEMENTATIONS: dict[str, type[Workload]] = {
     "raw": Raw,
     "faststream": FastStreamKafka,
 }
+VARIANTS: dict[str, type[Workload]] = {"raw-headers": RawWithHeaders}
+"""Implementations a trial runs by name (``bench.trial``) that the benchmark leaves out."""
