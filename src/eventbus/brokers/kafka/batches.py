@@ -30,7 +30,7 @@ from aiokafka.record.default_records import (  # type: ignore[import-untyped]
     DefaultRecordBatchBuilder,
 )
 
-from eventbus.brokers.kafka.driver import ERRORS, Headers, reraise
+from eventbus.brokers.kafka.driver import Headers, mapped, reraise
 from eventbus.brokers.kafka.partitioner import KeyPartitioner
 from eventbus.errors import PublishError
 
@@ -187,7 +187,7 @@ class PublishQueue:
                 if future.done():
                     continue  # its caller was cancelled
                 if isinstance(exc, Exception):
-                    future.set_exception(_mapped(exc, records[at][0]))
+                    future.set_exception(mapped(exc, f"publish to {records[at][0]!r}"))
                 else:
                     future.cancel()
             if not isinstance(exc, Exception):
@@ -207,20 +207,9 @@ class PublishQueue:
             if batch.cancelled():
                 future.cancel()
             elif error is not None:
-                future.set_exception(_mapped(error, topic))
+                future.set_exception(mapped(error, f"publish to {topic!r}"))
             else:
                 future.set_result(None)
-
-
-def _mapped(exc: BaseException, topic: str) -> BaseException:
-    """What a publish to ``topic`` raises for ``exc`` (``reraise`` for a future)."""
-    if not isinstance(exc, Exception):
-        return exc
-    error = ERRORS.error(exc, f"publish to {topic!r}")
-    if error is None:
-        return exc
-    error.__cause__ = exc
-    return error
 
 
 def unawaited(futures: Sequence[asyncio.Future[Any]]) -> None:

@@ -23,7 +23,16 @@ from aiokafka.errors import (  # type: ignore[import-untyped]
 from eventbus.brokers._wire import DriverErrors
 from eventbus.errors import BrokerUnavailable, EventBusError, PublishError
 
-__all__ = ["ERRORS", "Headers", "Producer", "encode_headers", "now_ms", "reraise", "translate"]
+__all__ = [
+    "ERRORS",
+    "Headers",
+    "Producer",
+    "encode_headers",
+    "mapped",
+    "now_ms",
+    "reraise",
+    "translate",
+]
 
 Headers = list[tuple[str, "bytes | None"]]
 """Record headers as aiokafka takes and returns them: names with byte (or null) values."""
@@ -57,10 +66,17 @@ ERRORS = DriverErrors(translate)
 def reraise(exc: Exception, what: str) -> NoReturn:
     """Raise the mapped error for ``exc`` (or ``exc`` itself): for hot paths that catch it,
     where building the ``what`` of every call up front would cost on every record."""
-    error = ERRORS.error(exc, what)
+    raise mapped(exc, what)
+
+
+def mapped(exc: BaseException, what: str) -> BaseException:
+    """The error :func:`reraise` raises for ``exc`` (caused by it), to set on a future;
+    ``exc`` itself when nothing maps it (anything that is not an ``Exception`` included)."""
+    error = ERRORS.error(exc, what) if isinstance(exc, Exception) else None
     if error is None:
-        raise exc
-    raise error from exc
+        return exc
+    error.__cause__ = exc  # as ``raise error from exc``
+    return error
 
 
 def encode_headers(headers: Mapping[str, Any]) -> Headers:
