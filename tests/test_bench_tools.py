@@ -129,3 +129,26 @@ def test_a_trial_runs_a_variant_by_name_and_refuses_an_unknown_one() -> None:
     assert kafka.VARIANTS["raw-headers"].__mro__[1] is kafka.Raw
     with pytest.raises(SystemExit, match="no implementation 'nope' for memory: bare, eventbus"):
         asyncio.run(trial.run("memory", "nope", "batch", 1))
+
+
+def test_the_kafka_wire_bench_writes_records_that_read_back_as_the_same_event() -> None:
+    from aiokafka.record.default_records import DefaultRecordBatch  # type: ignore[import-untyped]
+
+    from bench import kafkawire
+    from bench.common import make_event
+    from eventbus.brokers.kafka.records import read_record
+    from eventbus.envelope import from_structured
+
+    payload = make_event(1).model_dump_json().encode()
+    binary = list(DefaultRecordBatch(kafkawire.write("binary", 3)))
+    structured = list(DefaultRecordBatch(kafkawire.write("structured", 3)))
+    read_binary = [read_record(r.headers, r.value, r.key) for r in binary]
+    read_structured = [from_structured(r.value) for r in structured]
+    assert all(e is not None and e.data == payload for e in read_binary)
+    assert [e.data for e in read_structured] == [payload] * 3
+    assert (
+        {e.type for e in read_structured} == {e.type for e in read_binary if e} == {"UserCreated"}
+    )
+    results = kafkawire.measure(records=5, repeat=1)
+    assert set(results) == set(kafkawire.MODES)
+    assert results["payload"]["bytes"] < results["binary"]["bytes"]
