@@ -16,6 +16,9 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition  # type: ignore[import-untyped]
 from aiokafka.partitioner import DefaultPartitioner  # type: ignore[import-untyped]
+from aiokafka.record.default_records import (  # type: ignore[import-untyped]
+    DefaultRecordBatch,
+)
 
 from eventbus import Event, EventBus
 from eventbus.envelope import Envelope
@@ -156,6 +159,48 @@ async def test_one_call_shares_produce_requests(kafka_url: str) -> None:
             del client.send
     assert sum(produced) == 4  # one record batch per partition, 25 records each
     assert len(produced) <= 4
+
+
+async def test_concurrent_publishers_share_one_produce_request_a_round(kafka_url: str) -> None:
+    # Forty tasks publish five events each, every one awaited: each round of forty goes out in
+    # one produce request, the first call of the round included. Were a round's first call
+    # sent ahead of the rest it would take a request of its own, and the publishers would
+    # keep taking turns in two requests a round from then on.
+    topic = f"pc{uuid.uuid4().hex[:8]}"
+    cls = numbered(topic)
+    async with EventBus(make(kafka_url), service="b") as bus:
+        await bus.publish(cls(n=-1))  # metadata and connection ready
+        client = bus.broker._producer.client  # type: ignore[attr-defined]
+        produced: list[int] = []  # the records of each produce request
+        send = client.send
+
+        async def counting(node_id: int, request: Any, **kwargs: Any) -> Any:
+            if type(request).__name__ == "ProduceRequest":
+                produced.append(request_records(request))
+            return await send(node_id, request, **kwargs)
+
+        async def publisher(first: int) -> None:
+            for n in range(first, first + 5):
+                await bus.publish(cls(n=n))
+
+        client.send = counting
+        try:
+            await asyncio.gather(*(publisher(5 * p) for p in range(40)))
+        finally:
+            del client.send
+    assert produced == [40] * 5
+    got = await read_all(kafka_url, topic, 201)
+    assert sorted(n for records in got.values() for _, n in records) == list(range(-1, 200))
+
+
+def request_records(request: Any) -> int:
+    """The records a produce request carries, read back from its record batches."""
+    count = 0
+    for _, parts in request._topics:
+        for _, data in parts:
+            batch = DefaultRecordBatch(bytes(data))
+            count += sum(1 for _ in batch)
+    return count
 
 
 async def test_concurrent_publishes_land_where_their_keys_hash(kafka_url: str) -> None:

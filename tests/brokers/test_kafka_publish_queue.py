@@ -2,10 +2,10 @@
 
 ``tests/brokers/test_kafka_batches.py`` shows against a real broker that concurrent publishes
 share record batches and arrive. What it cannot make a broker do on demand is fail a batch:
-here a producer whose futures the test resolves stands in for aiokafka's, so that a collected
-call is seen to raise what a lone ``publish`` raises (aiokafka's errors mapped to eventbus's,
-naming the topic), and to stop counting as waiting once its batch is settled, however it
-ended.
+here a producer whose futures the test resolves stands in for aiokafka's, so that the calls
+of one turn are seen to go out together, the first among them, to raise what a lone
+``publish`` raises (aiokafka's errors mapped to eventbus's, naming the topic), and to leave
+nothing behind that would hold a later lone call back, however their batch ended.
 """
 
 from __future__ import annotations
@@ -70,15 +70,15 @@ def queue() -> PublishQueue:
 
 
 async def started(producer: Producer, q: PublishQueue) -> list[asyncio.Task[None]]:
-    """One call sent straight away and three collected behind it, handed over as one batch."""
+    """Four calls made in one turn of the loop, handed over as one batch, first call first."""
 
     async def publish(n: int) -> None:
         await q.publish(producer, record(n))
 
     tasks = [asyncio.create_task(publish(n)) for n in range(4)]
-    await wait_until(lambda: bool(producer.sent and producer.batches), timeout=5)
-    assert len(producer.sent) == 1
-    assert [builder.values for builder, _ in producer.batches] == [[b"1", b"2", b"3"]]
+    await wait_until(lambda: bool(producer.batches), timeout=5)
+    assert not producer.sent  # none of them went ahead on its own
+    assert [builder.values for builder, _ in producer.batches] == [[b"0", b"1", b"2", b"3"]]
     return tasks
 
 
@@ -86,37 +86,48 @@ async def started(producer: Producer, q: PublishQueue) -> list[asyncio.Task[None
     ("failure", "raised"),
     [(KafkaTimeoutError(), BrokerUnavailable), (MessageSizeTooLargeError(), PublishError)],
 )
-async def test_collected_calls_raise_the_mapped_error_of_their_failed_batch(
+async def test_the_calls_of_a_turn_raise_the_mapped_error_of_their_failed_batch(
     failure: Exception, raised: type[Exception]
 ) -> None:
     producer, q = Producer(), queue()
-    first, *collected = await started(producer, q)
+    tasks = await started(producer, q)
     producer.batches[0][1].set_exception(failure)
-    for task in collected:
+    for task in tasks:
         with pytest.raises(raised, match="publish to 'orders'") as caught:
             await task
         assert caught.value.__cause__ is failure
-    producer.sent[0].set_result(None)
-    await first
-    await _lone(producer, q)  # nothing waits any more: the next call is sent straight away
+    await _lone(producer, q)  # the next call, alone in its turn, is sent straight away
 
 
 async def _lone(producer: Producer, q: PublishQueue) -> None:
-    """A call made while none waits is sent on its own, not collected."""
+    """A call alone in its turn of the loop is sent on its own, not batched."""
     call = asyncio.ensure_future(q.publish(producer, record(9)))
-    await wait_until(lambda: len(producer.sent) == 2, timeout=5)
+    await wait_until(lambda: len(producer.sent) == 1, timeout=5)
     assert len(producer.batches) == 1
-    producer.sent[1].set_result(None)
+    producer.sent[0].set_result(None)
     await call
 
 
-async def test_a_cancelled_collected_call_stops_counting_once_its_batch_settles() -> None:
+async def test_a_cancelled_call_of_a_turn_leaves_the_others_to_their_batch() -> None:
     producer, q = Producer(), queue()
-    first, *collected = await started(producer, q)
-    collected[0].cancel()
+    tasks = await started(producer, q)
+    tasks[0].cancel()
     producer.batches[0][1].set_result(None)
-    producer.sent[0].set_result(None)
-    await asyncio.gather(first, *collected[1:])
+    await asyncio.gather(*tasks[1:])
     with pytest.raises(asyncio.CancelledError):
-        await collected[0]
+        await tasks[0]
+    await _lone(producer, q)
+
+
+async def test_the_calls_that_joined_a_cancelled_first_call_are_still_sent() -> None:
+    producer, q = Producer(), queue()
+    first = asyncio.ensure_future(q.publish(producer, record(0)))
+    joined = [asyncio.ensure_future(q.publish(producer, record(n))) for n in (1, 2)]
+    first.cancel()  # before its turn ends: its record is not sent, theirs are
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    await wait_until(lambda: bool(producer.batches), timeout=5)
+    assert [builder.values for builder, _ in producer.batches] == [[b"1", b"2"]]
+    producer.batches[0][1].set_result(None)
+    await asyncio.gather(*joined)
     await _lone(producer, q)

@@ -286,7 +286,8 @@ class KafkaBroker:
         """Awaited, returns once Kafka has the record (``acks="all"`` unless configured
         otherwise).
 
-        Calls made while others wait share record batches (:class:`~.batches.PublishQueue`)."""
+        Calls made in one turn of the event loop share record batches
+        (:class:`~.batches.PublishQueue`)."""
         record = (self._topic(destination), *record_of(envelope))
         return self._queue.publish(self._require_producer(), record)
 
