@@ -10,7 +10,9 @@ a record the producer cannot send fails the call before anything is sent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -143,20 +145,8 @@ async def test_one_call_shares_produce_requests(kafka_url: str) -> None:
     cls = numbered(topic)
     async with EventBus(make(kafka_url), service="b") as bus:
         await bus.publish(cls(n=-1))  # metadata and connection ready
-        client = bus.broker._producer.client  # type: ignore[attr-defined]
-        produced: list[int] = []  # the record batches of each produce request
-        send = client.send
-
-        async def counting(node_id: int, request: Any, **kwargs: Any) -> Any:
-            if type(request).__name__ == "ProduceRequest":
-                produced.append(sum(len(parts) for _, parts in request._topics))
-            return await send(node_id, request, **kwargs)
-
-        client.send = counting
-        try:
+        with produce_requests(bus, request_batches) as produced:
             await bus.publish_many([cls(n=n) for n in range(100)])
-        finally:
-            del client.send
     assert sum(produced) == 4  # one record batch per partition, 25 records each
     assert len(produced) <= 4
 
@@ -170,27 +160,40 @@ async def test_concurrent_publishers_share_one_produce_request_a_round(kafka_url
     cls = numbered(topic)
     async with EventBus(make(kafka_url), service="b") as bus:
         await bus.publish(cls(n=-1))  # metadata and connection ready
-        client = bus.broker._producer.client  # type: ignore[attr-defined]
-        produced: list[int] = []  # the records of each produce request
-        send = client.send
-
-        async def counting(node_id: int, request: Any, **kwargs: Any) -> Any:
-            if type(request).__name__ == "ProduceRequest":
-                produced.append(request_records(request))
-            return await send(node_id, request, **kwargs)
 
         async def publisher(first: int) -> None:
             for n in range(first, first + 5):
                 await bus.publish(cls(n=n))
 
-        client.send = counting
-        try:
+        with produce_requests(bus, request_records) as produced:
             await asyncio.gather(*(publisher(5 * p) for p in range(40)))
-        finally:
-            del client.send
     assert produced == [40] * 5
     got = await read_all(kafka_url, topic, 201)
     assert sorted(n for records in got.values() for _, n in records) == list(range(-1, 200))
+
+
+@contextlib.contextmanager
+def produce_requests(bus: EventBus, measure: Callable[[Any], int]) -> Iterator[list[int]]:
+    """``measure`` of every produce request the bus's producer sends meanwhile, in order."""
+    client = bus.broker._producer.client  # type: ignore[attr-defined]
+    measured: list[int] = []
+    send = client.send
+
+    async def counting(node_id: int, request: Any, **kwargs: Any) -> Any:
+        if type(request).__name__ == "ProduceRequest":
+            measured.append(measure(request))
+        return await send(node_id, request, **kwargs)
+
+    client.send = counting
+    try:
+        yield measured
+    finally:
+        del client.send
+
+
+def request_batches(request: Any) -> int:
+    """The record batches a produce request carries."""
+    return sum(len(parts) for _, parts in request._topics)
 
 
 def request_records(request: Any) -> int:
