@@ -131,6 +131,21 @@ def test_a_trial_runs_a_variant_by_name_and_refuses_an_unknown_one() -> None:
         asyncio.run(trial.run("memory", "nope", "batch", 1))
 
 
+def test_the_redis_envelope_variant_writes_eventbus_entries_and_reads_the_event_back() -> None:
+    from bench import run
+    from bench.common import encode, make_event
+    from bench.workloads import redis
+    from eventbus.brokers.redis.entries import own_entry
+
+    assert "raw-envelope" not in run.implementations("redis")  # counted on its own only
+    assert redis.VARIANTS["raw-envelope"] is redis.RawWithEnvelope
+    event = make_event(7)
+    entry = redis.RawWithEnvelope("", "channel", lambda event: None).entry(event)
+    assert own_entry(entry)  # what eventbus's adapter writes, read its fast way
+    assert redis.RawWithEnvelope.read(entry[b"data"]) == event
+    assert len(entry[b"data"]) > 1.5 * len(encode(event))  # the attributes travel too
+
+
 def test_the_kafka_wire_bench_writes_records_that_read_back_as_the_same_event() -> None:
     from aiokafka.record.default_records import DefaultRecordBatch  # type: ignore[import-untyped]
 

@@ -57,12 +57,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
 
 from bench.common import PREFETCH, EventBusWorkload, UserCreated, Workload, decode, encode
+from eventbus.brokers.redis.entries import published
+from eventbus.envelope import from_structured, to_structured
+from eventbus.publishing import EnvelopeFactory
 
 GROUP = "bench"
 MAX_CONNECTIONS = 200
@@ -101,8 +104,11 @@ class RawRedis(Workload):
         self.running = True
         self.task = asyncio.ensure_future(self.consume())
 
+    read: Callable[[bytes], UserCreated] = staticmethod(decode)
+    """What turns an entry's ``data`` into the event."""
+
     async def consume(self) -> None:
-        redis, stream, on_event = self.redis, self.stream, self.on_event
+        redis, stream, on_event, read = self.redis, self.stream, self.on_event, self.read
         streams: dict[Any, Any] = {stream: ">"}
         while self.running:
             response: Any = await redis.xreadgroup(
@@ -113,7 +119,7 @@ class RawRedis(Workload):
                 handled = []
                 for entry_id, fields in entries:
                     try:
-                        on_event(decode(fields[b"data"]))
+                        on_event(read(fields[b"data"]))
                     except Exception:
                         log.exception("handler failed on %s; left pending", entry_id)
                         continue
@@ -141,6 +147,33 @@ class RawRedis(Workload):
 
     async def cleanup(self) -> None:
         await _delete(self.url, self.stream)
+
+
+class RawWithEnvelope(RawRedis):
+    """:class:`RawRedis` writing, for each event, the entry eventbus writes for it (its
+    structured CloudEvent and content type, made by eventbus's own envelope factory and
+    writer) and reading the payload back out of it with eventbus's reader: what that entry,
+    about twice the bytes of the payload alone, costs the client and the server (which
+    fsyncs every write). Not one of the benchmark's implementations (:data:`VARIANTS`): run
+    on its own with ``bench.trial redis raw-envelope MODE`` (``docs/benchmarks.md``)."""
+
+    envelopes = EnvelopeFactory("bench", max_message_bytes=1_000_000)
+
+    @staticmethod
+    def read(data: bytes) -> UserCreated:
+        return decode(from_structured(data).data)
+
+    def entry(self, event: UserCreated) -> dict[Any, Any]:
+        return published(to_structured(self.envelopes(event)))
+
+    async def publish(self, event: UserCreated) -> None:
+        await self.redis.xadd(self.stream, self.entry(event))
+
+    async def publish_batch(self, events: Sequence[UserCreated]) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        for event in events:
+            pipe.xadd(self.stream, self.entry(event))
+        await pipe.execute()
 
 
 class EventBusRedis(EventBusWorkload):
@@ -205,3 +238,5 @@ IMPLEMENTATIONS: dict[str, type[Workload]] = {
     "raw": RawRedis,
     "faststream": FastStreamRedis,
 }
+VARIANTS: dict[str, type[Workload]] = {"raw-envelope": RawWithEnvelope}
+"""Implementations a trial runs by name (``bench.trial``) that the benchmark leaves out."""
