@@ -131,3 +131,28 @@ async def test_the_calls_that_joined_a_cancelled_first_call_are_still_sent() -> 
     producer.batches[0][1].set_result(None)
     await asyncio.gather(*joined)
     await _lone(producer, q)
+
+
+async def test_calls_cancelled_before_their_turn_ends_are_not_sent() -> None:
+    producer, q = Producer(), queue()
+
+    async def publish(n: int) -> None:
+        await q.publish(producer, record(n))
+
+    first = asyncio.create_task(publish(0))  # runs first in the next turn, and yields
+
+    async def join_then_cancel() -> None:
+        kept = asyncio.ensure_future(q.publish(producer, record(1)))
+        dropped = asyncio.ensure_future(q.publish(producer, record(2)))
+        first.cancel()  # while the first call waits for the turn to end
+        dropped.cancel()
+        await kept
+
+    joined = asyncio.create_task(join_then_cancel())
+    await wait_until(lambda: bool(producer.batches), timeout=5)
+    assert [builder.values for builder, _ in producer.batches] == [[b"1"]]
+    producer.batches[0][1].set_result(None)
+    await joined
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    await _lone(producer, q)

@@ -122,7 +122,8 @@ class PublishQueue:
     turns in two requests (measured: two round trips per hundred concurrent publishes
     instead of one). Either way what a call returns is awaited until Kafka has its record,
     and raises as its batch failed (aiokafka's errors mapped to eventbus's, as
-    ``KafkaBroker.publish`` documents); an oversized record fails its own call only.
+    ``KafkaBroker.publish`` documents); an oversized record fails its own call only. A call
+    cancelled before its turn is handed over is not sent; the others of its turn still are.
 
     :meth:`flush` waits until every record collected so far has been handed to the producer
     (before the producer closes).
@@ -193,11 +194,13 @@ class PublishQueue:
     def _hand_over(self) -> None:
         records, futures = self._records, self._futures
         self._records, self._futures = None, []
-        ready = [future for future in futures if future is not None]
-        if records and len(ready) < len(records):  # the first call never ran: not sent
-            records = records[1:]
         if not records:
             return
+        ready = [future for future in futures if future is not None and not future.done()]
+        if len(ready) < len(records):  # cancelled, or a first call that never ran: not sent
+            records = [r for r, f in zip(records, futures, strict=True) if f and not f.done()]
+            if not records:
+                return
         task = asyncio.get_running_loop().create_task(self._send(records, ready))
         self._handing.add(task)
         task.add_done_callback(self._handing.discard)
