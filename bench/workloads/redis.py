@@ -96,6 +96,9 @@ async def _delete(url: str, *keys: str) -> None:
 class RawRedis(Workload):
     """redis-py asyncio as a competent engineer would write it; see the module documentation."""
 
+    read: Callable[[bytes], UserCreated] = staticmethod(decode)
+    """What turns an entry's ``data`` into the event."""
+
     async def start(self) -> None:
         self.redis = aioredis.Redis.from_url(self.url, max_connections=MAX_CONNECTIONS)
         self.stream = self.channel
@@ -103,9 +106,6 @@ class RawRedis(Workload):
             await self.redis.xgroup_create(self.stream, GROUP, "0", mkstream=True)
         self.running = True
         self.task = asyncio.ensure_future(self.consume())
-
-    read: Callable[[bytes], UserCreated] = staticmethod(decode)
-    """What turns an entry's ``data`` into the event."""
 
     async def consume(self) -> None:
         redis, stream, on_event, read = self.redis, self.stream, self.on_event, self.read

@@ -198,7 +198,11 @@ class PublishQueue:
             return
         ready = [future for future in futures if future is not None and not future.done()]
         if len(ready) < len(records):  # cancelled, or a first call that never ran: not sent
-            records = [r for r, f in zip(records, futures, strict=True) if f and not f.done()]
+            records = [
+                record
+                for record, future in zip(records, futures, strict=True)
+                if future is not None and not future.done()
+            ]
             if not records:
                 return
         task = asyncio.get_running_loop().create_task(self._send(records, ready))
